@@ -1,0 +1,183 @@
+//! Per-stage counters and processing-time percentiles, read as snapshots.
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use hdrhistogram::Histogram;
+
+/// What a stage is, as shown in metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StageKind {
+    /// Creates events.
+    Producer,
+    /// Takes events and emits others.
+    ProducerConsumer,
+    /// Takes events at the end of a pipeline.
+    Consumer,
+}
+
+/// Live counters of one stage, shared between its task and the pipeline handle.
+#[derive(Debug)]
+pub struct StageMetrics {
+    pub(crate) events_in: AtomicU64,
+    pub(crate) events_out: AtomicU64,
+    pub(crate) dropped: AtomicU64,
+    pub(crate) restarts: AtomicU64,
+    pub(crate) lost: AtomicU64,
+    pub(crate) credit_violations: AtomicU64,
+    pub(crate) demand_held: AtomicU64,
+    pub(crate) demand_asked: AtomicU64,
+    pub(crate) buffer_fill: AtomicU64,
+    pub(crate) workers: AtomicU64,
+    processing_ns: Mutex<Histogram<u64>>,
+}
+
+impl Default for StageMetrics {
+    fn default() -> Self {
+        StageMetrics {
+            events_in: AtomicU64::new(0),
+            events_out: AtomicU64::new(0),
+            dropped: AtomicU64::new(0),
+            restarts: AtomicU64::new(0),
+            lost: AtomicU64::new(0),
+            credit_violations: AtomicU64::new(0),
+            demand_held: AtomicU64::new(0),
+            demand_asked: AtomicU64::new(0),
+            buffer_fill: AtomicU64::new(0),
+            workers: AtomicU64::new(1),
+            processing_ns: Mutex::new(
+                Histogram::new_with_bounds(1, 3_600_000_000_000, 2).expect("valid histogram bounds"),
+            ),
+        }
+    }
+}
+
+pub(crate) fn add(counter: &AtomicU64, amount: usize) {
+    counter.fetch_add(amount as u64, Ordering::Relaxed);
+}
+
+pub(crate) fn set(gauge: &AtomicU64, value: usize) {
+    gauge.store(value as u64, Ordering::Relaxed);
+}
+
+impl StageMetrics {
+    /// Records that `events` events took `elapsed` in a callback, as that many equal samples.
+    pub(crate) fn record_processing(&self, elapsed: Duration, events: usize) {
+        if events == 0 {
+            return;
+        }
+        let per_event = (elapsed.as_nanos() / events as u128).clamp(1, 3_600_000_000_000) as u64;
+        if let Ok(mut histogram) = self.processing_ns.lock() {
+            histogram.saturating_record_n(per_event, events as u64);
+        }
+    }
+
+    /// A consistent-enough copy of the counters (each is read atomically).
+    pub fn snapshot(&self, stage: &str, kind: StageKind) -> StageSnapshot {
+        let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        let processing = match self.processing_ns.lock() {
+            Ok(histogram) => Percentiles::of(&histogram),
+            Err(_) => Percentiles::default(),
+        };
+        StageSnapshot {
+            stage: stage.to_string(),
+            kind,
+            events_in: load(&self.events_in),
+            events_out: load(&self.events_out),
+            dropped: load(&self.dropped),
+            restarts: load(&self.restarts),
+            lost: load(&self.lost),
+            credit_violations: load(&self.credit_violations),
+            demand_held: load(&self.demand_held),
+            demand_asked: load(&self.demand_asked),
+            buffer_fill: load(&self.buffer_fill),
+            workers: load(&self.workers),
+            processing,
+        }
+    }
+}
+
+/// Processing time per event, in microseconds.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Percentiles {
+    /// Events recorded.
+    pub count: u64,
+    /// Median.
+    pub p50_us: f64,
+    /// 75th percentile.
+    pub p75_us: f64,
+    /// 85th percentile.
+    pub p85_us: f64,
+    /// 95th percentile.
+    pub p95_us: f64,
+    /// 99th percentile.
+    pub p99_us: f64,
+    /// Slowest.
+    pub max_us: f64,
+}
+
+impl Percentiles {
+    fn of(histogram: &Histogram<u64>) -> Self {
+        let us = |ns: u64| ns as f64 / 1000.0;
+        Percentiles {
+            count: histogram.len(),
+            p50_us: us(histogram.value_at_quantile(0.50)),
+            p75_us: us(histogram.value_at_quantile(0.75)),
+            p85_us: us(histogram.value_at_quantile(0.85)),
+            p95_us: us(histogram.value_at_quantile(0.95)),
+            p99_us: us(histogram.value_at_quantile(0.99)),
+            max_us: us(histogram.max()),
+        }
+    }
+}
+
+/// One stage's numbers at one moment.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StageSnapshot {
+    /// Stage id.
+    pub stage: String,
+    /// Producer, producer-consumer or consumer.
+    pub kind: StageKind,
+    /// Events received from upstream.
+    pub events_in: u64,
+    /// Events delivered downstream.
+    pub events_out: u64,
+    /// Events dropped by a full buffer, a vanished subscriber, or left untaken by a callback.
+    pub dropped: u64,
+    /// Times the stage or one of its workers was restarted after a panic.
+    pub restarts: u64,
+    /// Events lost to panics (the one each panicking callback held).
+    pub lost: u64,
+    /// Events received beyond the credits granted (always 0 unless the protocol is broken).
+    pub credit_violations: u64,
+    /// Credits held from downstream subscribers, not yet used.
+    pub demand_held: u64,
+    /// Credits granted to upstream producers, not yet filled.
+    pub demand_asked: u64,
+    /// Events waiting in the producer buffer.
+    pub buffer_fill: u64,
+    /// Workers running (1 unless the stage runs a pool).
+    pub workers: u64,
+    /// Processing time per event.
+    pub processing: Percentiles,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_come_from_recorded_times() {
+        let metrics = StageMetrics::default();
+        metrics.record_processing(Duration::from_micros(100), 1);
+        metrics.record_processing(Duration::from_micros(1000), 10);
+        let snapshot = metrics.snapshot("s", StageKind::Consumer);
+        assert_eq!(snapshot.processing.count, 11);
+        assert!((snapshot.processing.p50_us - 100.0).abs() < 2.0);
+        assert!((snapshot.processing.max_us - 100.0).abs() < 2.0);
+        metrics.record_processing(Duration::from_millis(5), 1);
+        let snapshot = metrics.snapshot("s", StageKind::Consumer);
+        assert!((snapshot.processing.max_us - 5000.0).abs() < 50.0);
+    }
+}

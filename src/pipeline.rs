@@ -1,0 +1,711 @@
+//! Building a pipeline from stages wired by id, and the handle of a running one.
+
+use std::any::{Any, TypeId, type_name};
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{Notify, mpsc, oneshot, watch};
+use tokio::task::JoinSet;
+
+use crate::buffer::{Buffer, BufferKeep};
+use crate::demand::DemandLedger;
+use crate::dispatcher::{DemandDispatcher, Dispatcher};
+use crate::error::{PipelineError, StageError};
+use crate::link::{INBOX_BATCHES, Inbox, Link, SubscribeOptions, Subscriber};
+use crate::metrics::{StageKind, StageMetrics, StageSnapshot};
+use crate::pool::PoolConfig;
+use crate::run::inlet::Inlet;
+use crate::run::outlet::Outlet;
+use crate::run::{Control, ErasedControl, Factory, TaskContext, control_channel};
+use crate::stage::{AsProcessor, Consumer, Nothing, Producer, ProducerConsumer};
+use crate::subscription::Subscription;
+use crate::supervisor::RestartPolicy;
+
+/// GenStage's default producer buffer size.
+pub const DEFAULT_BUFFER_SIZE: usize = 10_000;
+
+/// How long `stop` waits for stages to drain before it gives up, by default.
+pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Settings of one stage, set through the builder methods.
+pub struct StageConfig<In, Out> {
+    id: String,
+    dispatcher: Option<Box<dyn Dispatcher<Out>>>,
+    buffer_size: usize,
+    buffer_keep: BufferKeep,
+    restart: RestartPolicy,
+    subscriptions: Vec<(String, SubscribeOptions<In>)>,
+    pool: Option<PoolConfig>,
+}
+
+impl<In, Out> StageConfig<In, Out> {
+    fn new(id: &str) -> Self {
+        StageConfig {
+            id: id.to_string(),
+            dispatcher: None,
+            buffer_size: DEFAULT_BUFFER_SIZE,
+            buffer_keep: BufferKeep::Last,
+            restart: RestartPolicy::default(),
+            subscriptions: Vec::new(),
+            pool: None,
+        }
+    }
+
+    /// How this stage's events reach its subscribers (default: demand dispatcher).
+    pub fn dispatcher(&mut self, dispatcher: impl Dispatcher<Out>) -> &mut Self {
+        self.dispatcher = Some(Box::new(dispatcher));
+        self
+    }
+
+    /// Bounds the buffer of events nobody asked for yet, and says which to keep when full.
+    pub fn buffer(&mut self, size: usize, keep: BufferKeep) -> &mut Self {
+        self.buffer_size = size;
+        self.buffer_keep = keep;
+        self
+    }
+
+    /// What happens when a callback panics (default: restart, 3 times in 5 s).
+    pub fn restart(&mut self, policy: RestartPolicy) -> &mut Self {
+        self.restart = policy;
+        self
+    }
+
+    /// Subscribes this stage to `producer`'s events.
+    pub fn subscribe_to(&mut self, producer: &str, options: SubscribeOptions<In>) -> &mut Self {
+        self.subscriptions.push((producer.to_string(), options));
+        self
+    }
+
+    /// Runs this stage as a pool of workers.
+    pub fn workers(&mut self, pool: PoolConfig) -> &mut Self {
+        self.pool = Some(pool);
+        self
+    }
+}
+
+struct Started {
+    task: futures::future::BoxFuture<'static, Result<(), StageError>>,
+    control: ErasedControl,
+}
+
+trait StageSpec: Send + Any {
+    fn id(&self) -> &str;
+    fn kind(&self) -> StageKind;
+    fn input(&self) -> Option<(TypeId, &'static str)>;
+    fn output(&self) -> Option<(TypeId, &'static str)>;
+    fn subscriptions(&self) -> Vec<String>;
+    fn problems(&self) -> Vec<String>;
+    fn prepare(&mut self);
+    fn wake(&self) -> Arc<Notify>;
+    fn metrics(&self) -> Arc<StageMetrics>;
+    fn link_upstream(&mut self, index: usize, link: Arc<Link>) -> Box<dyn Any + Send>;
+    fn accept(&mut self, subscriber: Box<dyn Any + Send>) -> Result<(), String>;
+    fn start(self: Box<Self>, shutdown: watch::Receiver<bool>) -> Started;
+    fn as_any_mut(&mut self) -> &mut dyn Any;
+}
+
+fn build_outlet<T: Send + 'static>(
+    dispatcher: &mut Option<Box<dyn Dispatcher<T>>>,
+    size: usize,
+    keep: BufferKeep,
+    wake: Arc<Notify>,
+    metrics: Arc<StageMetrics>,
+) -> Outlet<T> {
+    let dispatcher = dispatcher.take().unwrap_or_else(|| Box::new(DemandDispatcher::new()));
+    Outlet::new(dispatcher, Buffer::new(size, keep), wake, metrics)
+}
+
+fn accept_into<T: Send + 'static>(
+    outlet: Option<&mut Outlet<T>>,
+    subscriber: Box<dyn Any + Send>,
+) -> Result<(), String> {
+    let outlet = outlet.ok_or("it is a consumer and emits no events")?;
+    let subscriber = subscriber
+        .downcast::<Subscriber<T>>()
+        .map_err(|_| format!("its events are of type {}", type_name::<T>()))?;
+    outlet.subscribe(*subscriber)
+}
+
+struct ProducerSpec<P: Producer> {
+    config: StageConfig<Nothing, P::Out>,
+    factory: Factory<P>,
+    wake: Arc<Notify>,
+    metrics: Arc<StageMetrics>,
+    outlet: Option<Outlet<P::Out>>,
+}
+
+impl<P: Producer> StageSpec for ProducerSpec<P> {
+    fn id(&self) -> &str {
+        &self.config.id
+    }
+    fn kind(&self) -> StageKind {
+        StageKind::Producer
+    }
+    fn input(&self) -> Option<(TypeId, &'static str)> {
+        None
+    }
+    fn output(&self) -> Option<(TypeId, &'static str)> {
+        Some((TypeId::of::<P::Out>(), type_name::<P::Out>()))
+    }
+    fn subscriptions(&self) -> Vec<String> {
+        Vec::new()
+    }
+    fn problems(&self) -> Vec<String> {
+        let id = &self.config.id;
+        let mut problems: Vec<String> = self
+            .config
+            .subscriptions
+            .iter()
+            .map(|(producer, _)| format!("stage '{id}' is a producer: it cannot subscribe to '{producer}'"))
+            .collect();
+        if self.config.pool.is_some() {
+            problems.push(format!(
+                "stage '{id}' is a producer: worker pools are for consumers and producer-consumers"
+            ));
+        }
+        problems
+    }
+    fn prepare(&mut self) {
+        let config = &mut self.config;
+        self.outlet = Some(build_outlet(
+            &mut config.dispatcher,
+            config.buffer_size,
+            config.buffer_keep,
+            self.wake.clone(),
+            self.metrics.clone(),
+        ));
+    }
+    fn wake(&self) -> Arc<Notify> {
+        self.wake.clone()
+    }
+    fn metrics(&self) -> Arc<StageMetrics> {
+        self.metrics.clone()
+    }
+    fn link_upstream(&mut self, _: usize, _: Arc<Link>) -> Box<dyn Any + Send> {
+        Box::new(())
+    }
+    fn accept(&mut self, subscriber: Box<dyn Any + Send>) -> Result<(), String> {
+        accept_into(self.outlet.as_mut(), subscriber)
+    }
+    fn start(self: Box<Self>, shutdown: watch::Receiver<bool>) -> Started {
+        let this = *self;
+        let (control, control_rx) = control_channel::<P::Out>();
+        let context = TaskContext {
+            stage: this.config.id,
+            restart: this.config.restart,
+            shutdown,
+            metrics: this.metrics,
+        };
+        let outlet = this.outlet.expect("prepared before start");
+        Started {
+            task: Box::pin(crate::run::producer::run_producer(this.factory, outlet, control_rx, context)),
+            control: Box::new(control),
+        }
+    }
+    fn as_any_mut(&mut self) -> &mut dyn Any {
+        self
+    }
+}
+
+struct ProcessorSpec<P: ProducerConsumer> {
+    config: StageConfig<P::In, P::Out>,
+    factory: Factory<P>,
+    kind: StageKind,
+    wake: Arc<Notify>,
+    metrics: Arc<StageMetrics>,
+    inbox: mpsc::Sender<Inbox<P::In>>,
+    inlet: Inlet<P::In>,
+    outlet: Option<Outlet<P::Out>>,
+}
+
+impl<P: ProducerConsumer> StageSpec for ProcessorSpec<P> {
+    fn id(&self) -> &str {
+        &self.config.id
+    }
+    fn kind(&self) -> StageKind {
+        self.kind
+    }
+    fn input(&self) -> Option<(TypeId, &'static str)> {
+        Some((TypeId::of::<P::In>(), type_name::<P::In>()))
+    }
+    fn output(&self) -> Option<(TypeId, &'static str)> {
+        (self.kind == StageKind::ProducerConsumer).then(|| (TypeId::of::<P::Out>(), type_name::<P::Out>()))
+    }
+    fn subscriptions(&self) -> Vec<String> {
+        self.config.subscriptions.iter().map(|(producer, _)| producer.clone()).collect()
+    }
+    fn problems(&self) -> Vec<String> {
+        let id = &self.config.id;
+        let mut problems = Vec::new();
+        if let Some(Err(why)) = self.config.pool.as_ref().map(PoolConfig::validate) {
+            problems.push(format!("stage '{id}': {why}"));
+        }
+        if self.kind == StageKind::Consumer && self.config.dispatcher.is_some() {
+            problems.push(format!("stage '{id}' is a consumer: it has no dispatcher"));
+        }
+        problems
+    }
+    fn prepare(&mut self) {
+        if self.kind == StageKind::ProducerConsumer {
+            let config = &mut self.config;
+            self.outlet = Some(build_outlet(
+                &mut config.dispatcher,
+                config.buffer_size,
+                config.buffer_keep,
+                self.wake.clone(),
+                self.metrics.clone(),
+            ));
+        }
+    }
+    fn wake(&self) -> Arc<Notify> {
+        self.wake.clone()
+    }
+    fn metrics(&self) -> Arc<StageMetrics> {
+        self.metrics.clone()
+    }
+    fn link_upstream(&mut self, index: usize, link: Arc<Link>) -> Box<dyn Any + Send> {
+        let options = &self.config.subscriptions[index].1;
+        self.inlet.add(link.clone(), DemandLedger::new(options.bounds), options.mode, options.cancel);
+        Box::new(Subscriber { link, inbox: self.inbox.clone(), options: options.dispatch_options() })
+    }
+    fn accept(&mut self, subscriber: Box<dyn Any + Send>) -> Result<(), String> {
+        accept_into(self.outlet.as_mut(), subscriber)
+    }
+    fn start(self: Box<Self>, shutdown: watch::Receiver<bool>) -> Started {
+        let this = *self;
+        drop(this.inbox);
+        let (control, control_rx) = control_channel::<P::Out>();
+        let queue_capacity: usize = this
+            .config
+            .subscriptions
+            .iter()
+            .map(|(_, options)| options.bounds.max_demand)
+            .sum::<usize>()
+            .max(1);
+        let context = TaskContext {
+            stage: this.config.id,
+            restart: this.config.restart,
+            shutdown,
+            metrics: this.metrics,
+        };
+        let task: futures::future::BoxFuture<'static, Result<(), StageError>> = match this.config.pool {
+            Some(pool) => Box::pin(crate::run::pool::run_pool(
+                this.factory,
+                pool,
+                queue_capacity,
+                this.inlet,
+                this.outlet,
+                control_rx,
+                context,
+            )),
+            None => Box::pin(crate::run::processor::run_processor(
+                this.factory,
+                this.inlet,
+                this.outlet,
+                control_rx,
+                context,
+            )),
+        };
+        Started { task, control: Box::new(control) }
+    }
+    fn as_any_mut(&mut self) -> &mut dyn Any {
+        self
+    }
+}
+
+/// A pipeline under construction: add stages by id, then `start` it.
+///
+/// Nothing runs until `start`, which checks the whole graph first and
+/// reports every problem it finds at once.
+pub struct Pipeline {
+    specs: Vec<Box<dyn StageSpec>>,
+    drain_timeout: Duration,
+}
+
+impl Default for Pipeline {
+    fn default() -> Self {
+        Pipeline { specs: Vec::new(), drain_timeout: DEFAULT_DRAIN_TIMEOUT }
+    }
+}
+
+impl Pipeline {
+    /// An empty pipeline.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// How long `stop` waits for the stages to drain before giving up.
+    pub fn drain_timeout(&mut self, timeout: Duration) -> &mut Self {
+        self.drain_timeout = timeout;
+        self
+    }
+
+    fn push_spec<S: StageSpec>(&mut self, spec: S) -> &mut S {
+        self.specs.push(Box::new(spec));
+        self.specs.last_mut().and_then(|spec| spec.as_any_mut().downcast_mut::<S>()).expect("just pushed")
+    }
+
+    /// Adds a producer; `factory` builds its state at start and after each restart.
+    pub fn producer<P: Producer>(
+        &mut self,
+        id: &str,
+        factory: impl Fn() -> P + Send + Sync + 'static,
+    ) -> &mut StageConfig<Nothing, P::Out> {
+        let spec = ProducerSpec::<P> {
+            config: StageConfig::new(id),
+            factory: Arc::new(factory),
+            wake: Arc::new(Notify::new()),
+            metrics: Arc::new(StageMetrics::default()),
+            outlet: None,
+        };
+        &mut self.push_spec(spec).config
+    }
+
+    /// Adds a producer-consumer.
+    pub fn producer_consumer<P: ProducerConsumer>(
+        &mut self,
+        id: &str,
+        factory: impl Fn() -> P + Send + Sync + 'static,
+    ) -> &mut StageConfig<P::In, P::Out> {
+        let spec = processor_spec(id, Arc::new(factory), StageKind::ProducerConsumer);
+        &mut self.push_spec(spec).config
+    }
+
+    /// Adds a consumer.
+    pub fn consumer<C: Consumer>(
+        &mut self,
+        id: &str,
+        factory: impl Fn() -> C + Send + Sync + 'static,
+    ) -> &mut StageConfig<C::In, Nothing> {
+        let spec = processor_spec(id, Arc::new(move || AsProcessor(factory())), StageKind::Consumer);
+        &mut self.push_spec(spec).config
+    }
+
+    /// Every problem with the graph, without starting anything.
+    pub fn validate(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        let mut by_id: HashMap<&str, usize> = HashMap::new();
+        for (index, spec) in self.specs.iter().enumerate() {
+            if by_id.insert(spec.id(), index).is_some() {
+                problems.push(format!("stage id '{}' is used more than once", spec.id()));
+            }
+            problems.extend(spec.problems());
+        }
+        for spec in &self.specs {
+            for producer in spec.subscriptions() {
+                let Some(&index) = by_id.get(producer.as_str()) else {
+                    problems.push(format!(
+                        "stage '{}' subscribes to '{producer}', which does not exist",
+                        spec.id()
+                    ));
+                    continue;
+                };
+                let upstream = &self.specs[index];
+                match (upstream.output(), spec.input()) {
+                    (None, _) => problems.push(format!(
+                        "stage '{}' subscribes to '{producer}', a consumer that emits no events",
+                        spec.id()
+                    )),
+                    (Some((emitted, emitted_name)), Some((taken, taken_name))) if emitted != taken => {
+                        problems.push(format!(
+                            "stage '{}' takes {taken_name} but '{producer}' emits {emitted_name}",
+                            spec.id()
+                        ))
+                    }
+                    _ => {}
+                }
+            }
+        }
+        if let Some(cycle) = find_cycle(&self.specs, &by_id) {
+            problems.push(format!("the stages form a cycle: {}", cycle.join(" -> ")));
+        }
+        problems
+    }
+
+    /// Checks the graph, wires every subscription and starts every stage.
+    /// Must be called within a tokio runtime.
+    pub fn start(mut self) -> Result<PipelineHandle, PipelineError> {
+        let problems = self.validate();
+        if !problems.is_empty() {
+            return Err(PipelineError::Invalid(problems));
+        }
+        for spec in &mut self.specs {
+            spec.prepare();
+        }
+        let by_id: HashMap<String, usize> =
+            self.specs.iter().enumerate().map(|(index, spec)| (spec.id().to_string(), index)).collect();
+        let mut problems = Vec::new();
+        let mut links = Vec::new();
+        for consumer in 0..self.specs.len() {
+            for (index, producer_id) in self.specs[consumer].subscriptions().into_iter().enumerate() {
+                let producer = by_id[&producer_id];
+                let link = Link::new(&producer_id, self.specs[consumer].id(), self.specs[producer].wake());
+                links.push(link.clone());
+                let subscriber = self.specs[consumer].link_upstream(index, link);
+                if let Err(why) = self.specs[producer].accept(subscriber) {
+                    problems.push(format!(
+                        "stage '{}' cannot subscribe to '{producer_id}': {why}",
+                        self.specs[consumer].id()
+                    ));
+                }
+            }
+        }
+        if !problems.is_empty() {
+            return Err(PipelineError::Invalid(problems));
+        }
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let mut tasks = JoinSet::new();
+        let mut stages = Vec::new();
+        for spec in self.specs {
+            let info = StageInfo {
+                id: spec.id().to_string(),
+                kind: spec.kind(),
+                metrics: spec.metrics(),
+                wake: spec.wake(),
+            };
+            let started = spec.start(shutdown_rx.clone());
+            let id = info.id.clone();
+            let task = started.task;
+            tasks.spawn(async move { (id, task.await) });
+            stages.push((info, started.control));
+        }
+        let (infos, controls): (Vec<StageInfo>, Vec<ErasedControl>) = stages.into_iter().unzip();
+        Ok(PipelineHandle {
+            stages: Arc::new(infos),
+            controls,
+            tasks,
+            shutdown,
+            drain_timeout: self.drain_timeout,
+            links,
+        })
+    }
+}
+
+fn processor_spec<P: ProducerConsumer>(id: &str, factory: Factory<P>, kind: StageKind) -> ProcessorSpec<P> {
+    let metrics = Arc::new(StageMetrics::default());
+    let (inbox, receiver) = mpsc::channel(INBOX_BATCHES);
+    ProcessorSpec {
+        config: StageConfig::new(id),
+        factory,
+        kind,
+        wake: Arc::new(Notify::new()),
+        inlet: Inlet::new(receiver, metrics.clone()),
+        metrics,
+        inbox,
+        outlet: None,
+    }
+}
+
+/// The first cycle found, as the chain of stage ids that closes it.
+fn find_cycle(specs: &[Box<dyn StageSpec>], by_id: &HashMap<&str, usize>) -> Option<Vec<String>> {
+    #[derive(Clone, Copy, PartialEq)]
+    enum Mark {
+        New,
+        Open,
+        Closed,
+    }
+    fn visit(
+        node: usize,
+        specs: &[Box<dyn StageSpec>],
+        by_id: &HashMap<&str, usize>,
+        marks: &mut [Mark],
+        path: &mut Vec<usize>,
+    ) -> Option<Vec<String>> {
+        marks[node] = Mark::Open;
+        path.push(node);
+        for upstream in specs[node].subscriptions() {
+            let Some(&next) = by_id.get(upstream.as_str()) else { continue };
+            if marks[next] == Mark::Open {
+                let start = path.iter().position(|&n| n == next).unwrap_or(0);
+                // Each stage on the path subscribes to the next one, so data flows backwards along it.
+                let mut ordered: Vec<String> =
+                    path[start..].iter().rev().map(|&n| specs[n].id().to_string()).collect();
+                ordered.push(ordered[0].clone());
+                return Some(ordered);
+            }
+            if marks[next] == Mark::New
+                && let Some(cycle) = visit(next, specs, by_id, marks, path)
+            {
+                return Some(cycle);
+            }
+        }
+        path.pop();
+        marks[node] = Mark::Closed;
+        None
+    }
+    let mut marks = vec![Mark::New; specs.len()];
+    for node in 0..specs.len() {
+        if marks[node] == Mark::New
+            && let Some(cycle) = visit(node, specs, by_id, &mut marks, &mut Vec::new())
+        {
+            return Some(cycle);
+        }
+    }
+    None
+}
+
+struct StageInfo {
+    id: String,
+    kind: StageKind,
+    metrics: Arc<StageMetrics>,
+    wake: Arc<Notify>,
+}
+
+/// Reads the metrics of a running pipeline from anywhere (cheap to clone).
+#[derive(Clone)]
+pub struct MetricsReader {
+    stages: Arc<Vec<StageInfo>>,
+}
+
+impl MetricsReader {
+    /// One snapshot per stage, in the order the stages were added.
+    pub fn snapshot(&self) -> Vec<StageSnapshot> {
+        self.stages.iter().map(|stage| stage.metrics.snapshot(&stage.id, stage.kind)).collect()
+    }
+
+    /// The snapshot of one stage.
+    pub fn stage(&self, id: &str) -> Option<StageSnapshot> {
+        self.stages.iter().find(|s| s.id == id).map(|s| s.metrics.snapshot(&s.id, s.kind))
+    }
+}
+
+/// What a pipeline that ended cleanly leaves: the final metrics.
+#[derive(Debug, Clone)]
+pub struct PipelineSummary {
+    /// One snapshot per stage, taken after every stage ended.
+    pub stages: Vec<StageSnapshot>,
+}
+
+/// A running pipeline: read metrics, subscribe from outside, shut it down.
+pub struct PipelineHandle {
+    stages: Arc<Vec<StageInfo>>,
+    controls: Vec<ErasedControl>,
+    tasks: JoinSet<(String, Result<(), StageError>)>,
+    shutdown: watch::Sender<bool>,
+    drain_timeout: Duration,
+    links: Vec<Arc<Link>>,
+}
+
+impl PipelineHandle {
+    /// One snapshot per stage.
+    pub fn metrics(&self) -> Vec<StageSnapshot> {
+        self.metrics_reader().snapshot()
+    }
+
+    /// A reader for metrics that can live beside `wait`.
+    pub fn metrics_reader(&self) -> MetricsReader {
+        MetricsReader { stages: self.stages.clone() }
+    }
+
+    /// Asks the pipeline to stop: sources stop, everything accepted drains.
+    pub fn shutdown(&self) {
+        let _ = self.shutdown.send(true);
+    }
+
+    /// A sender that triggers shutdown (for signal handlers).
+    pub fn shutdown_trigger(&self) -> ShutdownTrigger {
+        ShutdownTrigger { shutdown: self.shutdown.clone() }
+    }
+
+    /// Cancels the subscription of `consumer` to `producer`; false if there is none.
+    pub fn cancel(&self, producer: &str, consumer: &str) -> bool {
+        let mut found = false;
+        for link in self.links.iter().filter(|l| l.producer == producer && l.consumer == consumer) {
+            link.cancel();
+            found = true;
+        }
+        found
+    }
+
+    /// Subscribes from outside the pipeline to a running producer's events.
+    pub async fn subscribe<T: Send + 'static>(
+        &self,
+        producer: &str,
+        options: SubscribeOptions<T>,
+    ) -> Result<Subscription<T>, PipelineError> {
+        let index = self
+            .stages
+            .iter()
+            .position(|s| s.id == producer)
+            .ok_or_else(|| PipelineError::Request(format!("no stage '{producer}' in this pipeline")))?;
+        let control = self.controls[index].downcast_ref::<mpsc::Sender<Control<T>>>().ok_or_else(|| {
+            PipelineError::Request(format!(
+                "stage '{producer}' does not emit events of type {}",
+                type_name::<T>()
+            ))
+        })?;
+        let (inbox, receiver) = mpsc::channel(INBOX_BATCHES);
+        let link = Link::new(producer, "external", self.stages[index].wake.clone());
+        let subscriber = Subscriber { link: link.clone(), inbox, options: options.dispatch_options() };
+        let (reply, answer) = oneshot::channel();
+        let ended = || PipelineError::Request(format!("stage '{producer}' has ended"));
+        control.send(Control::Subscribe(subscriber, reply)).await.map_err(|_| ended())?;
+        answer.await.map_err(|_| ended())?.map_err(PipelineError::Request)?;
+        Ok(Subscription::new(receiver, link, options.bounds))
+    }
+
+    /// Waits until every stage has ended. The first stage failure shuts the
+    /// rest down and is returned; after a shutdown request, stages still
+    /// running when the drain timeout passes are aborted and named.
+    pub async fn wait(&mut self) -> Result<PipelineSummary, PipelineError> {
+        let mut first_failure: Option<StageError> = None;
+        let mut requested = self.shutdown.subscribe();
+        let mut deadline: Option<tokio::time::Instant> = None;
+        let mut finished: HashSet<String> = HashSet::new();
+        loop {
+            if deadline.is_none() && *requested.borrow_and_update() {
+                deadline = Some(tokio::time::Instant::now() + self.drain_timeout);
+            }
+            tokio::select! {
+                joined = self.tasks.join_next() => match joined {
+                    None => break,
+                    Some(Ok((id, result))) => {
+                        finished.insert(id);
+                        if let Err(error) = result {
+                            first_failure.get_or_insert(error);
+                            self.shutdown();
+                        }
+                    }
+                    Some(Err(join_error)) => {
+                        first_failure.get_or_insert(StageError::new("engine", format!("a stage task ended abnormally: {join_error}")));
+                        self.shutdown();
+                    }
+                },
+                _ = requested.changed(), if deadline.is_none() => {}
+                _ = tokio::time::sleep_until(deadline.unwrap_or_else(tokio::time::Instant::now)), if deadline.is_some() => {
+                    self.tasks.abort_all();
+                    let running: Vec<String> = self.stages.iter().map(|s| s.id.clone()).filter(|id| !finished.contains(id)).collect();
+                    while self.tasks.join_next().await.is_some() {}
+                    if let Some(error) = first_failure {
+                        return Err(PipelineError::StageFailed(error));
+                    }
+                    return Err(PipelineError::DrainTimeout(running));
+                }
+            }
+        }
+        match first_failure {
+            Some(error) => Err(PipelineError::StageFailed(error)),
+            None => Ok(PipelineSummary { stages: self.metrics() }),
+        }
+    }
+
+    /// Shuts down gracefully and waits: stop sources, drain, flush, return.
+    pub async fn stop(mut self) -> Result<PipelineSummary, PipelineError> {
+        self.shutdown();
+        self.wait().await
+    }
+}
+
+/// Triggers a pipeline's shutdown from another task.
+#[derive(Clone)]
+pub struct ShutdownTrigger {
+    shutdown: watch::Sender<bool>,
+}
+
+impl ShutdownTrigger {
+    /// Asks the pipeline to stop and drain.
+    pub fn shutdown(&self) {
+        let _ = self.shutdown.send(true);
+    }
+}

@@ -1,0 +1,157 @@
+//! The sending side of a stage: its subscribers, dispatcher and buffer.
+
+use std::sync::Arc;
+
+use tokio::sync::Notify;
+
+use crate::buffer::Buffer;
+use crate::dispatcher::{Deliveries, Dispatcher};
+use crate::link::{EndReason, Inbox, Subscriber};
+use crate::metrics::{self, StageMetrics};
+
+pub(crate) struct Outlet<T> {
+    dispatcher: Box<dyn Dispatcher<T>>,
+    subscribers: Vec<Subscriber<T>>,
+    buffer: Buffer<T>,
+    pub(crate) wake: Arc<Notify>,
+    metrics: Arc<StageMetrics>,
+    deliveries: Deliveries<T>,
+}
+
+impl<T: Send + 'static> Outlet<T> {
+    pub(crate) fn new(
+        dispatcher: Box<dyn Dispatcher<T>>,
+        buffer: Buffer<T>,
+        wake: Arc<Notify>,
+        metrics: Arc<StageMetrics>,
+    ) -> Self {
+        Outlet { dispatcher, subscribers: Vec::new(), buffer, wake, metrics, deliveries: Vec::new() }
+    }
+
+    pub(crate) fn subscribe(&mut self, subscriber: Subscriber<T>) -> Result<(), String> {
+        self.dispatcher.subscribe(subscriber.link.id, &subscriber.options)?;
+        self.subscribers.push(subscriber);
+        Ok(())
+    }
+
+    pub(crate) fn buffered(&self) -> usize {
+        self.buffer.len()
+    }
+
+    pub(crate) fn allowance(&self) -> usize {
+        self.dispatcher.allowance()
+    }
+
+    /// Events the source should make now: credits not already covered by the buffer.
+    pub(crate) fn production_demand(&self) -> usize {
+        self.allowance().saturating_sub(self.buffer.len())
+    }
+
+    /// Takes the credits subscribers granted since the last call, and ends
+    /// the subscriptions that were cancelled or whose consumer is gone.
+    pub(crate) async fn collect_asks(&mut self) {
+        let mut index = 0;
+        while index < self.subscribers.len() {
+            let subscriber = &self.subscribers[index];
+            if subscriber.link.is_cancelled() || subscriber.inbox.is_closed() {
+                let subscriber = self.subscribers.swap_remove(index);
+                self.dispatcher.cancel(subscriber.link.id);
+                let done = Inbox::Done { link: subscriber.link.id, reason: EndReason::Cancelled };
+                // A closed inbox just means the consumer is gone already.
+                let _ = subscriber.inbox.send(done).await;
+                continue;
+            }
+            let credits = subscriber.link.collect();
+            if credits > 0 {
+                self.dispatcher.ask(subscriber.link.id, credits);
+            }
+            index += 1;
+        }
+        metrics::set(&self.metrics.demand_held, self.dispatcher.allowance());
+    }
+
+    /// Delivers `events` within credits; the rest waits in the buffer.
+    pub(crate) async fn emit(&mut self, events: Vec<T>) {
+        if events.is_empty() {
+            return;
+        }
+        if self.buffer.is_empty() {
+            let leftover = self.dispatcher.dispatch(events, &mut self.deliveries);
+            self.send_deliveries().await;
+            let dropped = self.buffer.push_back(leftover);
+            metrics::add(&self.metrics.dropped, dropped as usize);
+        } else {
+            let dropped = self.buffer.push_back(events);
+            metrics::add(&self.metrics.dropped, dropped as usize);
+            self.pump().await;
+        }
+        self.update_gauges();
+    }
+
+    /// Delivers buffered events as far as credits allow.
+    pub(crate) async fn pump(&mut self) {
+        if self.buffer.is_empty() || self.dispatcher.allowance() == 0 {
+            return;
+        }
+        let waiting = self.buffer.take_all();
+        let leftover = self.dispatcher.dispatch(waiting, &mut self.deliveries);
+        self.buffer.push_front(leftover);
+        self.send_deliveries().await;
+        self.update_gauges();
+    }
+
+    fn update_gauges(&self) {
+        metrics::set(&self.metrics.buffer_fill, self.buffer.len());
+        metrics::set(&self.metrics.demand_held, self.dispatcher.allowance());
+    }
+
+    async fn send_deliveries(&mut self) {
+        for (id, batch) in std::mem::take(&mut self.deliveries) {
+            let count = batch.len();
+            let Some(index) = self.subscribers.iter().position(|s| s.link.id == id) else {
+                metrics::add(&self.metrics.dropped, count);
+                continue;
+            };
+            let delivered = self.subscribers[index].inbox.send(Inbox::Events { link: id, batch }).await;
+            if delivered.is_ok() {
+                metrics::add(&self.metrics.events_out, count);
+            } else {
+                // The consumer ended between our credit check and the send.
+                metrics::add(&self.metrics.dropped, count);
+                let subscriber = self.subscribers.swap_remove(index);
+                self.dispatcher.cancel(subscriber.link.id);
+            }
+        }
+    }
+
+    /// Drops whatever is still buffered, counting it (shutdown with nobody to take it).
+    pub(crate) fn discard_buffer(&mut self) {
+        let dropped = self.buffer.discard();
+        metrics::add(&self.metrics.dropped, dropped as usize);
+        self.update_gauges();
+    }
+
+    /// Tells every subscriber that this producer has ended.
+    pub(crate) async fn finish(&mut self, reason: EndReason) {
+        for subscriber in self.subscribers.drain(..) {
+            let done = Inbox::Done { link: subscriber.link.id, reason: reason.clone() };
+            let _ = subscriber.inbox.send(done).await;
+        }
+    }
+
+    /// Delivers the buffer until it is empty or no subscriber is left to take it.
+    pub(crate) async fn drain(&mut self) {
+        loop {
+            self.collect_asks().await;
+            self.pump().await;
+            if self.buffer.is_empty() {
+                return;
+            }
+            if self.subscribers.is_empty() {
+                self.discard_buffer();
+                return;
+            }
+            self.wake.notified().await;
+        }
+    }
+}

@@ -1,0 +1,248 @@
+//! The task of a pooled stage: routes events to workers and gathers their output.
+
+use tokio::sync::mpsc;
+
+use super::inlet::{AfterEnd, Inlet};
+use super::outlet::Outlet;
+use super::processor::{Supervised, upstream_budget};
+use super::{Control, Factory, TaskContext, shutdown_requested};
+use crate::StageError;
+use crate::dispatcher::SubscriberId;
+use crate::link::{EndReason, Inbox};
+use crate::metrics;
+use crate::pool::{PoolConfig, Routing, autoscale_target};
+use crate::stage::{Events, ProducerConsumer};
+
+enum Report<O> {
+    Processed { worker: usize, link: SubscriberId, out: Vec<O>, error: Option<StageError> },
+    Exited { out: Vec<O>, error: Option<StageError> },
+}
+
+struct Worker<I> {
+    id: usize,
+    queue: mpsc::Sender<(SubscriberId, I)>,
+    load: usize,
+}
+
+async fn run_worker<P: ProducerConsumer>(
+    factory: Factory<P>,
+    worker: usize,
+    mut queue: mpsc::Receiver<(SubscriberId, P::In)>,
+    reports: mpsc::Sender<Report<P::Out>>,
+    context: TaskContext,
+) {
+    let mut supervised = Supervised::new(factory, context, Vec::new());
+    while let Some((link, event)) = queue.recv().await {
+        let mut events = Events::new(vec![event]);
+        let report = match supervised.handle_chunk(&mut events, 1).await {
+            Ok((_, out)) => Report::Processed { worker, link, out, error: None },
+            Err(error) => Report::Processed { worker, link, out: Vec::new(), error: Some(error) },
+        };
+        let failed = matches!(report, Report::Processed { error: Some(_), .. });
+        if reports.send(report).await.is_err() || failed {
+            return;
+        }
+    }
+    // Queue closed: scaled down or draining. Everything queued was handled.
+    let report = match supervised.flush().await {
+        Ok(out) => Report::Exited { out, error: None },
+        Err(error) => Report::Exited { out: Vec::new(), error: Some(error) },
+    };
+    let _ = reports.send(report).await;
+}
+
+struct Pool<P: ProducerConsumer> {
+    factory: Factory<P>,
+    config: PoolConfig,
+    context: TaskContext,
+    workers: Vec<Worker<P::In>>,
+    running: usize,
+    next_id: usize,
+    next_turn: usize,
+    queue_capacity: usize,
+    reports: mpsc::Sender<Report<P::Out>>,
+}
+
+impl<P: ProducerConsumer> Pool<P> {
+    fn spawn_worker(&mut self) {
+        let (queue, receiver) = mpsc::channel(self.queue_capacity);
+        let id = self.next_id;
+        self.next_id += 1;
+        tokio::spawn(run_worker(
+            self.factory.clone(),
+            id,
+            receiver,
+            self.reports.clone(),
+            self.context.clone(),
+        ));
+        self.workers.push(Worker { id, queue, load: 0 });
+        self.running += 1;
+        metrics::set(&self.context.metrics.workers, self.workers.len());
+    }
+
+    /// Grows or shrinks to `target`. A removed worker keeps its queue and
+    /// finishes it before it exits; it only stops getting new events.
+    fn resize(&mut self, target: usize) {
+        while self.workers.len() < target {
+            self.spawn_worker();
+        }
+        while self.workers.len() > target {
+            let idlest = (0..self.workers.len()).min_by_key(|&i| self.workers[i].load).expect("non-empty");
+            self.workers.swap_remove(idlest);
+        }
+        metrics::set(&self.context.metrics.workers, self.workers.len());
+    }
+
+    fn choose(&mut self) -> usize {
+        match self.config.routing {
+            Routing::RoundRobin => {
+                self.next_turn = (self.next_turn + 1) % self.workers.len();
+                self.next_turn
+            }
+            Routing::LeastLoaded => {
+                (0..self.workers.len()).min_by_key(|&i| self.workers[i].load).expect("non-empty")
+            }
+        }
+    }
+
+    async fn route(&mut self, link: SubscriberId, event: P::In) {
+        let index = self.choose();
+        let worker = &mut self.workers[index];
+        worker.load += 1;
+        // Never waits: a queue holds as many events as all upstream credits.
+        let _ = worker.queue.send((link, event)).await;
+    }
+
+    fn finished_one(&mut self, worker: usize) {
+        if let Some(slot) = self.workers.iter_mut().find(|w| w.id == worker) {
+            slot.load = slot.load.saturating_sub(1);
+        }
+    }
+}
+
+async fn emit<O: Send + 'static>(outlet: &mut Option<Outlet<O>>, events: Vec<O>) {
+    if let Some(outlet) = outlet {
+        outlet.emit(events).await;
+    }
+}
+
+pub(crate) async fn run_pool<P: ProducerConsumer>(
+    factory: Factory<P>,
+    config: PoolConfig,
+    queue_capacity: usize,
+    mut inlet: Inlet<P::In>,
+    mut outlet: Option<Outlet<P::Out>>,
+    mut control: mpsc::Receiver<Control<P::Out>>,
+    context: TaskContext,
+) -> Result<(), StageError> {
+    let stage_id = context.stage.clone();
+    let mut shutdown = context.shutdown.clone();
+    let (reports, mut report_rx) = mpsc::channel(queue_capacity + config.max);
+    let mut pool = Pool {
+        factory,
+        config,
+        context: context.clone(),
+        workers: Vec::new(),
+        running: 0,
+        next_id: 0,
+        next_turn: 0,
+        queue_capacity,
+        reports,
+    };
+    pool.resize(config.initial_size());
+    let mut frame = config.autoscale.map(|autoscale| {
+        tokio::time::interval_at(tokio::time::Instant::now() + autoscale.frame, autoscale.frame)
+    });
+    let mut frame_events: u64 = 0;
+    let mut in_pool: usize = 0;
+    let wake = outlet.as_ref().map(|o| o.wake.clone());
+    let mut shutting_down = false;
+    let failure = loop {
+        if let Some(outlet) = &mut outlet {
+            outlet.collect_asks().await;
+            outlet.pump().await;
+        }
+        inlet.top_up(upstream_budget(outlet.as_ref(), &inlet, in_pool));
+        if in_pool == 0 && inlet.finished(shutting_down) {
+            break None;
+        }
+        tokio::select! {
+            biased;
+            Some(report) = report_rx.recv() => match report {
+                Report::Processed { worker, link, out, error } => {
+                    in_pool -= 1;
+                    pool.finished_one(worker);
+                    inlet.processed(link, 1);
+                    emit(&mut outlet, out).await;
+                    if let Some(error) = error {
+                        break Some(error);
+                    }
+                }
+                Report::Exited { out, error } => {
+                    pool.running -= 1;
+                    emit(&mut outlet, out).await;
+                    if let Some(error) = error {
+                        break Some(error);
+                    }
+                }
+            },
+            message = inlet.inbox.recv() => match message {
+                Some(Inbox::Events { link, batch }) => {
+                    inlet.received(link, batch.len());
+                    frame_events += batch.len() as u64;
+                    in_pool += batch.len();
+                    for event in batch {
+                        pool.route(link, event).await;
+                    }
+                }
+                Some(Inbox::Done { link, reason }) => {
+                    if let AfterEnd::Fail(why) = inlet.ended(link, &reason) {
+                        break Some(StageError::new(&stage_id, why));
+                    }
+                }
+                None => break None,
+            },
+            _ = async { wake.as_ref().expect("guarded").notified().await }, if wake.is_some() => {}
+            Some(Control::Subscribe(subscriber, reply)) = control.recv() => {
+                let result = match &mut outlet {
+                    Some(outlet) => outlet.subscribe(subscriber),
+                    None => Err(format!("stage '{stage_id}' is a consumer: it has no events to subscribe to")),
+                };
+                let _ = reply.send(result);
+            }
+            _ = async { frame.as_mut().expect("guarded").tick().await }, if frame.is_some() => {
+                let autoscale = config.autoscale.expect("frame implies autoscale");
+                let target = autoscale_target(frame_events, autoscale.frame, autoscale.events_per_worker, config.min, config.max);
+                frame_events = 0;
+                pool.resize(target);
+            }
+            _ = shutdown_requested(&mut shutdown), if !shutting_down => shutting_down = true,
+        }
+    };
+    pool.workers.clear();
+    if let Some(error) = failure {
+        if let Some(outlet) = &mut outlet {
+            outlet.finish(EndReason::Failed(error.message.clone())).await;
+        }
+        return Err(error);
+    }
+    while pool.running > 0 {
+        match report_rx.recv().await {
+            Some(Report::Exited { out, error }) => {
+                pool.running -= 1;
+                emit(&mut outlet, out).await;
+                if let Some(error) = error {
+                    return Err(error);
+                }
+            }
+            Some(Report::Processed { out, .. }) => emit(&mut outlet, out).await,
+            None => break,
+        }
+    }
+    metrics::set(&context.metrics.workers, 0);
+    if let Some(outlet) = &mut outlet {
+        outlet.drain().await;
+        outlet.finish(EndReason::Normal).await;
+    }
+    Ok(())
+}

@@ -1,0 +1,202 @@
+//! The task of a producer-consumer or consumer: receive, call back, dispatch.
+
+use std::panic::AssertUnwindSafe;
+use std::time::Instant;
+
+use futures::FutureExt;
+use tokio::sync::mpsc;
+
+use super::inlet::{AfterEnd, Inlet};
+use super::outlet::Outlet;
+use super::{Control, Factory, TaskContext, panic_message, shutdown_requested};
+use crate::StageError;
+use crate::link::{DemandHandle, EndReason, Inbox};
+use crate::metrics;
+use crate::stage::{Emitter, Events, ProducerConsumer};
+use crate::supervisor::RestartTracker;
+
+/// A stage state and what keeps it supervised.
+pub(crate) struct Supervised<P> {
+    pub(crate) stage: P,
+    factory: Factory<P>,
+    tracker: RestartTracker,
+    context: TaskContext,
+    manual: Vec<DemandHandle>,
+}
+
+impl<P: ProducerConsumer> Supervised<P> {
+    pub(crate) fn new(factory: Factory<P>, context: TaskContext, manual: Vec<DemandHandle>) -> Self {
+        let mut stage = factory();
+        for handle in &manual {
+            stage.handle_subscribe(handle.clone());
+        }
+        Supervised { stage, tracker: RestartTracker::new(context.restart), factory, context, manual }
+    }
+
+    /// Counts a panic, restarts the stage, or escalates past the restart limit.
+    fn crashed(&mut self, panic: String, lost: usize) -> Result<(), StageError> {
+        metrics::add(&self.context.metrics.lost, lost);
+        metrics::add(&self.context.metrics.restarts, 1);
+        if let Err(escalation) = self.tracker.record(Instant::now()) {
+            return Err(StageError::new(&self.context.stage, format!("{escalation}; last panic: {panic}")));
+        }
+        self.stage = (self.factory)();
+        for handle in &self.manual {
+            self.stage.handle_subscribe(handle.clone());
+        }
+        Ok(())
+    }
+
+    /// Runs `handle_events` on the next `chunk` events of the batch, restarting
+    /// on panic; returns how many events left the batch and what was emitted.
+    pub(crate) async fn handle_chunk(
+        &mut self,
+        events: &mut Events<P::In>,
+        chunk: usize,
+    ) -> Result<(usize, Vec<P::Out>), StageError> {
+        events.set_limit(chunk);
+        let before = events.remaining_in_batch();
+        let mut out = Emitter::with_capacity(events.remaining());
+        let started = Instant::now();
+        let result =
+            AssertUnwindSafe(async { self.stage.handle_events(events, &mut out).await }).catch_unwind().await;
+        let taken = before - events.remaining_in_batch();
+        self.context.metrics.record_processing(started.elapsed(), taken);
+        match result {
+            Ok(()) => {
+                let untaken = events.discard_share();
+                metrics::add(&self.context.metrics.dropped, untaken);
+            }
+            Err(payload) => self.crashed(panic_message(payload.as_ref()), taken.min(1))?,
+        }
+        Ok((before - events.remaining_in_batch(), out.take()))
+    }
+
+    async fn tick(&mut self) -> Result<Vec<P::Out>, StageError> {
+        let mut out = Emitter::default();
+        let result = AssertUnwindSafe(async { self.stage.handle_tick(&mut out).await }).catch_unwind().await;
+        if let Err(payload) = result {
+            self.crashed(panic_message(payload.as_ref()), 0)?;
+        }
+        Ok(out.take())
+    }
+
+    pub(crate) async fn flush(&mut self) -> Result<Vec<P::Out>, StageError> {
+        let mut out = Emitter::default();
+        let result = AssertUnwindSafe(async { self.stage.flush(&mut out).await }).catch_unwind().await;
+        if let Err(payload) = result {
+            self.crashed(panic_message(payload.as_ref()), 0)?;
+        }
+        Ok(out.take())
+    }
+}
+
+/// Upstream credits a stage may ask for: with an outlet, only as much as
+/// its own subscribers asked for and is not yet covered.
+pub(crate) fn upstream_budget<I, O: Send + 'static>(
+    outlet: Option<&Outlet<O>>,
+    inlet: &Inlet<I>,
+    in_hand: usize,
+) -> usize {
+    match outlet {
+        None => usize::MAX,
+        Some(outlet) => outlet.allowance().saturating_sub(outlet.buffered() + inlet.in_flight() + in_hand),
+    }
+}
+
+async fn emit<O: Send + 'static>(outlet: &mut Option<Outlet<O>>, events: Vec<O>) {
+    if let Some(outlet) = outlet {
+        outlet.emit(events).await;
+    }
+}
+
+pub(crate) async fn run_processor<P: ProducerConsumer>(
+    factory: Factory<P>,
+    mut inlet: Inlet<P::In>,
+    mut outlet: Option<Outlet<P::Out>>,
+    mut control: mpsc::Receiver<Control<P::Out>>,
+    context: TaskContext,
+) -> Result<(), StageError> {
+    let mut shutdown = context.shutdown.clone();
+    let stage_id = context.stage.clone();
+    let mut supervised = Supervised::new(factory, context, inlet.manual_handles());
+    let mut ticker = supervised.stage.tick_interval().map(|period| {
+        let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        ticker
+    });
+    let wake = outlet.as_ref().map(|o| o.wake.clone());
+    let mut shutting_down = false;
+    let failure = loop {
+        if let Some(outlet) = &mut outlet {
+            outlet.collect_asks().await;
+            outlet.pump().await;
+        }
+        inlet.top_up(upstream_budget(outlet.as_ref(), &inlet, 0));
+        if inlet.finished(shutting_down) {
+            break None;
+        }
+        tokio::select! {
+            biased;
+            message = inlet.inbox.recv() => match message {
+                Some(Inbox::Events { link, batch }) => {
+                    inlet.received(link, batch.len());
+                    let chunk = inlet.chunk(link);
+                    let mut events = Events::new(batch);
+                    let mut handled = Ok(());
+                    while events.remaining_in_batch() > 0 {
+                        match supervised.handle_chunk(&mut events, chunk).await {
+                            Ok((done, emitted)) => {
+                                emit(&mut outlet, emitted).await;
+                                inlet.processed(link, done);
+                                let in_hand = events.remaining_in_batch();
+                                inlet.top_up(upstream_budget(outlet.as_ref(), &inlet, in_hand));
+                            }
+                            Err(error) => {
+                                handled = Err(error);
+                                break;
+                            }
+                        }
+                    }
+                    if let Err(error) = handled {
+                        break Some(error);
+                    }
+                }
+                Some(Inbox::Done { link, reason }) => {
+                    if let AfterEnd::Fail(why) = inlet.ended(link, &reason) {
+                        break Some(StageError::new(&stage_id, why));
+                    }
+                }
+                None => break None,
+            },
+            _ = async { wake.as_ref().expect("guarded").notified().await }, if wake.is_some() => {}
+            Some(Control::Subscribe(subscriber, reply)) = control.recv() => {
+                let result = match &mut outlet {
+                    Some(outlet) => outlet.subscribe(subscriber),
+                    None => Err(format!("stage '{stage_id}' is a consumer: it has no events to subscribe to")),
+                };
+                let _ = reply.send(result);
+            }
+            _ = async { ticker.as_mut().expect("guarded").tick().await }, if ticker.is_some() => {
+                match supervised.tick().await {
+                    Ok(events) => emit(&mut outlet, events).await,
+                    Err(error) => break Some(error),
+                }
+            }
+            _ = shutdown_requested(&mut shutdown), if !shutting_down => shutting_down = true,
+        }
+    };
+    if let Some(error) = failure {
+        if let Some(outlet) = &mut outlet {
+            outlet.finish(EndReason::Failed(error.message.clone())).await;
+        }
+        return Err(error);
+    }
+    let flushed = supervised.flush().await?;
+    if let Some(outlet) = &mut outlet {
+        outlet.emit(flushed).await;
+        outlet.drain().await;
+        outlet.finish(EndReason::Normal).await;
+    }
+    Ok(())
+}

@@ -1,0 +1,283 @@
+//! The three kinds of stage, and the cursor and emitter their callbacks use.
+
+use std::future::Future;
+use std::time::Duration;
+
+use crate::DemandHandle;
+
+/// Whether a producer has more to give.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flow {
+    /// Call `produce` again when there is demand.
+    Continue,
+    /// The source is exhausted: what was emitted is delivered, then the producer ends.
+    Done,
+}
+
+/// The events handed to a callback, taken one at a time.
+///
+/// The engine knows how far a callback got: if it panics, the event it took
+/// last is the one lost (and counted); the events it had not taken yet are
+/// handed to the restarted stage. Events a callback leaves untaken when it
+/// returns are discarded and counted as dropped.
+#[derive(Debug)]
+pub struct Events<T> {
+    items: std::vec::IntoIter<T>,
+    limit: usize,
+}
+
+impl<T> Events<T> {
+    /// A cursor over a batch (used by tests and custom runners).
+    pub fn new(batch: Vec<T>) -> Self {
+        let limit = batch.len();
+        Events { items: batch.into_iter(), limit }
+    }
+
+    /// Events left for this callback.
+    pub fn remaining(&self) -> usize {
+        self.limit.min(self.items.len())
+    }
+
+    /// Events left in the whole batch, past this callback's share too.
+    pub(crate) fn remaining_in_batch(&self) -> usize {
+        self.items.len()
+    }
+
+    /// Limits the next callback to `limit` events.
+    pub(crate) fn set_limit(&mut self, limit: usize) {
+        self.limit = limit;
+    }
+
+    /// Throws away what the callback left of its share; returns how many.
+    pub(crate) fn discard_share(&mut self) -> usize {
+        let count = self.remaining();
+        for _ in 0..count {
+            self.items.next();
+        }
+        self.limit = 0;
+        count
+    }
+}
+
+impl<T> Iterator for Events<T> {
+    type Item = T;
+
+    fn next(&mut self) -> Option<T> {
+        if self.limit == 0 {
+            return None;
+        }
+        let item = self.items.next()?;
+        self.limit -= 1;
+        Some(item)
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        let remaining = self.remaining();
+        (remaining, Some(remaining))
+    }
+}
+
+impl<T> ExactSizeIterator for Events<T> {}
+
+/// Where a callback puts the events it produces.
+///
+/// The engine owns it, so events emitted before a panic are still delivered.
+#[derive(Debug)]
+pub struct Emitter<T> {
+    events: Vec<T>,
+}
+
+impl<T> Default for Emitter<T> {
+    fn default() -> Self {
+        Emitter { events: Vec::new() }
+    }
+}
+
+impl<T> Emitter<T> {
+    /// An emitter with room for `capacity` events before it reallocates.
+    pub fn with_capacity(capacity: usize) -> Self {
+        Emitter { events: Vec::with_capacity(capacity) }
+    }
+
+    /// Emits one event.
+    pub fn emit(&mut self, event: T) {
+        self.events.push(event);
+    }
+
+    /// Emits a batch of events, moving the vector when nothing was emitted yet.
+    pub fn emit_batch(&mut self, mut batch: Vec<T>) {
+        if self.events.is_empty() {
+            self.events = batch;
+        } else {
+            self.events.append(&mut batch);
+        }
+    }
+
+    /// Number of events emitted so far.
+    pub fn len(&self) -> usize {
+        self.events.len()
+    }
+
+    /// Whether nothing was emitted.
+    pub fn is_empty(&self) -> bool {
+        self.events.is_empty()
+    }
+
+    /// Takes the emitted events, leaving the emitter empty.
+    pub fn take(&mut self) -> Vec<T> {
+        std::mem::take(&mut self.events)
+    }
+}
+
+impl<T> Extend<T> for Emitter<T> {
+    fn extend<I: IntoIterator<Item = T>>(&mut self, iter: I) {
+        self.events.extend(iter);
+    }
+}
+
+/// A stage that creates events in answer to demand.
+///
+/// `produce` is called with the credits the producer holds and not yet
+/// covered by its buffer; it may emit fewer (even none, and wait inside the
+/// future for input) or, for push sources, more: the excess waits in the
+/// bounded buffer. While `produce` waits, demand that arrives is remembered
+/// and served by the next call.
+pub trait Producer: Send + 'static {
+    /// The events it emits.
+    type Out: Send + 'static;
+
+    /// Called even without demand: for sources that push whatever arrives
+    /// (events beyond demand go to the bounded buffer, dropped by its policy).
+    const PUSH: bool = false;
+
+    /// Emits up to `demand` events into `out`; `Flow::Done` when exhausted.
+    fn produce(&mut self, demand: usize, out: &mut Emitter<Self::Out>) -> impl Future<Output = Flow> + Send;
+}
+
+/// A stage that consumes events and emits others: map, filter, join, window.
+pub trait ProducerConsumer: Send + 'static {
+    /// The events it takes.
+    type In: Send + 'static;
+    /// The events it emits.
+    type Out: Send + 'static;
+
+    /// Takes events from `events` and emits results into `out`.
+    fn handle_events(
+        &mut self,
+        events: &mut Events<Self::In>,
+        out: &mut Emitter<Self::Out>,
+    ) -> impl Future<Output = ()> + Send;
+
+    /// How often `handle_tick` runs (timers: windows, flush intervals); `None` for never.
+    fn tick_interval(&self) -> Option<Duration> {
+        None
+    }
+
+    /// Runs every `tick_interval`.
+    fn handle_tick(&mut self, out: &mut Emitter<Self::Out>) -> impl Future<Output = ()> + Send {
+        let _ = out;
+        async {}
+    }
+
+    /// Runs once when every producer it subscribes to has ended: emit what is held back.
+    fn flush(&mut self, out: &mut Emitter<Self::Out>) -> impl Future<Output = ()> + Send {
+        let _ = out;
+        async {}
+    }
+
+    /// Called for each subscription in manual demand mode (and again after a restart).
+    fn handle_subscribe(&mut self, upstream: DemandHandle) {
+        let _ = upstream;
+    }
+}
+
+/// A stage at the end of a pipeline: sinks, printers, counters.
+pub trait Consumer: Send + 'static {
+    /// The events it takes.
+    type In: Send + 'static;
+
+    /// Takes events from `events` and does its work with them.
+    fn handle_events(&mut self, events: &mut Events<Self::In>) -> impl Future<Output = ()> + Send;
+
+    /// How often `handle_tick` runs; `None` for never.
+    fn tick_interval(&self) -> Option<Duration> {
+        None
+    }
+
+    /// Runs every `tick_interval`.
+    fn handle_tick(&mut self) -> impl Future<Output = ()> + Send {
+        async {}
+    }
+
+    /// Runs once when every producer it subscribes to has ended: write out what is held back.
+    fn flush(&mut self) -> impl Future<Output = ()> + Send {
+        async {}
+    }
+
+    /// Called for each subscription in manual demand mode (and again after a restart).
+    fn handle_subscribe(&mut self, upstream: DemandHandle) {
+        let _ = upstream;
+    }
+}
+
+/// Runs a consumer where a producer-consumer is expected; it emits nothing.
+pub(crate) struct AsProcessor<C>(pub(crate) C);
+
+/// The event type of a side a stage does not have (a producer's input, a consumer's output).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Nothing {}
+
+impl<C: Consumer> ProducerConsumer for AsProcessor<C> {
+    type In = C::In;
+    type Out = Nothing;
+
+    fn handle_events(
+        &mut self,
+        events: &mut Events<C::In>,
+        _: &mut Emitter<Nothing>,
+    ) -> impl Future<Output = ()> + Send {
+        self.0.handle_events(events)
+    }
+
+    fn tick_interval(&self) -> Option<Duration> {
+        self.0.tick_interval()
+    }
+
+    fn handle_tick(&mut self, _: &mut Emitter<Nothing>) -> impl Future<Output = ()> + Send {
+        self.0.handle_tick()
+    }
+
+    fn flush(&mut self, _: &mut Emitter<Nothing>) -> impl Future<Output = ()> + Send {
+        self.0.flush()
+    }
+
+    fn handle_subscribe(&mut self, upstream: DemandHandle) {
+        self.0.handle_subscribe(upstream)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_respect_the_limit_and_discard_the_rest_of_a_share() {
+        let mut events = Events::new(vec![1, 2, 3, 4, 5]);
+        events.set_limit(2);
+        assert_eq!(events.by_ref().collect::<Vec<_>>(), vec![1, 2]);
+        events.set_limit(2);
+        assert_eq!(events.next(), Some(3));
+        assert_eq!(events.discard_share(), 1);
+        assert_eq!(events.remaining_in_batch(), 1);
+    }
+
+    #[test]
+    fn emit_batch_moves_into_an_empty_emitter() {
+        let mut out = Emitter::default();
+        out.emit_batch(vec![1, 2]);
+        out.emit(3);
+        out.emit_batch(vec![4]);
+        assert_eq!(out.take(), vec![1, 2, 3, 4]);
+        assert!(out.is_empty());
+    }
+}
