@@ -478,6 +478,7 @@ impl Pipeline {
             shutdown,
             drain_timeout: self.drain_timeout,
             links,
+            failures: Vec::new(),
         })
     }
 }
@@ -585,9 +586,15 @@ pub struct PipelineHandle {
     shutdown: watch::Sender<bool>,
     drain_timeout: Duration,
     links: Vec<Arc<Link>>,
+    failures: Vec<StageError>,
 }
 
 impl PipelineHandle {
+    /// Every stage failure seen by `wait` so far, the root cause first.
+    pub fn failures(&self) -> &[StageError] {
+        &self.failures
+    }
+
     /// One snapshot per stage.
     pub fn metrics(&self) -> Vec<StageSnapshot> {
         self.metrics_reader().snapshot()
@@ -663,6 +670,7 @@ impl PipelineHandle {
                     Some(Ok((id, result))) => {
                         finished.insert(id);
                         if let Err(error) = result {
+                            self.failures.push(error.clone());
                             first_failure.get_or_insert(error);
                             self.shutdown();
                         }

@@ -22,8 +22,11 @@ pub struct Subscription<T> {
 }
 
 impl<T> Subscription<T> {
+    /// Subscribes and grants the first `max_demand` credits at once, as a consumer stage does.
     pub(crate) fn new(inbox: mpsc::Receiver<Inbox<T>>, link: Arc<Link>, bounds: DemandBounds) -> Self {
-        Subscription { inbox, link, ledger: DemandLedger::new(bounds), taken: 0, ended: None }
+        let mut ledger = DemandLedger::new(bounds);
+        link.ask(ledger.top_up(usize::MAX));
+        Subscription { inbox, link, ledger, taken: 0, ended: None }
     }
 
     /// The next batch, or `None` once the producer ended or the subscription was cancelled.

@@ -157,6 +157,7 @@ pub(crate) async fn run_pool<P: ProducerConsumer>(
     let mut in_pool: usize = 0;
     let wake = outlet.as_ref().map(|o| o.wake.clone());
     let mut shutting_down = false;
+    let mut inbox_open = true;
     let failure = loop {
         if let Some(outlet) = &mut outlet {
             outlet.collect_asks().await;
@@ -186,7 +187,7 @@ pub(crate) async fn run_pool<P: ProducerConsumer>(
                     }
                 }
             },
-            message = inlet.inbox.recv() => match message {
+            message = inlet.inbox.recv(), if inbox_open => match message {
                 Some(Inbox::Events { link, batch }) => {
                     inlet.received(link, batch.len());
                     frame_events += batch.len() as u64;
@@ -200,7 +201,9 @@ pub(crate) async fn run_pool<P: ProducerConsumer>(
                         break Some(StageError::new(&stage_id, why));
                     }
                 }
-                None => break None,
+                // Every producer is gone; a transient or temporary stage
+                // still waits for shutdown.
+                None => inbox_open = false,
             },
             _ = async { wake.as_ref().expect("guarded").notified().await }, if wake.is_some() => {}
             Some(Control::Subscribe(subscriber, reply)) = control.recv() => {

@@ -127,6 +127,7 @@ pub(crate) async fn run_processor<P: ProducerConsumer>(
     });
     let wake = outlet.as_ref().map(|o| o.wake.clone());
     let mut shutting_down = false;
+    let mut inbox_open = true;
     let failure = loop {
         if let Some(outlet) = &mut outlet {
             outlet.collect_asks().await;
@@ -138,7 +139,7 @@ pub(crate) async fn run_processor<P: ProducerConsumer>(
         }
         tokio::select! {
             biased;
-            message = inlet.inbox.recv() => match message {
+            message = inlet.inbox.recv(), if inbox_open => match message {
                 Some(Inbox::Events { link, batch }) => {
                     inlet.received(link, batch.len());
                     let chunk = inlet.chunk(link);
@@ -167,7 +168,9 @@ pub(crate) async fn run_processor<P: ProducerConsumer>(
                         break Some(StageError::new(&stage_id, why));
                     }
                 }
-                None => break None,
+                // Every producer is gone; a transient or temporary stage
+                // still waits for shutdown.
+                None => inbox_open = false,
             },
             _ = async { wake.as_ref().expect("guarded").notified().await }, if wake.is_some() => {}
             Some(Control::Subscribe(subscriber, reply)) = control.recv() => {

@@ -54,8 +54,8 @@ impl Default for DemandTable {
 
 /// Parses and checks a demo pipeline file; errors name the file, and line and column where TOML knows them.
 pub fn parse_demo(text: &str, path: &Path) -> Result<(DemoConfig, DemandBounds), String> {
-    let config: DemoConfig =
-        toml::from_str(text).map_err(|error| format!("{}: {}", path.display(), error.to_string().trim_end()))?;
+    let config: DemoConfig = toml::from_str(text)
+        .map_err(|error| format!("{}: {}", path.display(), error.to_string().trim_end()))?;
     let bounds = DemandBounds::new(config.demand.max_demand, config.demand.min_demand)
         .map_err(|error| format!("{}: [demand]: {error}", path.display()))?;
     Ok((config, bounds))

@@ -52,7 +52,8 @@ fn main() -> ExitCode {
 }
 
 async fn run(file: PathBuf) -> Result<(), String> {
-    let text = std::fs::read_to_string(&file).map_err(|error| format!("cannot read {}: {error}", file.display()))?;
+    let text =
+        std::fs::read_to_string(&file).map_err(|error| format!("cannot read {}: {error}", file.display()))?;
     let (config, bounds) = parse_demo(&text, &file)?;
     let count = config.source.count;
     let total = Arc::new(AtomicU64::new(0));
@@ -86,7 +87,11 @@ async fn run(file: PathBuf) -> Result<(), String> {
         loop {
             ticker.tick().await;
             if let Some(sum) = reader.stage("sum") {
-                println!("[{:>5.1}s] sum stage has taken {} events", started.elapsed().as_secs_f64(), sum.events_in);
+                println!(
+                    "[{:>5.1}s] sum stage has taken {} events",
+                    started.elapsed().as_secs_f64(),
+                    sum.events_in
+                );
             }
         }
     });
