@@ -51,6 +51,9 @@ impl<T> Buffer<T> {
     /// Returns how many events were dropped by this call.
     pub fn push_back(&mut self, events: impl IntoIterator<Item = T>) -> u64 {
         let before = self.dropped;
+        let mut events = events.into_iter();
+        let room = self.capacity - self.events.len().min(self.capacity);
+        self.events.extend(events.by_ref().take(room));
         for event in events {
             if self.events.len() < self.capacity {
                 self.events.push_back(event);
@@ -68,15 +71,18 @@ impl<T> Buffer<T> {
     /// Puts back events that could not be delivered, ahead of everything
     /// waiting, so per-subscriber order is kept. They were already accepted,
     /// so they may exceed capacity; the next `push_back` drops by policy.
-    pub fn push_front(&mut self, events: Vec<T>) {
-        for event in events.into_iter().rev() {
-            self.events.push_front(event);
+    pub fn push_front(&mut self, mut events: Vec<T>) {
+        if self.events.is_empty() {
+            self.events = VecDeque::from(events);
+            return;
         }
+        events.extend(self.events.drain(..));
+        self.events = VecDeque::from(events);
     }
 
     /// Takes every waiting event, in order.
     pub fn take_all(&mut self) -> Vec<T> {
-        self.events.drain(..).collect()
+        Vec::from(std::mem::take(&mut self.events))
     }
 
     /// Drops everything waiting, counting it, and returns how many went.

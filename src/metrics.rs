@@ -46,9 +46,7 @@ impl Default for StageMetrics {
             demand_asked: AtomicU64::new(0),
             buffer_fill: AtomicU64::new(0),
             workers: AtomicU64::new(1),
-            processing_ns: Mutex::new(
-                Histogram::new_with_bounds(1, 3_600_000_000_000, 2).expect("valid histogram bounds"),
-            ),
+            processing_ns: Mutex::new(new_histogram()),
         }
     }
 }
@@ -59,6 +57,10 @@ pub(crate) fn add(counter: &AtomicU64, amount: usize) {
 
 pub(crate) fn set(gauge: &AtomicU64, value: usize) {
     gauge.store(value as u64, Ordering::Relaxed);
+}
+
+fn new_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 3_600_000_000_000, 2).expect("valid histogram bounds")
 }
 
 impl StageMetrics {

@@ -24,13 +24,44 @@ pub enum Flow {
 pub struct Events<T> {
     items: std::vec::IntoIter<T>,
     limit: usize,
+    /// Events taken by the last `take_batch`, all "being processed" at once.
+    bulk_taken: usize,
 }
 
 impl<T> Events<T> {
     /// A cursor over a batch (used by tests and custom runners).
     pub fn new(batch: Vec<T>) -> Self {
         let limit = batch.len();
-        Events { items: batch.into_iter(), limit }
+        Events { items: batch.into_iter(), limit, bulk_taken: 0 }
+    }
+
+    /// Takes every event left for this callback at once, as a vector (no
+    /// copy when the callback's share is the whole batch), for callbacks that
+    /// work on slices. If the callback panics afterwards, all of these count
+    /// as being processed and are lost, not just one.
+    pub fn take_batch(&mut self) -> Vec<T> {
+        let share = self.remaining();
+        let batch: Vec<T> = if share == self.items.len() {
+            // Collecting a whole `vec::IntoIter` reuses its allocation.
+            std::mem::replace(&mut self.items, Vec::new().into_iter()).collect()
+        } else {
+            self.items.by_ref().take(share).collect()
+        };
+        self.limit = 0;
+        self.bulk_taken = batch.len();
+        batch
+    }
+
+    /// Events lost if the callback panicked now: the last one taken, or the
+    /// whole last `take_batch`.
+    pub(crate) fn in_progress(&self, taken: usize) -> usize {
+        if self.bulk_taken > 0 { self.bulk_taken } else { taken.min(1) }
+    }
+
+    /// Starts a callback's share: at most `limit` events.
+    pub(crate) fn start_share(&mut self, limit: usize) {
+        self.limit = limit;
+        self.bulk_taken = 0;
     }
 
     /// Events left for this callback.
@@ -41,11 +72,6 @@ impl<T> Events<T> {
     /// Events left in the whole batch, past this callback's share too.
     pub(crate) fn remaining_in_batch(&self) -> usize {
         self.items.len()
-    }
-
-    /// Limits the next callback to `limit` events.
-    pub(crate) fn set_limit(&mut self, limit: usize) {
-        self.limit = limit;
     }
 
     /// Throws away what the callback left of its share; returns how many.
@@ -68,6 +94,7 @@ impl<T> Iterator for Events<T> {
         }
         let item = self.items.next()?;
         self.limit -= 1;
+        self.bulk_taken = 0;
         Some(item)
     }
 
@@ -263,12 +290,25 @@ mod tests {
     #[test]
     fn events_respect_the_limit_and_discard_the_rest_of_a_share() {
         let mut events = Events::new(vec![1, 2, 3, 4, 5]);
-        events.set_limit(2);
+        events.start_share(2);
         assert_eq!(events.by_ref().collect::<Vec<_>>(), vec![1, 2]);
-        events.set_limit(2);
+        events.start_share(2);
         assert_eq!(events.next(), Some(3));
         assert_eq!(events.discard_share(), 1);
         assert_eq!(events.remaining_in_batch(), 1);
+    }
+
+    #[test]
+    fn take_batch_takes_the_share_and_counts_it_in_progress() {
+        let mut events = Events::new(vec![1, 2, 3, 4, 5]);
+        events.start_share(2);
+        assert_eq!(events.take_batch(), vec![1, 2]);
+        assert_eq!(events.in_progress(2), 2);
+        events.start_share(10);
+        assert_eq!(events.next(), Some(3));
+        assert_eq!(events.in_progress(1), 1);
+        assert_eq!(events.take_batch(), vec![4, 5]);
+        assert_eq!(events.remaining_in_batch(), 0);
     }
 
     #[test]

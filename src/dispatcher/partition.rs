@@ -95,7 +95,11 @@ impl<T: Send + 'static> Dispatcher<T> for PartitionDispatcher<T> {
     }
 
     fn dispatch(&mut self, events: Vec<T>, deliveries: &mut Deliveries<T>) -> Vec<T> {
-        let mut batches: Vec<Vec<T>> = (0..self.partitions.len()).map(|_| Vec::new()).collect();
+        let mut batches: Vec<Vec<T>> = self
+            .partitions
+            .iter()
+            .map(|slot| Vec::with_capacity(slot.map_or(0, |(_, credits)| credits.min(events.len()))))
+            .collect();
         let mut leftover = Vec::new();
         for event in events {
             let partition = self.partition_of(&event);

@@ -125,6 +125,12 @@ impl<T> Inlet<T> {
         }
     }
 
+    /// Whether shutdown can end this stage: only one with no upstream left or
+    /// a non-permanent one does not end with its producers anyway.
+    pub(crate) fn waits_for_shutdown(&self) -> bool {
+        self.upstreams.is_empty() || self.upstreams.iter().any(|u| u.cancel != CancelMode::Permanent)
+    }
+
     /// Whether the stage has nothing more to receive and should flush and end.
     pub(crate) fn finished(&self, shutting_down: bool) -> bool {
         self.upstreams.is_empty() && (self.permanent_ended || shutting_down)

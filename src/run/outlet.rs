@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use tokio::sync::Notify;
+use tokio::sync::{Notify, mpsc};
 
 use crate::buffer::Buffer;
 use crate::dispatcher::{Deliveries, Dispatcher};
@@ -49,7 +49,7 @@ impl<T: Send + 'static> Outlet<T> {
 
     /// Takes the credits subscribers granted since the last call, and ends
     /// the subscriptions that were cancelled or whose consumer is gone.
-    pub(crate) async fn collect_asks(&mut self) {
+    pub(crate) fn collect_asks(&mut self) {
         let mut index = 0;
         while index < self.subscribers.len() {
             let subscriber = &self.subscribers[index];
@@ -57,8 +57,14 @@ impl<T: Send + 'static> Outlet<T> {
                 let subscriber = self.subscribers.swap_remove(index);
                 self.dispatcher.cancel(subscriber.link.id);
                 let done = Inbox::Done { link: subscriber.link.id, reason: EndReason::Cancelled };
-                // A closed inbox just means the consumer is gone already.
-                let _ = subscriber.inbox.send(done).await;
+                // A stalled consumer must not stall this producer: if its
+                // inbox is full, one task per cancelled subscription waits
+                // for room. A closed inbox means the consumer is gone already.
+                if let Err(mpsc::error::TrySendError::Full(done)) = subscriber.inbox.try_send(done) {
+                    tokio::spawn(async move {
+                        let _ = subscriber.inbox.send(done).await;
+                    });
+                }
                 continue;
             }
             let credits = subscriber.link.collect();
@@ -142,7 +148,7 @@ impl<T: Send + 'static> Outlet<T> {
     /// Delivers the buffer until it is empty or no subscriber is left to take it.
     pub(crate) async fn drain(&mut self) {
         loop {
-            self.collect_asks().await;
+            self.collect_asks();
             self.pump().await;
             if self.buffer.is_empty() {
                 return;

@@ -160,7 +160,7 @@ pub(crate) async fn run_pool<P: ProducerConsumer>(
     let mut inbox_open = true;
     let failure = loop {
         if let Some(outlet) = &mut outlet {
-            outlet.collect_asks().await;
+            outlet.collect_asks();
             outlet.pump().await;
         }
         inlet.top_up(upstream_budget(outlet.as_ref(), &inlet, in_pool));
@@ -219,7 +219,7 @@ pub(crate) async fn run_pool<P: ProducerConsumer>(
                 frame_events = 0;
                 pool.resize(target);
             }
-            _ = shutdown_requested(&mut shutdown), if !shutting_down => shutting_down = true,
+            _ = shutdown_requested(&mut shutdown), if !shutting_down && inlet.waits_for_shutdown() => shutting_down = true,
         }
     };
     pool.workers.clear();

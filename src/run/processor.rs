@@ -54,9 +54,9 @@ impl<P: ProducerConsumer> Supervised<P> {
         events: &mut Events<P::In>,
         chunk: usize,
     ) -> Result<(usize, Vec<P::Out>), StageError> {
-        events.set_limit(chunk);
+        events.start_share(chunk);
         let before = events.remaining_in_batch();
-        let mut out = Emitter::with_capacity(events.remaining());
+        let mut out = Emitter::default();
         let started = Instant::now();
         let result =
             AssertUnwindSafe(async { self.stage.handle_events(events, &mut out).await }).catch_unwind().await;
@@ -67,7 +67,7 @@ impl<P: ProducerConsumer> Supervised<P> {
                 let untaken = events.discard_share();
                 metrics::add(&self.context.metrics.dropped, untaken);
             }
-            Err(payload) => self.crashed(panic_message(payload.as_ref()), taken.min(1))?,
+            Err(payload) => self.crashed(panic_message(payload.as_ref()), events.in_progress(taken))?,
         }
         Ok((before - events.remaining_in_batch(), out.take()))
     }
@@ -91,8 +91,11 @@ impl<P: ProducerConsumer> Supervised<P> {
     }
 }
 
-/// Upstream credits a stage may ask for: with an outlet, only as much as
-/// its own subscribers asked for and is not yet covered.
+/// Upstream credits a stage may ask for now: a consumer asks freely within
+/// each subscription's bounds; a stage with subscribers of its own asks only
+/// for what they asked it for and is not already covered by what it holds
+/// (buffered, in hand, or asked for and not yet arrived), so a stalled
+/// consumer stops the chain back to the source.
 pub(crate) fn upstream_budget<I, O: Send + 'static>(
     outlet: Option<&Outlet<O>>,
     inlet: &Inlet<I>,
@@ -107,6 +110,36 @@ pub(crate) fn upstream_budget<I, O: Send + 'static>(
 async fn emit<O: Send + 'static>(outlet: &mut Option<Outlet<O>>, events: Vec<O>) {
     if let Some(outlet) = outlet {
         outlet.emit(events).await;
+    }
+}
+
+/// Handles one inbox message: a batch (in chunks, asking upstream as it
+/// goes) or the end of a subscription.
+async fn handle_message<P: ProducerConsumer>(
+    supervised: &mut Supervised<P>,
+    inlet: &mut Inlet<P::In>,
+    outlet: &mut Option<Outlet<P::Out>>,
+    message: Inbox<P::In>,
+    stage_id: &str,
+) -> Result<(), StageError> {
+    match message {
+        Inbox::Events { link, batch } => {
+            inlet.received(link, batch.len());
+            let chunk = inlet.chunk(link);
+            let mut events = Events::new(batch);
+            while events.remaining_in_batch() > 0 {
+                let (done, emitted) = supervised.handle_chunk(&mut events, chunk).await?;
+                emit(outlet, emitted).await;
+                inlet.processed(link, done);
+                let in_hand = events.remaining_in_batch();
+                inlet.top_up(upstream_budget(outlet.as_ref(), inlet, in_hand));
+            }
+            Ok(())
+        }
+        Inbox::Done { link, reason } => match inlet.ended(link, &reason) {
+            AfterEnd::Fail(why) => Err(StageError::new(stage_id, why)),
+            AfterEnd::KeepRunning => Ok(()),
+        },
     }
 }
 
@@ -130,49 +163,36 @@ pub(crate) async fn run_processor<P: ProducerConsumer>(
     let mut inbox_open = true;
     let failure = loop {
         if let Some(outlet) = &mut outlet {
-            outlet.collect_asks().await;
+            outlet.collect_asks();
             outlet.pump().await;
         }
         inlet.top_up(upstream_budget(outlet.as_ref(), &inlet, 0));
         if inlet.finished(shutting_down) {
             break None;
         }
+        // Fast path: a waiting batch is handled without setting up the
+        // select below. Stages with a timer always go through the select, so
+        // a steady stream of events cannot starve their ticks.
+        if inbox_open && ticker.is_none() {
+            match inlet.inbox.try_recv() {
+                Ok(message) => {
+                    match handle_message(&mut supervised, &mut inlet, &mut outlet, message, &stage_id).await {
+                        Ok(()) => continue,
+                        Err(error) => break Some(error),
+                    }
+                }
+                Err(mpsc::error::TryRecvError::Disconnected) => inbox_open = false,
+                Err(mpsc::error::TryRecvError::Empty) => {}
+            }
+        }
         tokio::select! {
             biased;
-            message = inlet.inbox.recv(), if inbox_open => match message {
-                Some(Inbox::Events { link, batch }) => {
-                    inlet.received(link, batch.len());
-                    let chunk = inlet.chunk(link);
-                    let mut events = Events::new(batch);
-                    let mut handled = Ok(());
-                    while events.remaining_in_batch() > 0 {
-                        match supervised.handle_chunk(&mut events, chunk).await {
-                            Ok((done, emitted)) => {
-                                emit(&mut outlet, emitted).await;
-                                inlet.processed(link, done);
-                                let in_hand = events.remaining_in_batch();
-                                inlet.top_up(upstream_budget(outlet.as_ref(), &inlet, in_hand));
-                            }
-                            Err(error) => {
-                                handled = Err(error);
-                                break;
-                            }
-                        }
-                    }
-                    if let Err(error) = handled {
-                        break Some(error);
-                    }
+            _ = async { ticker.as_mut().expect("guarded").tick().await }, if ticker.is_some() => {
+                match supervised.tick().await {
+                    Ok(events) => emit(&mut outlet, events).await,
+                    Err(error) => break Some(error),
                 }
-                Some(Inbox::Done { link, reason }) => {
-                    if let AfterEnd::Fail(why) = inlet.ended(link, &reason) {
-                        break Some(StageError::new(&stage_id, why));
-                    }
-                }
-                // Every producer is gone; a transient or temporary stage
-                // still waits for shutdown.
-                None => inbox_open = false,
-            },
-            _ = async { wake.as_ref().expect("guarded").notified().await }, if wake.is_some() => {}
+            }
             Some(Control::Subscribe(subscriber, reply)) = control.recv() => {
                 let result = match &mut outlet {
                     Some(outlet) => outlet.subscribe(subscriber),
@@ -180,13 +200,18 @@ pub(crate) async fn run_processor<P: ProducerConsumer>(
                 };
                 let _ = reply.send(result);
             }
-            _ = async { ticker.as_mut().expect("guarded").tick().await }, if ticker.is_some() => {
-                match supervised.tick().await {
-                    Ok(events) => emit(&mut outlet, events).await,
-                    Err(error) => break Some(error),
+            _ = shutdown_requested(&mut shutdown), if !shutting_down && inlet.waits_for_shutdown() => shutting_down = true,
+            message = inlet.inbox.recv(), if inbox_open => match message {
+                Some(message) => {
+                    if let Err(error) = handle_message(&mut supervised, &mut inlet, &mut outlet, message, &stage_id).await {
+                        break Some(error);
+                    }
                 }
-            }
-            _ = shutdown_requested(&mut shutdown), if !shutting_down => shutting_down = true,
+                // Every producer is gone; a transient or temporary stage
+                // still waits for shutdown.
+                None => inbox_open = false,
+            },
+            _ = async { wake.as_ref().expect("guarded").notified().await }, if wake.is_some() => {}
         }
     };
     if let Some(error) = failure {

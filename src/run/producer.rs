@@ -39,7 +39,7 @@ pub(crate) async fn run_producer<P: Producer>(
     let mut exhausted = false;
     let wake = outlet.wake.clone();
     loop {
-        outlet.collect_asks().await;
+        outlet.collect_asks();
         outlet.pump().await;
         if exhausted {
             break;
@@ -51,28 +51,34 @@ pub(crate) async fn run_producer<P: Producer>(
                 producing = Some(start_production(producer, demand));
             }
         }
+        // Fast path: a source that has its events at hand returns on the
+        // first poll; only a waiting source needs the select below.
+        let ready = match (&mut producing, *context.shutdown.borrow()) {
+            (Some(production), false) => production.now_or_never(),
+            _ => None,
+        };
+        if let Some(finished) = ready {
+            producing = None;
+            match finish_production(finished, &mut tracker, &mut outlet, &context).await? {
+                Some((producer, flow)) => {
+                    idle = Some(producer);
+                    exhausted = flow == Flow::Done;
+                }
+                None => idle = Some(factory()),
+            }
+            continue;
+        }
         tokio::select! {
             biased;
-            (producer, mut out, result) = async { producing.as_mut().expect("guarded").await }, if producing.is_some() => {
+            finished = async { producing.as_mut().expect("guarded").await }, if producing.is_some() => {
                 producing = None;
-                match result {
-                    Ok(flow) => {
+                match finish_production(finished, &mut tracker, &mut outlet, &context).await? {
+                    Some((producer, flow)) => {
                         idle = Some(producer);
                         exhausted = flow == Flow::Done;
                     }
-                    Err(panic) => {
-                        drop(producer);
-                        metrics::add(&context.metrics.restarts, 1);
-                        if let Err(escalation) = tracker.record(Instant::now()) {
-                            let error = StageError::new(&context.stage, format!("{escalation}; last panic: {panic}"));
-                            outlet.emit(out.take()).await;
-                            outlet.finish(EndReason::Failed(error.message.clone())).await;
-                            return Err(error);
-                        }
-                        idle = Some(factory());
-                    }
+                    None => idle = Some(factory()),
                 }
-                outlet.emit(out.take()).await;
             }
             _ = wake.notified() => {}
             Some(Control::Subscribe(subscriber, reply)) = control.recv() => {
@@ -90,4 +96,29 @@ pub(crate) async fn run_producer<P: Producer>(
     outlet.drain().await;
     outlet.finish(EndReason::Normal).await;
     Ok(())
+}
+
+/// Delivers what a `produce` call emitted and supervises its outcome:
+/// the producer back with its flow, `None` after a panic (restart it), or
+/// the escalated failure.
+async fn finish_production<P: Producer>(
+    (producer, mut out, result): Production<P>,
+    tracker: &mut RestartTracker,
+    outlet: &mut Outlet<P::Out>,
+    context: &TaskContext,
+) -> Result<Option<(P, Flow)>, StageError> {
+    outlet.emit(out.take()).await;
+    match result {
+        Ok(flow) => Ok(Some((producer, flow))),
+        Err(panic) => {
+            drop(producer);
+            metrics::add(&context.metrics.restarts, 1);
+            if let Err(escalation) = tracker.record(Instant::now()) {
+                let error = StageError::new(&context.stage, format!("{escalation}; last panic: {panic}"));
+                outlet.finish(EndReason::Failed(error.message.clone())).await;
+                return Err(error);
+            }
+            Ok(None)
+        }
+    }
 }
