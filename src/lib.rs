@@ -92,9 +92,11 @@
 //! - never block the thread: await instead.
 
 mod buffer;
+pub mod config;
 mod demand;
 pub mod dispatcher;
 mod error;
+mod graph;
 mod link;
 mod metrics;
 pub mod ops;
@@ -110,6 +112,7 @@ pub use buffer::{Buffer, BufferKeep};
 pub use demand::{DemandBounds, DemandBoundsError, DemandLedger, DemandMode};
 pub use dispatcher::{BroadcastDispatcher, DemandDispatcher, Dispatcher, PartitionDispatcher};
 pub use error::{PipelineError, StageError};
+pub use graph::closest;
 pub use link::{CancelMode, DemandHandle, EndReason, SubscribeOptions};
 pub use metrics::{Percentiles, StageKind, StageMetrics, StageSnapshot};
 pub use pipeline::{

@@ -58,6 +58,12 @@ impl<In, Out> StageConfig<In, Out> {
         self
     }
 
+    /// Sets an already boxed dispatcher (for dispatchers chosen at run time).
+    pub fn boxed_dispatcher(&mut self, dispatcher: Box<dyn Dispatcher<Out>>) -> &mut Self {
+        self.dispatcher = Some(dispatcher);
+        self
+    }
+
     /// Bounds the buffer of events nobody asked for yet, and says which to keep when full.
     pub fn buffer(&mut self, size: usize, keep: BufferKeep) -> &mut Self {
         self.buffer_size = size;
@@ -417,7 +423,15 @@ impl Pipeline {
                 }
             }
         }
-        if let Some(cycle) = find_cycle(&self.specs, &by_id) {
+        let ids: Vec<String> = self.specs.iter().map(|spec| spec.id().to_string()).collect();
+        let upstreams = |index: usize| -> Vec<usize> {
+            self.specs[index]
+                .subscriptions()
+                .iter()
+                .filter_map(|id| by_id.get(id.as_str()).copied())
+                .collect()
+        };
+        if let Some(cycle) = crate::graph::find_cycle(&ids, &upstreams) {
             problems.push(format!("the stages form a cycle: {}", cycle.join(" -> ")));
         }
         problems
@@ -496,54 +510,6 @@ fn processor_spec<P: ProducerConsumer>(id: &str, factory: Factory<P>, kind: Stag
         inbox,
         outlet: None,
     }
-}
-
-/// The first cycle found, as the chain of stage ids that closes it.
-fn find_cycle(specs: &[Box<dyn StageSpec>], by_id: &HashMap<&str, usize>) -> Option<Vec<String>> {
-    #[derive(Clone, Copy, PartialEq)]
-    enum Mark {
-        New,
-        Open,
-        Closed,
-    }
-    fn visit(
-        node: usize,
-        specs: &[Box<dyn StageSpec>],
-        by_id: &HashMap<&str, usize>,
-        marks: &mut [Mark],
-        path: &mut Vec<usize>,
-    ) -> Option<Vec<String>> {
-        marks[node] = Mark::Open;
-        path.push(node);
-        for upstream in specs[node].subscriptions() {
-            let Some(&next) = by_id.get(upstream.as_str()) else { continue };
-            if marks[next] == Mark::Open {
-                let start = path.iter().position(|&n| n == next).unwrap_or(0);
-                // Each stage on the path subscribes to the next one, so data flows backwards along it.
-                let mut ordered: Vec<String> =
-                    path[start..].iter().rev().map(|&n| specs[n].id().to_string()).collect();
-                ordered.push(ordered[0].clone());
-                return Some(ordered);
-            }
-            if marks[next] == Mark::New
-                && let Some(cycle) = visit(next, specs, by_id, marks, path)
-            {
-                return Some(cycle);
-            }
-        }
-        path.pop();
-        marks[node] = Mark::Closed;
-        None
-    }
-    let mut marks = vec![Mark::New; specs.len()];
-    for node in 0..specs.len() {
-        if marks[node] == Mark::New
-            && let Some(cycle) = visit(node, specs, by_id, &mut marks, &mut Vec::new())
-        {
-            return Some(cycle);
-        }
-    }
-    None
 }
 
 struct StageInfo {

@@ -9,11 +9,11 @@
 
 mod broadcast;
 mod demand;
-mod partition;
+pub(crate) mod partition;
 
 pub use broadcast::BroadcastDispatcher;
 pub use demand::DemandDispatcher;
-pub use partition::PartitionDispatcher;
+pub use partition::{PartitionDispatcher, PartitionFn};
 
 use std::sync::Arc;
 

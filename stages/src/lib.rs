@@ -1,6 +1,8 @@
 //! Domain stages of stageflow and the pieces of the `stageflow` command.
 //!
-//! The SSE receiver, tweet stages, broker and telnet server land here; for
-//! now it holds the demo pipeline the CLI runs.
+//! The stage kinds pipeline files can name (`kinds`) and the command-line
+//! plumbing (`cli`); the SSE receiver, tweet stages, broker and telnet
+//! server land beside them.
 
-pub mod demo;
+pub mod cli;
+pub mod kinds;

@@ -1,19 +1,18 @@
 //! The `stageflow` command: runs pipelines described in TOML files.
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use clap::{Parser, Subcommand};
-use stageflow::ops::{ForEach, FromIter, Map};
-use stageflow::{Pipeline, StageSnapshot, SubscribeOptions};
-use stageflow_stages::demo::parse_demo;
+use clap::{Parser, Subcommand, ValueEnum};
+use stageflow::config::{to_dot, to_mermaid};
+use stageflow_stages::cli::{self, RunOptions};
+use stageflow_stages::kinds::registry;
 
-/// stageflow: demand-driven dataflow pipelines.
+/// stageflow: demand-driven dataflow pipelines, in the style of GenStage.
 #[derive(Parser)]
-#[command(version, about)]
+#[command(version, about, long_about = None)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -21,17 +20,63 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Runs a pipeline file until its source ends or Ctrl-C, then prints a summary.
-    ///
-    /// Example: stageflow run pipelines/demo.toml
+    /// Runs a pipeline file until its sources end, `--for` passes or Ctrl-C; then drains and prints a summary.
+    #[command(
+        after_help = "Examples:\n  stageflow run pipelines/demo.toml\n  stageflow run pipelines/demo.toml --for 10s --set numbers.count=5000\n  RUST_LOG=debug stageflow run pipelines/demo.toml > run.log"
+    )]
     Run {
         /// The pipeline file (TOML).
         file: PathBuf,
+        /// Stop after this long (e.g. 30s, 5m), draining what was accepted.
+        #[arg(long = "for", value_parser = humantime::parse_duration)]
+        duration: Option<Duration>,
+        /// Directory for embedded stores and output files.
+        #[arg(long, default_value = "stageflow-data")]
+        data_dir: PathBuf,
+        /// Overrides a stage setting: stage.key=value (value read as TOML, else as text). Repeatable.
+        #[arg(long = "set", value_name = "STAGE.KEY=VALUE")]
+        overrides: Vec<String>,
     },
+    /// Checks a pipeline file without running it: every problem, with file, line, column and stage.
+    #[command(after_help = "Example:\n  stageflow check pipelines/demo.toml")]
+    Check {
+        /// The pipeline file (TOML).
+        file: PathBuf,
+    },
+    /// Prints the stage graph of a pipeline file as Mermaid or DOT text.
+    #[command(
+        after_help = "Examples:\n  stageflow graph pipelines/demo.toml\n  stageflow graph pipelines/demo.toml --format dot | dot -Tsvg > demo.svg"
+    )]
+    Graph {
+        /// The pipeline file (TOML).
+        file: PathBuf,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = GraphFormat::Mermaid)]
+        format: GraphFormat,
+    },
+    /// Lists the stage kinds pipeline files can use, with their settings.
+    #[command(after_help = "Example:\n  stageflow kinds")]
+    Kinds,
+}
+
+/// How `graph` writes the graph.
+#[derive(Clone, Copy, ValueEnum)]
+enum GraphFormat {
+    /// Mermaid flowchart.
+    Mermaid,
+    /// Graphviz DOT.
+    Dot,
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(error) => {
@@ -39,8 +84,21 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let registry = registry();
     let result = match cli.command {
-        Command::Run { file } => runtime.block_on(run(file)),
+        Command::Run { file, duration, data_dir, overrides } => cli::load(&registry, &file, &overrides)
+            .and_then(|file| runtime.block_on(cli::run(&registry, file, RunOptions { duration, data_dir }))),
+        Command::Check { file } => {
+            cli::load(&registry, &file, &[]).map(|file| println!("{}", cli::check_report(&file)))
+        }
+        Command::Graph { file, format } => cli::load(&registry, &file, &[]).map(|file| match format {
+            GraphFormat::Mermaid => print!("{}", to_mermaid(&file)),
+            GraphFormat::Dot => print!("{}", to_dot(&file)),
+        }),
+        Command::Kinds => {
+            print!("{}", cli::kinds_report(&registry));
+            Ok(())
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -48,79 +106,5 @@ fn main() -> ExitCode {
             eprintln!("error: {error}");
             ExitCode::FAILURE
         }
-    }
-}
-
-async fn run(file: PathBuf) -> Result<(), String> {
-    let text =
-        std::fs::read_to_string(&file).map_err(|error| format!("cannot read {}: {error}", file.display()))?;
-    let (config, bounds) = parse_demo(&text, &file)?;
-    let count = config.source.count;
-    let total = Arc::new(AtomicU64::new(0));
-    let sum = total.clone();
-    let mut pipeline = Pipeline::new();
-    pipeline.producer("numbers", move || FromIter::new(1..=count));
-    pipeline
-        .producer_consumer("double", || Map::new(|x: u64| x.wrapping_mul(2)))
-        .subscribe_to("numbers", SubscribeOptions::bounds(bounds));
-    pipeline
-        .consumer("sum", move || {
-            let sum = sum.clone();
-            ForEach::new(move |x: u64| {
-                sum.fetch_add(x, Ordering::Relaxed);
-            })
-        })
-        .subscribe_to("double", SubscribeOptions::bounds(bounds));
-    let mut running = pipeline.start().map_err(|error| format!("{}: {error}", file.display()))?;
-    let trigger = running.shutdown_trigger();
-    tokio::spawn(async move {
-        if tokio::signal::ctrl_c().await.is_ok() {
-            eprintln!("Ctrl-C: draining");
-            trigger.shutdown();
-        }
-    });
-    let reader = running.metrics_reader();
-    let started = Instant::now();
-    let progress = tokio::spawn(async move {
-        let mut ticker = tokio::time::interval(Duration::from_secs(1));
-        ticker.tick().await;
-        loop {
-            ticker.tick().await;
-            if let Some(sum) = reader.stage("sum") {
-                println!(
-                    "[{:>5.1}s] sum stage has taken {} events",
-                    started.elapsed().as_secs_f64(),
-                    sum.events_in
-                );
-            }
-        }
-    });
-    let outcome = running.wait().await;
-    progress.abort();
-    let summary = outcome.map_err(|error| error.to_string())?;
-    let elapsed = started.elapsed().as_secs_f64();
-    println!("pipeline '{}' finished in {elapsed:.2}s", config.pipeline.name);
-    print_summary(&summary.stages, elapsed);
-    println!("sum of doubled numbers: {}", total.load(Ordering::Relaxed));
-    Ok(())
-}
-
-fn print_summary(stages: &[StageSnapshot], elapsed: f64) {
-    println!(
-        "{:<10} {:>12} {:>12} {:>12} {:>8} {:>9} {:>12}",
-        "stage", "in", "out", "events/s", "dropped", "restarts", "p95 µs/event"
-    );
-    for stage in stages {
-        let moved = stage.events_in.max(stage.events_out) as f64;
-        println!(
-            "{:<10} {:>12} {:>12} {:>12.0} {:>8} {:>9} {:>12.3}",
-            stage.stage,
-            stage.events_in,
-            stage.events_out,
-            moved / elapsed.max(1e-9),
-            stage.dropped,
-            stage.restarts,
-            stage.processing.p95_us
-        );
     }
 }

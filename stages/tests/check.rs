@@ -1,0 +1,123 @@
+//! `stageflow check`: every broken file in tests/broken names the right line,
+//! column and stage; every shipped pipeline passes.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use stageflow::config::parse_pipeline;
+use stageflow_stages::kinds::registry;
+
+fn repository() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("stages/ is inside the repository").to_path_buf()
+}
+
+/// Runs the checks the CLI runs, returning every error line.
+fn check(path: &Path) -> Result<(), String> {
+    let text = std::fs::read_to_string(path).expect("readable fixture");
+    let name = Path::new(path.file_name().expect("a file name"));
+    let file = parse_pipeline(name, &text, &|_| None).map_err(|errors| errors.to_string())?;
+    registry().check(&file).map_err(|errors| errors.to_string())
+}
+
+#[test]
+fn each_broken_file_is_reported_at_its_line_and_stage() {
+    let directory = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/broken");
+    let mut checked = 0;
+    for entry in std::fs::read_dir(&directory).expect("tests/broken exists") {
+        let path = entry.expect("a directory entry").path();
+        let text = std::fs::read_to_string(&path).expect("readable fixture");
+        let expected = text
+            .lines()
+            .next()
+            .and_then(|line| line.strip_prefix("# expect: "))
+            .unwrap_or_else(|| panic!("{} must start with '# expect: <message>'", path.display()));
+        let errors = check(&path).expect_err(&format!("{} must be rejected", path.display()));
+        assert!(
+            errors.lines().any(|line| line.starts_with(expected)),
+            "{}: expected a line starting with\n  {expected}\ngot\n  {errors}",
+            path.display()
+        );
+        checked += 1;
+    }
+    assert!(checked >= 10, "one fixture per error kind, found {checked}");
+}
+
+#[test]
+fn every_shipped_pipeline_passes_check() {
+    let mut checked = 0;
+    for entry in std::fs::read_dir(repository().join("pipelines")).expect("pipelines/ exists") {
+        let path = entry.expect("a directory entry").path();
+        if path.extension().is_some_and(|extension| extension == "toml") {
+            if let Err(errors) = check(&path) {
+                panic!("{} fails check:\n{errors}", path.display());
+            }
+            checked += 1;
+        }
+    }
+    assert!(checked >= 1);
+}
+
+#[test]
+fn the_check_command_exits_non_zero_and_counts_the_problems() {
+    let broken = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/broken/missing-stage.toml");
+    let output = Command::new(env!("CARGO_BIN_EXE_stageflow")).arg("check").arg(&broken).output().unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("stage 'sum': subscribes to 'dobule'"), "{stderr}");
+    assert!(stderr.contains("1 problem found"), "{stderr}");
+
+    let good = repository().join("pipelines/demo.toml");
+    let output = Command::new(env!("CARGO_BIN_EXE_stageflow")).arg("check").arg(&good).output().unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(String::from_utf8_lossy(&output.stdout).contains("ok — pipeline 'demo', 3 stages"));
+}
+
+#[test]
+fn run_drains_and_summarises_with_overrides_and_rejects_bad_ones() {
+    let data = tempfile::tempdir().unwrap();
+    let demo = repository().join("pipelines/demo.toml");
+    let output = Command::new(env!("CARGO_BIN_EXE_stageflow"))
+        .args(["run"])
+        .arg(&demo)
+        .args(["--set", "numbers.count=5000", "--data-dir"])
+        .arg(data.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert!(stdout.contains("pipeline 'demo' finished"), "{stdout}");
+    let sum_row = stdout.lines().find(|line| line.starts_with("| sum")).expect("a summary row for sum");
+    assert!(sum_row.contains("| 5000 "), "sum took all 5000 numbers: {sum_row}");
+    // 2 * (1 + ... + 5000)
+    assert!(stderr.contains("total=25005000"), "{stderr}");
+
+    let output = Command::new(env!("CARGO_BIN_EXE_stageflow"))
+        .arg("run")
+        .arg(&demo)
+        .args(["--set", "nubmers.count=5"])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("--set nubmers.count=5: no stage 'nubmers' in this file (did you mean 'numbers'?)"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn graph_prints_mermaid_and_dot() {
+    let demo = repository().join("pipelines/demo.toml");
+    let mermaid = Command::new(env!("CARGO_BIN_EXE_stageflow")).arg("graph").arg(&demo).output().unwrap();
+    let mermaid = String::from_utf8_lossy(&mermaid.stdout);
+    assert!(mermaid.contains("flowchart LR") && mermaid.contains("s0 -->|\"max 1000\"| s1"), "{mermaid}");
+    let dot = Command::new(env!("CARGO_BIN_EXE_stageflow"))
+        .arg("graph")
+        .arg(&demo)
+        .args(["--format", "dot"])
+        .output()
+        .unwrap();
+    let dot = String::from_utf8_lossy(&dot.stdout);
+    assert!(dot.contains("\"double\" -> \"sum\""), "{dot}");
+}
