@@ -71,7 +71,7 @@ mod tests {
             2 => vec![1],
             _ => vec![],
         };
-        assert_eq!(find_cycle(&ids, &upstreams).unwrap(), vec!["a", "b", "a"]);
+        assert_eq!(find_cycle(&ids, &upstreams).unwrap(), vec!["b", "a", "b"]);
         assert_eq!(find_cycle(&ids, &|i| if i == 1 { vec![0] } else { vec![] }), None);
     }
 

@@ -391,7 +391,7 @@ workers = { min = 1, max = 4, autoscale = true, routing = "least_loaded" }
         assert_eq!(file.name, "demo");
         let numbers = &file.stages[0];
         assert_eq!(numbers.setting("count").unwrap().value, toml::Value::Integer(10));
-        assert_eq!(numbers.setting("count").unwrap().location, Location { line: 7, column: 1 });
+        assert_eq!(numbers.setting("count").unwrap().location, Location { line: 8, column: 1 });
         assert_eq!(numbers.dispatcher.unwrap().0, DispatcherDecl::Partition { partitions: 2 });
         assert_eq!((numbers.buffer_size, numbers.buffer_keep), (Some(50), Some(BufferKeep::First)));
         let sum = &file.stages[1];
@@ -399,7 +399,7 @@ workers = { min = 1, max = 4, autoscale = true, routing = "least_loaded" }
         assert_eq!(subscription.bounds, DemandBounds::new(10, 5).unwrap());
         assert_eq!((subscription.partition, subscription.cancel), (Some(1), CancelMode::Transient));
         assert_eq!(sum.workers.unwrap().0.routing, Routing::LeastLoaded);
-        assert_eq!(sum.location, Location { line: 14, column: 1 });
+        assert_eq!(sum.location, Location { line: 14, column: 6 });
     }
 
     #[test]
