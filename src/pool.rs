@@ -83,16 +83,24 @@ impl PoolConfig {
     }
 }
 
-/// The pool size for an input of `events` events in one `frame`:
-/// `rate / events_per_worker + 1`, kept within `min..=max`.
+/// The pool size for `events` events received in one `frame` with `backlog`
+/// events still queued or in progress at its end:
+/// `(events + backlog) / frame / events_per_worker + 1`, kept within `min..=max`.
+///
+/// The first term is the reference system's `events_in_last_second / 5 + 1`.
+/// The backlog term matters in a demand-driven pool: a pool too small for
+/// its work takes in only what it finishes, so its input rate alone would
+/// never ask for more workers; its queue says it needs them.
 pub fn autoscale_target(
     events: u64,
+    backlog: usize,
     frame: Duration,
     events_per_worker: f64,
     min: usize,
     max: usize,
 ) -> usize {
-    let rate = events as f64 / frame.as_secs_f64().max(f64::MIN_POSITIVE);
+    let offered = events as f64 + backlog as f64;
+    let rate = offered / frame.as_secs_f64().max(f64::MIN_POSITIVE);
     let wanted = (rate / events_per_worker).floor();
     let wanted = if wanted.is_finite() { wanted.min(usize::MAX as f64 / 2.0) as usize } else { max };
     wanted.saturating_add(1).clamp(min, max)
@@ -105,11 +113,19 @@ mod tests {
     #[test]
     fn reference_formula_within_bounds() {
         let second = Duration::from_secs(1);
-        assert_eq!(autoscale_target(0, second, 5.0, 1, 20), 1);
-        assert_eq!(autoscale_target(12, second, 5.0, 1, 20), 3);
-        assert_eq!(autoscale_target(1000, second, 5.0, 1, 20), 20);
-        assert_eq!(autoscale_target(0, second, 5.0, 4, 20), 4);
-        assert_eq!(autoscale_target(50, Duration::from_millis(500), 5.0, 1, 100), 21);
+        assert_eq!(autoscale_target(0, 0, second, 5.0, 1, 20), 1);
+        assert_eq!(autoscale_target(12, 0, second, 5.0, 1, 20), 3);
+        assert_eq!(autoscale_target(1000, 0, second, 5.0, 1, 20), 20);
+        assert_eq!(autoscale_target(0, 0, second, 5.0, 4, 20), 4);
+        assert_eq!(autoscale_target(50, 0, Duration::from_millis(500), 5.0, 1, 100), 21);
+    }
+
+    #[test]
+    fn a_backlog_asks_for_workers_even_when_little_arrives() {
+        let second = Duration::from_secs(1);
+        assert_eq!(autoscale_target(3, 0, second, 3.0, 1, 40), 2);
+        assert_eq!(autoscale_target(3, 900, second, 3.0, 1, 40), 40);
+        assert_eq!(autoscale_target(0, 30, second, 3.0, 1, 40), 11);
     }
 
     #[test]

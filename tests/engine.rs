@@ -315,17 +315,17 @@ proptest! {
 // ---- demand ---------------------------------------------------------------
 
 #[test]
-fn producer_consumer_asks_upstream_only_as_its_consumer_asks() {
+fn producer_consumer_asks_upstream_only_as_its_consumer_asks_beyond_one_window() {
     let emitted = Arc::new(AtomicU64::new(0));
     let received = Received::default();
     let over_credit = Arc::new(AtomicUsize::new(0));
-    run(async {
+    let held = run(async {
         let mut pipeline = Pipeline::new();
         let counted = emitted.clone();
         pipeline.producer("counter", move || Counter { next: 0, emitted: counted.clone() });
         pipeline
             .producer_consumer("double", || Map::new(|x: u64| x * 2))
-            .subscribe_to("counter", SubscribeOptions::default());
+            .subscribe_to("counter", SubscribeOptions::bounds(DemandBounds::new(50, 25).unwrap()));
         let (got, over) = (received.clone(), over_credit.clone());
         pipeline
             .consumer("manual", move || ManualRecorder::new(7, 70, &got, &over))
@@ -333,10 +333,17 @@ fn producer_consumer_asks_upstream_only_as_its_consumer_asks() {
         let running = pipeline.start().unwrap();
         // The manual consumer asks 7 at a time, 70 in all, then stops.
         tokio::time::sleep(Duration::from_secs(1)).await;
-        assert_eq!(emitted.load(Ordering::Relaxed), 70, "the counter made exactly what was asked downstream");
+        let double = running.metrics_reader().stage("double").unwrap();
+        assert_eq!(
+            emitted.load(Ordering::Relaxed),
+            70 + double.buffer_fill,
+            "asked downstream + held in advance"
+        );
         assert_eq!(taken(&received), (0..70).map(|x| x * 2).collect::<Vec<_>>());
         running.shutdown();
+        double.buffer_fill
     });
+    assert!(held <= 50, "'double' holds at most one window (max_demand 50) in advance, held {held}");
     assert_eq!(over_credit.load(Ordering::Relaxed), 0);
 }
 
@@ -358,9 +365,9 @@ fn a_consumer_that_stops_asking_stops_the_source() {
         let running = pipeline.start().unwrap();
         tokio::time::sleep(Duration::from_secs(5)).await;
         let produced = emitted.load(Ordering::Relaxed);
-        // 100 taken + at most 10 credits of the stalled consumer held in
-        // 'double', whose own asks are bounded by those credits.
-        assert!(produced <= 100 + 10, "the source kept producing: {produced}");
+        // 100 taken + at most 10 credits of the stalled consumer + one
+        // window (max_demand 50) that 'double' may hold in advance.
+        assert!(produced <= 100 + 10 + 50, "the source kept producing: {produced}");
         assert_eq!(taken(&received).len(), 100);
         running.shutdown();
     });
@@ -938,5 +945,48 @@ impl EndsByItself for stageflow::PipelineHandle {
 
     async fn wait_owned(mut self) -> Result<stageflow::PipelineSummary, PipelineError> {
         self.wait().await
+    }
+}
+
+#[test]
+fn an_autoscaled_pool_drains_its_backlog_on_shutdown() {
+    let received = Received::default();
+    let emitted = Arc::new(AtomicU64::new(0));
+    let summary = run(async {
+        let mut pipeline = Pipeline::new();
+        let counted = emitted.clone();
+        pipeline.producer("counter", move || Counter { next: 0, emitted: counted.clone() });
+        let got = received.clone();
+        let mut pool = PoolConfig::autoscaled(1, 100);
+        pool.autoscale = Some(stageflow::Autoscale { frame: Duration::from_secs(1), events_per_worker: 3.0 });
+        pipeline
+            .consumer("slow", move || SlowWorker { received: got.clone() })
+            .workers(pool)
+            .subscribe_to("counter", SubscribeOptions::bounds(DemandBounds::new(400, 200).unwrap()));
+        pipeline.drain_timeout(Duration::from_secs(120));
+        let running = pipeline.start().unwrap();
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        running.stop().await.expect("drains within the timeout")
+    });
+    let produced = emitted.load(Ordering::Relaxed);
+    let mut got = taken(&received);
+    got.sort_unstable();
+    assert_eq!(got, (0..produced).collect::<Vec<_>>(), "every event accepted was handled");
+    assert_eq!(stage(&summary.stages, "slow").dropped, 0);
+}
+
+/// Takes 275 ms per event.
+struct SlowWorker {
+    received: Received,
+}
+
+impl Consumer for SlowWorker {
+    type In = u64;
+
+    async fn handle_events(&mut self, events: &mut Events<u64>) {
+        for event in events {
+            tokio::time::sleep(Duration::from_millis(275)).await;
+            self.received.lock().unwrap().push(event);
+        }
     }
 }

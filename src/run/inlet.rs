@@ -56,6 +56,17 @@ impl<T> Inlet<T> {
     }
 
     /// Credits granted (automatic mode) for events not yet received.
+    /// Events the stage may hold in advance of downstream demand: the sum of
+    /// its automatic subscriptions' `max_demand`, as a GenStage
+    /// producer-consumer holds one window per subscription.
+    pub(crate) fn window(&self) -> usize {
+        self.upstreams
+            .iter()
+            .filter(|u| u.mode == DemandMode::Automatic)
+            .map(|u| u.ledger.bounds().max_demand)
+            .sum()
+    }
+
     pub(crate) fn in_flight(&self) -> usize {
         self.upstreams.iter().map(|u| u.ledger.in_flight()).sum()
     }
@@ -68,8 +79,13 @@ impl<T> Inlet<T> {
         }
     }
 
-    /// Asks upstream for up to `budget` credits, per each link's bounds.
+    /// Asks upstream for up to `budget` credits, per each link's bounds. The
+    /// subscription holding the fewest credits asks first, so a stage that
+    /// needs events from every upstream (a join) never starves one of them.
     pub(crate) fn top_up(&mut self, mut budget: usize) {
+        if self.upstreams.len() > 1 {
+            self.upstreams.sort_by_key(|u| u.ledger.outstanding());
+        }
         for upstream in &mut self.upstreams {
             if budget == 0 {
                 break;

@@ -1,5 +1,7 @@
 //! The task of a pooled stage: routes events to workers and gathers their output.
 
+use std::collections::VecDeque;
+
 use tokio::sync::mpsc;
 
 use super::inlet::{AfterEnd, Inlet};
@@ -59,13 +61,20 @@ struct Pool<P: ProducerConsumer> {
     running: usize,
     next_id: usize,
     next_turn: usize,
-    queue_capacity: usize,
+    /// Events received and not yet handed to a worker, in arrival order;
+    /// bounded by the upstream credits, like everything the pool holds.
+    backlog: VecDeque<(SubscriberId, P::In)>,
     reports: mpsc::Sender<Report<P::Out>>,
 }
 
+/// Events a worker holds at most (one in progress, one waiting), so the
+/// backlog stays with the pool and a worker added by scaling up gets work
+/// at once.
+const WORKER_QUEUE: usize = 2;
+
 impl<P: ProducerConsumer> Pool<P> {
     fn spawn_worker(&mut self) {
-        let (queue, receiver) = mpsc::channel(self.queue_capacity);
+        let (queue, receiver) = mpsc::channel(WORKER_QUEUE);
         let id = self.next_id;
         self.next_id += 1;
         tokio::spawn(run_worker(
@@ -93,24 +102,34 @@ impl<P: ProducerConsumer> Pool<P> {
         metrics::set(&self.context.metrics.workers, self.workers.len());
     }
 
-    fn choose(&mut self) -> usize {
+    /// The worker for the next event among those with room, if any.
+    fn choose(&mut self) -> Option<usize> {
+        let count = self.workers.len();
+        let has_room = |worker: &Worker<P::In>| worker.load < WORKER_QUEUE;
         match self.config.routing {
             Routing::RoundRobin => {
-                self.next_turn = (self.next_turn + 1) % self.workers.len();
-                self.next_turn
+                let index = (1..=count)
+                    .map(|step| (self.next_turn + step) % count)
+                    .find(|&index| has_room(&self.workers[index]))?;
+                self.next_turn = index;
+                Some(index)
             }
-            Routing::LeastLoaded => {
-                (0..self.workers.len()).min_by_key(|&i| self.workers[i].load).expect("non-empty")
-            }
+            Routing::LeastLoaded => (0..count)
+                .filter(|&index| has_room(&self.workers[index]))
+                .min_by_key(|&index| self.workers[index].load),
         }
     }
 
-    async fn route(&mut self, link: SubscriberId, event: P::In) {
-        let index = self.choose();
-        let worker = &mut self.workers[index];
-        worker.load += 1;
-        // Never waits: a queue holds as many events as all upstream credits.
-        let _ = worker.queue.send((link, event)).await;
+    /// Hands backlog events to workers with room, in order.
+    async fn dispatch(&mut self) {
+        while !self.backlog.is_empty() {
+            let Some(index) = self.choose() else { return };
+            let Some((link, event)) = self.backlog.pop_front() else { return };
+            let worker = &mut self.workers[index];
+            worker.load += 1;
+            // Never waits: a worker's queue has room for WORKER_QUEUE events and `load` counts them.
+            let _ = worker.queue.send((link, event)).await;
+        }
     }
 
     fn finished_one(&mut self, worker: usize) {
@@ -146,7 +165,7 @@ pub(crate) async fn run_pool<P: ProducerConsumer>(
         running: 0,
         next_id: 0,
         next_turn: 0,
-        queue_capacity,
+        backlog: VecDeque::new(),
         reports,
     };
     pool.resize(config.initial_size());
@@ -173,6 +192,7 @@ pub(crate) async fn run_pool<P: ProducerConsumer>(
                 Report::Processed { worker, link, out, error } => {
                     in_pool -= 1;
                     pool.finished_one(worker);
+                    pool.dispatch().await;
                     inlet.processed(link, 1);
                     emit(&mut outlet, out).await;
                     if let Some(error) = error {
@@ -192,9 +212,8 @@ pub(crate) async fn run_pool<P: ProducerConsumer>(
                     inlet.received(link, batch.len());
                     frame_events += batch.len() as u64;
                     in_pool += batch.len();
-                    for event in batch {
-                        pool.route(link, event).await;
-                    }
+                    pool.backlog.extend(batch.into_iter().map(|event| (link, event)));
+                    pool.dispatch().await;
                 }
                 Some(Inbox::Done { link, reason }) => {
                     if let AfterEnd::Fail(why) = inlet.ended(link, &reason) {
@@ -215,9 +234,17 @@ pub(crate) async fn run_pool<P: ProducerConsumer>(
             }
             _ = async { frame.as_mut().expect("guarded").tick().await }, if frame.is_some() => {
                 let autoscale = config.autoscale.expect("frame implies autoscale");
-                let target = autoscale_target(frame_events, autoscale.frame, autoscale.events_per_worker, config.min, config.max);
+                let target = autoscale_target(
+                    frame_events,
+                    in_pool,
+                    autoscale.frame,
+                    autoscale.events_per_worker,
+                    config.min,
+                    config.max,
+                );
                 frame_events = 0;
                 pool.resize(target);
+                pool.dispatch().await;
             }
             _ = shutdown_requested(&mut shutdown), if !shutting_down && inlet.waits_for_shutdown() => shutting_down = true,
         }

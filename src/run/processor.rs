@@ -91,11 +91,16 @@ impl<P: ProducerConsumer> Supervised<P> {
     }
 }
 
-/// Upstream credits a stage may ask for now: a consumer asks freely within
-/// each subscription's bounds; a stage with subscribers of its own asks only
-/// for what they asked it for and is not already covered by what it holds
-/// (buffered, in hand, or asked for and not yet arrived), so a stalled
-/// consumer stops the chain back to the source.
+/// Upstream credits a stage may ask for now.
+///
+/// A consumer asks freely within each subscription's bounds. A stage with
+/// subscribers of its own asks for what they asked it for, plus one window
+/// (the sum of its subscriptions' `max_demand`) held in advance, as a
+/// GenStage producer-consumer does: everything it holds — buffered, in
+/// hand, or asked for and not yet arrived — stays within `downstream
+/// credits + window`. So a stalled consumer stops the chain back to the
+/// source, while stages that gather (batchers, windows, joins) can still
+/// collect what they need to emit.
 pub(crate) fn upstream_budget<I, O: Send + 'static>(
     outlet: Option<&Outlet<O>>,
     inlet: &Inlet<I>,
@@ -103,7 +108,8 @@ pub(crate) fn upstream_budget<I, O: Send + 'static>(
 ) -> usize {
     match outlet {
         None => usize::MAX,
-        Some(outlet) => outlet.allowance().saturating_sub(outlet.buffered() + inlet.in_flight() + in_hand),
+        Some(outlet) => (outlet.allowance() + inlet.window())
+            .saturating_sub(outlet.buffered() + inlet.in_flight() + in_hand),
     }
 }
 

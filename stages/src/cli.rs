@@ -1,21 +1,93 @@
 //! What the `stageflow` subcommands do: load and check pipeline files, run
 //! them with a live view, draw their graph.
 
+use std::collections::HashMap;
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use comfy_table::Table;
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use serde::Deserialize;
 use stageflow::config::{BuildContext, ConfigErrors, PipelineFile, Registry, parse_pipeline};
 use stageflow::{MetricsReader, StageSnapshot};
 
-/// Reads and checks a pipeline file, applying `--set stage.key=value` overrides.
-pub fn load(registry: &Registry, path: &Path, overrides: &[String]) -> Result<PipelineFile, String> {
+use crate::emulator::{EmulateArgs, EmulatorConfig, Rate, start_emulator};
+
+/// The variable a pipeline file uses for the address of the emulator the
+/// `run` command starts in-process when the file has `[pipeline.settings.emulator]`.
+pub const EMULATOR_URL: &str = "EMULATOR_URL";
+
+/// Where `stageflow emulate` listens by default: what `check` and `graph`
+/// substitute for `${EMULATOR_URL}` when it is not set.
+const DEFAULT_EMULATOR_URL: &str = "http://127.0.0.1:4000";
+
+/// `[pipeline.settings.emulator]`: an emulator started in-process for the run.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EmbeddedEmulator {
+    #[serde(default)]
+    seed: u64,
+    rate: Option<toml::Value>,
+    rate_low: Option<f64>,
+    rate_high: Option<f64>,
+    limit: Option<u64>,
+    kill_ratio: Option<f64>,
+}
+
+/// The emulator a pipeline file asks `run` to start in-process, if it asks for one.
+pub fn embedded_emulator(text: &str, path: &Path) -> Result<Option<EmulatorConfig>, String> {
+    let Ok(table) = toml::from_str::<toml::Table>(text) else {
+        return Ok(None); // parse_pipeline reports the syntax error with its location
+    };
+    let Some(settings) =
+        table.get("pipeline").and_then(|p| p.get("settings")).and_then(|s| s.get("emulator"))
+    else {
+        return Ok(None);
+    };
+    let wrong = |why: String| format!("{}: [pipeline.settings.emulator]: {why}", path.display());
+    let embedded: EmbeddedEmulator =
+        settings.clone().try_into().map_err(|error: toml::de::Error| wrong(error.to_string()))?;
+    let rate = match &embedded.rate {
+        None => None,
+        Some(toml::Value::String(text)) if text == "max" => Some(Rate::Max),
+        Some(value) => match value.as_float().or_else(|| value.as_integer().map(|n| n as f64)) {
+            Some(rate) if rate > 0.0 => Some(Rate::Fixed(rate)),
+            _ => return Err(wrong(format!("`rate` must be \"max\" or a positive number, got {value}"))),
+        },
+    };
+    let args = EmulateArgs {
+        addr: "127.0.0.1:0".into(),
+        rate,
+        rate_low: embedded.rate_low.unwrap_or(100.0),
+        rate_high: embedded.rate_high.unwrap_or(2000.0),
+        rate_period: 3.0,
+        seed: embedded.seed,
+        limit: embedded.limit,
+        kill_ratio: embedded.kill_ratio.unwrap_or(0.002),
+        malformed_ratio: 0.0,
+        close_after: None,
+    };
+    args.config().map(Some).map_err(wrong)
+}
+
+/// Reads and checks a pipeline file, applying `--set stage.key=value` overrides;
+/// `vars` resolve `${NAME}` before the environment does.
+pub fn load(
+    registry: &Registry,
+    path: &Path,
+    overrides: &[String],
+    vars: &HashMap<String, String>,
+) -> Result<PipelineFile, String> {
     let text =
         std::fs::read_to_string(path).map_err(|error| format!("cannot read {}: {error}", path.display()))?;
-    let mut file =
-        parse_pipeline(path, &text, &|name| std::env::var(name).ok()).map_err(|errors| describe(&errors))?;
+    let lookup = |name: &str| {
+        vars.get(name)
+            .cloned()
+            .or_else(|| std::env::var(name).ok())
+            .or_else(|| (name == EMULATOR_URL).then(|| DEFAULT_EMULATOR_URL.to_string()))
+    };
+    let mut file = parse_pipeline(path, &text, &lookup).map_err(|errors| describe(&errors))?;
     for assignment in overrides {
         apply_override(&mut file, assignment).map_err(|why| format!("--set {assignment}: {why}"))?;
     }
@@ -86,6 +158,38 @@ pub struct RunOptions {
     pub duration: Option<Duration>,
     /// Where embedded stores and output files go.
     pub data_dir: PathBuf,
+    /// How long a shutdown may take to drain before the run fails.
+    pub drain_timeout: Duration,
+}
+
+/// `stageflow run`: starts the embedded emulator if the file asks for one
+/// (and `EMULATOR_URL` is not set), loads and runs the file, stops the emulator.
+pub async fn run_file(
+    registry: &Registry,
+    path: &Path,
+    overrides: &[String],
+    options: RunOptions,
+) -> Result<(), String> {
+    let text =
+        std::fs::read_to_string(path).map_err(|error| format!("cannot read {}: {error}", path.display()))?;
+    let mut vars = HashMap::new();
+    let mut emulator = None;
+    if std::env::var_os(EMULATOR_URL).is_none()
+        && let Some(config) = embedded_emulator(&text, path)?
+    {
+        let handle = start_emulator("127.0.0.1:0", config).await?;
+        tracing::info!("embedded emulator serving tweets at {}", handle.url("/tweets/1"));
+        vars.insert(EMULATOR_URL.to_string(), handle.url(""));
+        emulator = Some(handle);
+    }
+    let outcome = match load(registry, path, overrides, &vars) {
+        Ok(file) => run(registry, file, options).await,
+        Err(error) => Err(error),
+    };
+    if let Some(handle) = emulator {
+        handle.stop().await;
+    }
+    outcome
 }
 
 /// Runs a checked pipeline file until it ends, `--for` passes or Ctrl-C,
@@ -99,7 +203,8 @@ pub async fn run(registry: &Registry, file: PipelineFile, options: RunOptions) -
         pipeline: file.name.clone(),
         settings: file.settings.clone(),
     };
-    let pipeline = registry.build(&file, &context).map_err(|errors| errors.to_string())?;
+    let mut pipeline = registry.build(&file, &context).map_err(|errors| errors.to_string())?;
+    pipeline.drain_timeout(options.drain_timeout);
     let mut running = pipeline.start().map_err(|error| format!("{}: {error}", file.path.display()))?;
     let trigger = running.shutdown_trigger();
     let started = Instant::now();

@@ -22,6 +22,10 @@ pub fn registry() -> Registry {
         .register(SumKind)
         .register(FormatKind)
         .register(PrintKind);
+    crate::analysis::kinds::register(&mut registry);
+    crate::storage::register(&mut registry);
+    crate::csv_source::register(&mut registry);
+    crate::broker_stages::register(&mut registry);
     registry
 }
 

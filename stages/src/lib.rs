@@ -4,5 +4,14 @@
 //! plumbing (`cli`); the SSE receiver, tweet stages, broker and telnet
 //! server land beside them.
 
+pub mod analysis;
+pub mod broker;
+pub mod broker_stages;
 pub mod cli;
+pub mod csv_source;
+pub mod emulator;
 pub mod kinds;
+pub mod scored;
+pub mod sse;
+pub mod storage;
+pub mod tweet;

@@ -33,6 +33,9 @@ enum Command {
         /// Directory for embedded stores and output files.
         #[arg(long, default_value = "stageflow-data")]
         data_dir: PathBuf,
+        /// How long draining may take after the end, `--for` or Ctrl-C before the run fails.
+        #[arg(long, value_parser = humantime::parse_duration, default_value = "60s")]
+        drain_timeout: Duration,
         /// Overrides a stage setting: stage.key=value (value read as TOML, else as text). Repeatable.
         #[arg(long = "set", value_name = "STAGE.KEY=VALUE")]
         overrides: Vec<String>,
@@ -57,6 +60,13 @@ enum Command {
     /// Lists the stage kinds pipeline files can use, with their settings.
     #[command(after_help = "Example:\n  stageflow kinds")]
     Kinds,
+    /// Runs the message broker: durable topics over a line protocol (try it with nc or telnet).
+    Broker(stageflow_stages::broker::BrokerArgs),
+    /// Serves emulated tweet streams (SSE) at /tweets/1 and /tweets/2, the lexicon and per-connection stats.
+    #[command(
+        after_help = "Examples:\n  stageflow emulate\n  stageflow emulate --addr 127.0.0.1:4000 --rate max --seed 7 --limit 100000\n  curl -N http://127.0.0.1:4000/tweets/1"
+    )]
+    Emulate(stageflow_stages::emulator::EmulateArgs),
 }
 
 /// How `graph` writes the graph.
@@ -77,6 +87,11 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .init();
+    // A stage that panics is restarted by its supervisor (and counted); one
+    // log line says so, instead of the default hook's report on stderr.
+    std::panic::set_hook(Box::new(|info| {
+        tracing::warn!("a stage panicked (its supervisor restarts it): {info}")
+    }));
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(error) => {
@@ -86,19 +101,23 @@ fn main() -> ExitCode {
     };
     let registry = registry();
     let result = match cli.command {
-        Command::Run { file, duration, data_dir, overrides } => cli::load(&registry, &file, &overrides)
-            .and_then(|file| runtime.block_on(cli::run(&registry, file, RunOptions { duration, data_dir }))),
-        Command::Check { file } => {
-            cli::load(&registry, &file, &[]).map(|file| println!("{}", cli::check_report(&file)))
+        Command::Run { file, duration, data_dir, drain_timeout, overrides } => runtime.block_on(
+            cli::run_file(&registry, &file, &overrides, RunOptions { duration, data_dir, drain_timeout }),
+        ),
+        Command::Check { file } => cli::load(&registry, &file, &[], &Default::default())
+            .map(|file| println!("{}", cli::check_report(&file))),
+        Command::Graph { file, format } => {
+            cli::load(&registry, &file, &[], &Default::default()).map(|file| match format {
+                GraphFormat::Mermaid => print!("{}", to_mermaid(&file)),
+                GraphFormat::Dot => print!("{}", to_dot(&file)),
+            })
         }
-        Command::Graph { file, format } => cli::load(&registry, &file, &[]).map(|file| match format {
-            GraphFormat::Mermaid => print!("{}", to_mermaid(&file)),
-            GraphFormat::Dot => print!("{}", to_dot(&file)),
-        }),
         Command::Kinds => {
             print!("{}", cli::kinds_report(&registry));
             Ok(())
         }
+        Command::Broker(args) => runtime.block_on(stageflow_stages::broker::run_broker(args)),
+        Command::Emulate(args) => runtime.block_on(stageflow_stages::emulator::run_emulate(args)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use stageflow::config::parse_pipeline;
+use stageflow_stages::cli::EMULATOR_URL;
 use stageflow_stages::kinds::registry;
 
 fn repository() -> PathBuf {
@@ -15,7 +16,9 @@ fn repository() -> PathBuf {
 fn check(path: &Path) -> Result<(), String> {
     let text = std::fs::read_to_string(path).expect("readable fixture");
     let name = Path::new(path.file_name().expect("a file name"));
-    let file = parse_pipeline(name, &text, &|_| None).map_err(|errors| errors.to_string())?;
+    // As `stageflow check` does: ${EMULATOR_URL} defaults to where `stageflow emulate` listens.
+    let lookup = |var: &str| (var == EMULATOR_URL).then(|| "http://127.0.0.1:4000".to_string());
+    let file = parse_pipeline(name, &text, &lookup).map_err(|errors| errors.to_string())?;
     registry().check(&file).map_err(|errors| errors.to_string())
 }
 

@@ -1,0 +1,320 @@
+//! Sentiment: the mean lexicon score of a tweet's words, and the lexicon itself.
+//!
+//! Words: the text is case-folded, punctuation (Unicode `P*` and ASCII
+//! punctuation such as `#`, `@`, `$`, `+`) is deleted, and what remains is
+//! split into runs of letters and digits (with their combining marks).
+//! Whitespace separates words, and so do other symbols — emoji, `©`, `€` —
+//! which are not words. So `"Don't #LOVE it!!😀"` has the words `dont`,
+//! `love`, `it`. The score is the mean over all words, unknown words counting
+//! 0; a text without words scores 0.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use regex::Regex;
+use stageflow::{Emitter, Events, ProducerConsumer};
+use tokio::sync::OnceCell;
+
+use super::flow::{Score, TweetFlow, TweetScore};
+
+fn punctuation() -> &'static Regex {
+    static PUNCTUATION: OnceLock<Regex> = OnceLock::new();
+    PUNCTUATION.get_or_init(|| Regex::new(r"[\p{P}[:punct:]]+").expect("a valid pattern"))
+}
+
+fn word() -> &'static Regex {
+    static WORD: OnceLock<Regex> = OnceLock::new();
+    WORD.get_or_init(|| Regex::new(r"[\p{L}\p{N}][\p{L}\p{N}\p{M}]*").expect("a valid pattern"))
+}
+
+/// The words of `text`, case-folded, punctuation stripped (see the module docs).
+pub fn words(text: &str) -> Vec<String> {
+    let folded = text.to_lowercase();
+    let stripped = punctuation().replace_all(&folded, "");
+    word().find_iter(&stripped).map(|found| found.as_str().to_string()).collect()
+}
+
+/// The mean lexicon score of the words of `text`; 0 for a text without words.
+pub fn sentiment_score(text: &str, lexicon: &Lexicon) -> f64 {
+    let words = words(text);
+    if words.is_empty() {
+        return 0.0;
+    }
+    let total: f64 = words.iter().map(|word| lexicon.score(word)).sum();
+    total / words.len() as f64
+}
+
+/// Word scores, keyed by lowercase word.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Lexicon {
+    scores: HashMap<String, f64>,
+}
+
+impl Lexicon {
+    /// VADER's lexicon (about 7,500 entries, −4 … +4), as the `vader_sentiment` crate ships it.
+    pub fn vader() -> Arc<Lexicon> {
+        static VADER: OnceLock<Arc<Lexicon>> = OnceLock::new();
+        VADER
+            .get_or_init(|| {
+                let scores = vader_sentiment::LEXICON
+                    .iter()
+                    .map(|(word, score)| (word.to_lowercase(), *score))
+                    .collect();
+                Arc::new(Lexicon { scores })
+            })
+            .clone()
+    }
+
+    /// A lexicon from `(word, score)` pairs (words are case-folded).
+    pub fn from_pairs<'a>(pairs: impl IntoIterator<Item = (&'a str, f64)>) -> Lexicon {
+        Lexicon { scores: pairs.into_iter().map(|(word, score)| (word.to_lowercase(), score)).collect() }
+    }
+
+    /// Reads `word<TAB>score` lines (VADER's file and the emulator's
+    /// `/emotion_values`; further tab-separated columns are ignored; a line
+    /// without a tab splits at its last space). Blank lines and `#` comments
+    /// are skipped. The error names the first bad line.
+    pub fn parse(text: &str) -> Result<Lexicon, String> {
+        let mut scores = HashMap::new();
+        for (index, line) in text.lines().enumerate() {
+            let line = line.trim_end_matches('\r');
+            if line.trim().is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let (word, score) = match line.split_once('\t') {
+                Some((word, rest)) => (word, rest.split('\t').next().unwrap_or_default()),
+                None => line.trim().rsplit_once(char::is_whitespace).unwrap_or((line, "")),
+            };
+            let word = word.trim();
+            let score: f64 = score
+                .trim()
+                .parse()
+                .ok()
+                .filter(|s: &f64| s.is_finite())
+                .ok_or_else(|| format!("line {}: expected `word<TAB>score`, got {line:?}", index + 1))?;
+            if word.is_empty() {
+                return Err(format!("line {}: the word is empty", index + 1));
+            }
+            scores.insert(word.to_lowercase(), score);
+        }
+        if scores.is_empty() {
+            return Err("the lexicon has no entries".into());
+        }
+        Ok(Lexicon { scores })
+    }
+
+    /// Reads a lexicon file (see [`Lexicon::parse`]).
+    pub fn from_file(path: &Path) -> Result<Lexicon, String> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|error| format!("cannot read the lexicon file {}: {error}", path.display()))?;
+        Lexicon::parse(&text).map_err(|why| format!("lexicon file {}: {why}", path.display()))
+    }
+
+    /// Fetches a lexicon over HTTP, e.g. the emulator's `/emotion_values`.
+    pub async fn from_url(url: &str) -> Result<Lexicon, String> {
+        let client = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .timeout(Duration::from_secs(30))
+            .no_proxy()
+            .build()
+            .map_err(|error| format!("cannot build an HTTP client for {url}: {error}"))?;
+        let response = client.get(url).send().await.map_err(|error| format!("lexicon URL {url}: {error}"))?;
+        let status = response.status();
+        if !status.is_success() {
+            return Err(format!("lexicon URL {url}: answered HTTP {status}"));
+        }
+        let text = response.text().await.map_err(|error| format!("lexicon URL {url}: {error}"))?;
+        Lexicon::parse(&text).map_err(|why| format!("lexicon URL {url}: {why}"))
+    }
+
+    /// The score of a (case-folded) word; 0 if it is not in the lexicon.
+    pub fn score(&self, word: &str) -> f64 {
+        self.scores.get(word).copied().unwrap_or(0.0)
+    }
+
+    /// Number of entries.
+    pub fn len(&self) -> usize {
+        self.scores.len()
+    }
+
+    /// Whether it has no entries.
+    pub fn is_empty(&self) -> bool {
+        self.scores.is_empty()
+    }
+}
+
+/// Where the sentiment stage gets its lexicon.
+#[derive(Debug, Clone, PartialEq)]
+pub enum LexiconSource {
+    /// VADER's, shipped with the `vader_sentiment` crate (the default).
+    Vader,
+    /// A `word<TAB>score` file, read when the stage is built.
+    File(PathBuf),
+    /// A `word<TAB>score` URL, fetched by the first event (retried with backoff until it answers).
+    Url(String),
+}
+
+/// The lexicon of a sentiment stage, shared by its workers and their restarts.
+#[derive(Debug, Clone)]
+pub struct SharedLexicon {
+    url: Option<Arc<str>>,
+    cell: Arc<OnceCell<Arc<Lexicon>>>,
+}
+
+impl SharedLexicon {
+    /// Loads a VADER or file lexicon now; a URL one on first use.
+    pub fn load(source: &LexiconSource) -> Result<SharedLexicon, String> {
+        let ready =
+            |lexicon: Arc<Lexicon>| SharedLexicon { url: None, cell: Arc::new(OnceCell::from(lexicon)) };
+        match source {
+            LexiconSource::Vader => Ok(ready(Lexicon::vader())),
+            LexiconSource::File(path) => Ok(ready(Arc::new(Lexicon::from_file(path)?))),
+            LexiconSource::Url(url) => {
+                Ok(SharedLexicon { url: Some(url.as_str().into()), cell: Arc::default() })
+            }
+        }
+    }
+
+    /// A lexicon that is already loaded.
+    pub fn ready(lexicon: Arc<Lexicon>) -> SharedLexicon {
+        SharedLexicon { url: None, cell: Arc::new(OnceCell::from(lexicon)) }
+    }
+
+    /// The lexicon, fetching it first if needed: failures are logged and
+    /// retried (100 ms doubling to 5 s), holding the events back meanwhile.
+    pub async fn get(&self) -> Arc<Lexicon> {
+        self.cell
+            .get_or_init(|| async {
+                let url = self.url.as_deref().unwrap_or_default();
+                let mut delay = Duration::from_millis(100);
+                loop {
+                    match Lexicon::from_url(url).await {
+                        Ok(lexicon) => {
+                            tracing::info!(%url, entries = lexicon.len(), "sentiment lexicon loaded");
+                            return Arc::new(lexicon);
+                        }
+                        Err(why) => {
+                            tracing::warn!("{why}; retrying in {} ms", delay.as_millis());
+                            tokio::time::sleep(delay).await;
+                            delay = (delay * 2).min(Duration::from_secs(5));
+                        }
+                    }
+                }
+            })
+            .await
+            .clone()
+    }
+}
+
+/// The sentiment stage: scores each tweet; kill messages are skipped.
+#[derive(Debug, Clone)]
+pub struct Sentiment {
+    lexicon: SharedLexicon,
+}
+
+impl Sentiment {
+    /// A stage scoring with `lexicon`.
+    pub fn new(lexicon: SharedLexicon) -> Self {
+        Sentiment { lexicon }
+    }
+}
+
+impl ProducerConsumer for Sentiment {
+    type In = TweetFlow;
+    type Out = TweetScore;
+
+    async fn handle_events(&mut self, events: &mut Events<TweetFlow>, out: &mut Emitter<TweetScore>) {
+        let lexicon = self.lexicon.get().await;
+        for event in events {
+            if let TweetFlow::Tweet(tweet) = event {
+                let score = Score::Sentiment(sentiment_score(&tweet.tweet.text, &lexicon));
+                out.emit(TweetScore { tweet, score });
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn small() -> Lexicon {
+        Lexicon::from_pairs([("love", 3.2), ("hate", -2.7), ("good", 1.9), ("café", 1.0), ("dont", -0.5)])
+    }
+
+    #[test]
+    fn words_are_case_folded_and_stripped_of_punctuation() {
+        assert_eq!(words("Hello, WORLD!"), ["hello", "world"]);
+        assert_eq!(words("Don't #LOVE it!!"), ["dont", "love", "it"]);
+        assert_eq!(words("well-known @ana e.g."), ["wellknown", "ana", "eg"]);
+        assert_eq!(words("  \t\n "), Vec::<String>::new());
+        assert_eq!(words("¡¿«quoted»?! — “smart” …"), ["quoted", "smart"]);
+    }
+
+    #[test]
+    fn emoji_and_symbols_separate_words_and_are_not_words() {
+        assert_eq!(words("love😀hate"), ["love", "hate"]);
+        assert_eq!(words("☀️ sunny ❤️love 👍🏽"), ["sunny", "love"]);
+        assert_eq!(words("👨‍👩‍👧 €5 ©2024"), ["5", "2024"]);
+    }
+
+    #[test]
+    fn unicode_letters_digits_and_marks_stay_in_words() {
+        assert_eq!(words("Café ÉTÉ naïve"), ["café", "été", "naïve"]);
+        // A decomposed é (e + combining acute) keeps its mark.
+        assert_eq!(words("cafe\u{301}!"), ["cafe\u{301}"]);
+        assert_eq!(words("東京 Ελλάδα ١٢٣"), ["東京", "ελλάδα", "١٢٣"]);
+        assert_eq!(words("İSTANBUL"), ["i\u{307}stanbul"]);
+    }
+
+    #[test]
+    fn the_score_is_the_mean_over_all_words() {
+        let lexicon = small();
+        assert_eq!(sentiment_score("", &lexicon), 0.0);
+        assert_eq!(sentiment_score("!!! 😀 ...", &lexicon), 0.0);
+        assert!((sentiment_score("LOVE", &lexicon) - 3.2).abs() < 1e-12);
+        assert!((sentiment_score("I love it", &lexicon) - 3.2 / 3.0).abs() < 1e-12);
+        assert!((sentiment_score("love, hate!", &lexicon) - 0.25).abs() < 1e-12);
+        assert!(
+            (sentiment_score("Don't... #love 😀 café", &lexicon) - (-0.5 + 3.2 + 1.0) / 3.0).abs() < 1e-12
+        );
+        assert_eq!(sentiment_score("unknown words only", &lexicon), 0.0);
+    }
+
+    #[test]
+    fn vader_is_the_published_lexicon() {
+        let vader = Lexicon::vader();
+        assert!(vader.len() > 7000, "{} entries", vader.len());
+        assert!(vader.score("love") > 2.0);
+        assert!(vader.score("hate") < -2.0);
+        assert!((sentiment_score("LOVE love", &vader) - vader.score("love")).abs() < 1e-12);
+    }
+
+    #[test]
+    fn parsing_takes_tab_separated_lines_and_names_bad_ones() {
+        let lexicon = Lexicon::parse("# comment\nGood\t1.9\t0.9\t[1, 2]\n\nbad -2.5\r\n").unwrap();
+        assert_eq!(lexicon.len(), 2);
+        assert_eq!(lexicon.score("good"), 1.9);
+        assert_eq!(lexicon.score("bad"), -2.5);
+        let error = Lexicon::parse("good\t1\nnice\tvery\n").unwrap_err();
+        assert!(error.contains("line 2") && error.contains("nice"), "{error}");
+        assert!(Lexicon::parse("x\tNaN").unwrap_err().contains("line 1"));
+        assert!(Lexicon::parse("").unwrap_err().contains("no entries"));
+        assert!(Lexicon::parse("\t1.0").unwrap_err().contains("empty"));
+    }
+
+    #[test]
+    fn the_emulator_format_round_trips_vader() {
+        let served = crate::emulator::generator::lexicon_lines(crate::emulator::generator::lexicon());
+        let parsed = Lexicon::parse(&served).unwrap();
+        assert_eq!(&parsed, Lexicon::vader().as_ref());
+    }
+
+    #[test]
+    fn a_missing_file_is_named() {
+        let error = Lexicon::from_file(Path::new("/nonexistent/lexicon.txt")).unwrap_err();
+        assert!(error.contains("/nonexistent/lexicon.txt"), "{error}");
+    }
+}

@@ -1,0 +1,489 @@
+//! Statistics: every frame (default 5 s), a [`StatsFrame`] with the
+//! p75/p85/p95 of logger time and of tweets/users bulk-insert time, crashes,
+//! tweets and users ingested, and events dropped anywhere.
+//!
+//! ## The contract with the sinks
+//!
+//! A sink records each bulk insert into the pipeline's [`InsertTimings`]:
+//!
+//! ```
+//! # use std::time::Duration;
+//! use stageflow_stages::analysis::StatsHub;
+//! // In the sink kind's `build`: the recorder shared by every stage of this pipeline.
+//! let timings = StatsHub::for_pipeline("tweets-doc-example").insert_timings();
+//! // After each bulk insert: how long it took and how many documents were new.
+//! timings.record_tweets(Duration::from_millis(12), 200);
+//! timings.record_users(Duration::from_millis(4), 150);
+//! ```
+//!
+//! ## Where the numbers come from
+//!
+//! Everything meets in the pipeline's [`StatsHub`] (one per pipeline name in
+//! a process, [`StatsHub::for_pipeline`]): the logger records its time per
+//! tweet, sinks their insert times and counts, the aggregator and SSE kinds
+//! register their eviction and malformed counters. Crashes, and drops inside
+//! the engine (full buffers, untaken events), come from the engine's metrics
+//! once the program that started the pipeline hands them over with
+//! [`StatsHub::attach_metrics`]; until then `crashes` counts the logger's
+//! kill-message crashes only. Percentiles are per frame: each frame takes the
+//! times recorded since the previous one. Counts are totals since start.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, SystemTime};
+
+use hdrhistogram::Histogram;
+use serde::{Deserialize, Serialize};
+use stageflow::{Emitter, Flow, MetricsReader, Producer};
+use tokio::sync::watch;
+
+use super::aggregator::JoinStats;
+use crate::sse::SseStats;
+
+/// Longest duration a recorder keeps apart (longer ones count as this): one hour.
+const MAX_MICROS: u64 = 3_600_000_000;
+
+fn new_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, MAX_MICROS, 2).expect("valid histogram bounds")
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Durations recorded by several tasks, taken (and reset) once per frame.
+#[derive(Debug)]
+pub struct LatencyRecorder {
+    histogram: Mutex<Histogram<u64>>,
+}
+
+impl Default for LatencyRecorder {
+    fn default() -> Self {
+        LatencyRecorder { histogram: Mutex::new(new_histogram()) }
+    }
+}
+
+impl LatencyRecorder {
+    /// Records one duration (microsecond resolution, 1 µs to 1 h; 1% precision).
+    pub fn record(&self, elapsed: Duration) {
+        let micros = (elapsed.as_micros().min(MAX_MICROS as u128) as u64).max(1);
+        lock(&self.histogram).saturating_record(micros);
+    }
+
+    /// The summary of what was recorded since the last `take`, and starts afresh.
+    pub fn take(&self) -> TimingSummary {
+        let mut histogram = lock(&self.histogram);
+        let summary = TimingSummary::of(&histogram);
+        histogram.reset();
+        summary
+    }
+}
+
+/// Bulk-insert times and counts, recorded by the storage sinks.
+#[derive(Debug, Default)]
+pub struct InsertTimings {
+    tweets: LatencyRecorder,
+    users: LatencyRecorder,
+    tweets_ingested: AtomicU64,
+    users_ingested: AtomicU64,
+}
+
+impl InsertTimings {
+    /// One bulk insert into `tweets`: how long it took and how many tweets were new.
+    pub fn record_tweets(&self, elapsed: Duration, inserted: u64) {
+        self.tweets.record(elapsed);
+        self.tweets_ingested.fetch_add(inserted, Ordering::Relaxed);
+    }
+
+    /// One bulk insert into `users`: how long it took and how many users were new.
+    pub fn record_users(&self, elapsed: Duration, inserted: u64) {
+        self.users.record(elapsed);
+        self.users_ingested.fetch_add(inserted, Ordering::Relaxed);
+    }
+
+    /// Tweets ingested since start.
+    pub fn tweets_ingested(&self) -> u64 {
+        self.tweets_ingested.load(Ordering::Relaxed)
+    }
+
+    /// Users ingested since start.
+    pub fn users_ingested(&self) -> u64 {
+        self.users_ingested.load(Ordering::Relaxed)
+    }
+}
+
+/// Percentiles of one frame's durations, in milliseconds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct TimingSummary {
+    /// Durations recorded in the frame.
+    pub count: u64,
+    /// 75th percentile, ms.
+    pub p75_ms: f64,
+    /// 85th percentile, ms.
+    pub p85_ms: f64,
+    /// 95th percentile, ms.
+    pub p95_ms: f64,
+}
+
+impl TimingSummary {
+    /// The percentiles of a histogram of microseconds; all zero when it is empty.
+    pub fn of(histogram: &Histogram<u64>) -> TimingSummary {
+        if histogram.is_empty() {
+            return TimingSummary::default();
+        }
+        let ms = |quantile: f64| histogram.value_at_quantile(quantile) as f64 / 1000.0;
+        TimingSummary { count: histogram.len(), p75_ms: ms(0.75), p85_ms: ms(0.85), p95_ms: ms(0.95) }
+    }
+}
+
+impl fmt::Display for TimingSummary {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "p75/p85/p95 {:.1}/{:.1}/{:.1} ms (n={})",
+            self.p75_ms, self.p85_ms, self.p95_ms, self.count
+        )
+    }
+}
+
+/// One frame of statistics: what the statistics stage emits, prints and publishes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StatsFrame {
+    /// The pipeline's name.
+    pub pipeline: String,
+    /// 1 for the first frame, then 2, 3, ...
+    pub sequence: u64,
+    /// When the frame closed (RFC 3339, UTC).
+    pub at: String,
+    /// The frame length, ms.
+    pub frame_ms: u64,
+    /// Logger time per tweet (printing plus emulated work) in this frame.
+    pub logger: TimingSummary,
+    /// Bulk-insert time of the `tweets` collection in this frame.
+    pub tweets_insert: TimingSummary,
+    /// Bulk-insert time of the `users` collection in this frame.
+    pub users_insert: TimingSummary,
+    /// Crashes since start: stage restarts (logger kill crashes only, without engine metrics).
+    pub crashes: u64,
+    /// Events lost to crashes since start (0 without engine metrics).
+    pub lost: u64,
+    /// New tweets stored since start.
+    pub tweets_ingested: u64,
+    /// New users stored since start.
+    pub users_ingested: u64,
+    /// Events dropped anywhere since start: the sum of `dropped_by`.
+    pub dropped: u64,
+    /// Drops by where they happened: `<stage>` (engine), `<stage>.evicted`, `<stage>.malformed`.
+    pub dropped_by: BTreeMap<String, u64>,
+}
+
+impl fmt::Display for StatsFrame {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "stats #{} ({} ms): logger {}; tweets insert {}; users insert {}; crashes {}; ingested {} tweets, {} users; dropped {}",
+            self.sequence,
+            self.frame_ms,
+            self.logger,
+            self.tweets_insert,
+            self.users_insert,
+            self.crashes,
+            self.tweets_ingested,
+            self.users_ingested,
+            self.dropped
+        )
+    }
+}
+
+/// Where a pipeline's stages leave what the statistics stage reports.
+pub struct StatsHub {
+    pipeline: String,
+    logger: LatencyRecorder,
+    inserts: Arc<InsertTimings>,
+    logger_crashes: AtomicU64,
+    joins: Mutex<BTreeMap<String, Arc<JoinStats>>>,
+    sources: Mutex<BTreeMap<String, Arc<SseStats>>>,
+    metrics: Mutex<Option<MetricsReader>>,
+    latest: watch::Sender<Option<StatsFrame>>,
+}
+
+impl StatsHub {
+    /// A hub of its own, for pipelines built in code.
+    pub fn new(pipeline: &str) -> Arc<StatsHub> {
+        Arc::new(StatsHub {
+            pipeline: pipeline.to_string(),
+            logger: LatencyRecorder::default(),
+            inserts: Arc::default(),
+            logger_crashes: AtomicU64::new(0),
+            joins: Mutex::default(),
+            sources: Mutex::default(),
+            metrics: Mutex::default(),
+            latest: watch::channel(None).0,
+        })
+    }
+
+    /// The hub of the pipeline named `pipeline` in this process (made on first use):
+    /// how stage kinds built from one file meet.
+    pub fn for_pipeline(pipeline: &str) -> Arc<StatsHub> {
+        static HUBS: OnceLock<Mutex<HashMap<String, Arc<StatsHub>>>> = OnceLock::new();
+        let hubs = HUBS.get_or_init(Mutex::default);
+        lock(hubs).entry(pipeline.to_string()).or_insert_with(|| StatsHub::new(pipeline)).clone()
+    }
+
+    /// The pipeline's name.
+    pub fn pipeline(&self) -> &str {
+        &self.pipeline
+    }
+
+    /// Where the sinks record their bulk inserts.
+    pub fn insert_timings(&self) -> Arc<InsertTimings> {
+        self.inserts.clone()
+    }
+
+    /// Where the logger records its time per tweet.
+    pub fn logger_timings(&self) -> &LatencyRecorder {
+        &self.logger
+    }
+
+    /// Counts one logger crash on a kill message (used while no engine metrics are attached).
+    pub fn record_logger_crash(&self) {
+        self.logger_crashes.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Reports an aggregator's evictions as drops of stage `stage`.
+    pub fn watch_join(&self, stage: &str, stats: Arc<JoinStats>) {
+        lock(&self.joins).insert(stage.to_string(), stats);
+    }
+
+    /// Reports an SSE source's malformed events as drops of stage `stage`.
+    pub fn watch_source(&self, stage: &str, stats: Arc<SseStats>) {
+        lock(&self.sources).insert(stage.to_string(), stats);
+    }
+
+    /// Hands over the running pipeline's metrics: crashes, losses and engine drops come from them.
+    pub fn attach_metrics(&self, reader: MetricsReader) {
+        *lock(&self.metrics) = Some(reader);
+    }
+
+    /// The latest frame, as it is published (`None` before the first).
+    pub fn subscribe(&self) -> watch::Receiver<Option<StatsFrame>> {
+        self.latest.subscribe()
+    }
+
+    /// Closes a frame: takes this frame's times, reads the totals, publishes
+    /// and returns it. `statistics_stage` is left out of the engine drops (its
+    /// own unread frames are not the pipeline's losses).
+    pub fn frame(&self, sequence: u64, frame: Duration, statistics_stage: &str) -> StatsFrame {
+        let mut dropped_by = BTreeMap::new();
+        let (mut crashes, mut lost) = (self.logger_crashes.load(Ordering::Relaxed), 0);
+        if let Some(reader) = lock(&self.metrics).as_ref() {
+            let stages = reader.snapshot();
+            crashes = stages.iter().map(|stage| stage.restarts).sum();
+            lost = stages.iter().map(|stage| stage.lost).sum();
+            for stage in stages.iter().filter(|stage| stage.dropped > 0 && stage.stage != statistics_stage) {
+                dropped_by.insert(stage.stage.clone(), stage.dropped);
+            }
+        }
+        for (stage, stats) in lock(&self.joins).iter() {
+            dropped_by.insert(format!("{stage}.evicted"), stats.evicted());
+        }
+        for (stage, stats) in lock(&self.sources).iter() {
+            dropped_by.insert(format!("{stage}.malformed"), stats.malformed());
+        }
+        dropped_by.retain(|_, count| *count > 0);
+        let frame = StatsFrame {
+            pipeline: self.pipeline.clone(),
+            sequence,
+            at: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
+            frame_ms: frame.as_millis() as u64,
+            logger: self.logger.take(),
+            tweets_insert: self.inserts.tweets.take(),
+            users_insert: self.inserts.users.take(),
+            crashes,
+            lost,
+            tweets_ingested: self.inserts.tweets_ingested(),
+            users_ingested: self.inserts.users_ingested(),
+            dropped: dropped_by.values().sum(),
+            dropped_by,
+        };
+        self.latest.send_replace(Some(frame.clone()));
+        frame
+    }
+}
+
+impl fmt::Debug for StatsHub {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StatsHub").field("pipeline", &self.pipeline).finish_non_exhaustive()
+    }
+}
+
+/// Where the statistics stage writes each frame, besides emitting it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StatsOutput {
+    /// A `tracing` info line (stderr by default).
+    Log,
+    /// A line on stdout.
+    Stdout,
+    /// Only emitted and published.
+    Quiet,
+}
+
+/// The statistics stage: a producer emitting one [`StatsFrame`] per frame,
+/// with or without subscribers (they may join at run time, e.g. a broker sink).
+#[derive(Debug)]
+pub struct Statistics {
+    hub: Arc<StatsHub>,
+    stage: String,
+    frame: Duration,
+    output: StatsOutput,
+    ticker: Option<tokio::time::Interval>,
+    sequence: Arc<AtomicU64>,
+}
+
+impl Statistics {
+    /// A stage `stage` closing a frame of `hub` every `frame` (1 ms to 1 day); `sequence` numbers frames across restarts.
+    pub fn new(
+        hub: Arc<StatsHub>,
+        stage: &str,
+        frame: Duration,
+        output: StatsOutput,
+        sequence: Arc<AtomicU64>,
+    ) -> Self {
+        Statistics { hub, stage: stage.to_string(), frame, output, ticker: None, sequence }
+    }
+}
+
+impl Producer for Statistics {
+    type Out = StatsFrame;
+
+    /// Frames come every period whether or not anyone asked; unread ones wait in the bounded buffer.
+    const PUSH: bool = true;
+
+    async fn produce(&mut self, _demand: usize, out: &mut Emitter<StatsFrame>) -> Flow {
+        let period = self.frame.clamp(Duration::from_millis(1), Duration::from_secs(86_400));
+        let ticker = self.ticker.get_or_insert_with(|| {
+            let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            ticker
+        });
+        ticker.tick().await;
+        let sequence = self.sequence.fetch_add(1, Ordering::Relaxed) + 1;
+        let frame = self.hub.frame(sequence, period, &self.stage);
+        match self.output {
+            StatsOutput::Log => tracing::info!(pipeline = %frame.pipeline, "{frame}"),
+            StatsOutput::Stdout => {
+                use std::io::Write;
+                let _ = writeln!(std::io::stdout().lock(), "{frame}");
+            }
+            StatsOutput::Quiet => {}
+        }
+        out.emit(frame);
+        Flow::Continue
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn close(actual: f64, expected: f64) -> bool {
+        (actual - expected).abs() <= expected * 0.01 + 0.001
+    }
+
+    #[test]
+    fn percentiles_of_one_to_a_hundred_milliseconds() {
+        let recorder = LatencyRecorder::default();
+        for ms in (1..=100).rev() {
+            recorder.record(Duration::from_millis(ms));
+        }
+        let summary = recorder.take();
+        assert_eq!(summary.count, 100);
+        assert!(close(summary.p75_ms, 75.0), "{summary:?}");
+        assert!(close(summary.p85_ms, 85.0), "{summary:?}");
+        assert!(close(summary.p95_ms, 95.0), "{summary:?}");
+    }
+
+    #[test]
+    fn a_frame_takes_what_was_recorded_since_the_last_one() {
+        let recorder = LatencyRecorder::default();
+        recorder.record(Duration::from_millis(500));
+        assert_eq!(recorder.take().count, 1);
+        assert_eq!(recorder.take(), TimingSummary::default(), "empty: all zero");
+        recorder.record(Duration::from_millis(2));
+        assert!(close(recorder.take().p95_ms, 2.0));
+    }
+
+    #[test]
+    fn extreme_durations_are_clamped_not_lost() {
+        let recorder = LatencyRecorder::default();
+        recorder.record(Duration::ZERO);
+        recorder.record(Duration::from_secs(10 * 3600));
+        let summary = recorder.take();
+        assert_eq!(summary.count, 2);
+        assert!(summary.p95_ms >= 3_590_000.0, "{summary:?}");
+    }
+
+    #[test]
+    fn skewed_times_put_the_tail_in_the_high_percentiles() {
+        let recorder = LatencyRecorder::default();
+        for _ in 0..90 {
+            recorder.record(Duration::from_millis(10));
+        }
+        for _ in 0..10 {
+            recorder.record(Duration::from_millis(1000));
+        }
+        let summary = recorder.take();
+        assert!(close(summary.p75_ms, 10.0) && close(summary.p85_ms, 10.0), "{summary:?}");
+        assert!(close(summary.p95_ms, 1000.0), "{summary:?}");
+    }
+
+    #[test]
+    fn a_frame_sums_inserts_evictions_and_malformed_and_publishes_itself() {
+        let hub = StatsHub::new("unit");
+        let timings = hub.insert_timings();
+        timings.record_tweets(Duration::from_millis(20), 200);
+        timings.record_tweets(Duration::from_millis(40), 50);
+        timings.record_users(Duration::from_millis(5), 120);
+        hub.logger_timings().record(Duration::from_millis(300));
+        hub.record_logger_crash();
+        let join = Arc::new(JoinStats::default());
+        hub.watch_join("aggregator", join.clone());
+        let mut state = super::super::JoinState::new(Duration::from_secs(1), 1, join);
+        let now = tokio::time::Instant::now();
+        for id in ["a", "b", "c"] {
+            let tweet = super::super::FlowTweet::new(super::super::flow::tests::tweet(id, ""), false);
+            state.offer(super::super::TweetScore { tweet, score: super::super::Score::Sentiment(0.0) }, now);
+        }
+        let mut latest = hub.subscribe();
+        let frame = hub.frame(1, Duration::from_secs(5), "statistics");
+        assert_eq!(frame.tweets_insert.count, 2);
+        assert!(close(frame.tweets_insert.p95_ms, 40.0));
+        assert_eq!((frame.tweets_ingested, frame.users_ingested), (250, 120));
+        assert_eq!(frame.logger.count, 1);
+        assert_eq!(frame.crashes, 1);
+        assert_eq!(frame.dropped, 2);
+        assert_eq!(frame.dropped_by, BTreeMap::from([("aggregator.evicted".to_string(), 2)]));
+        assert_eq!(frame.frame_ms, 5000);
+        assert!(latest.has_changed().unwrap());
+        assert_eq!(latest.borrow_and_update().as_ref(), Some(&frame));
+        let next = hub.frame(2, Duration::from_secs(5), "statistics");
+        assert_eq!((next.tweets_insert.count, next.logger.count), (0, 0), "times are per frame");
+        assert_eq!(next.tweets_ingested, 250, "counts are totals");
+        let json = serde_json::to_string(&next).unwrap();
+        assert_eq!(serde_json::from_str::<StatsFrame>(&json).unwrap(), next);
+        assert!(next.to_string().contains("ingested 250 tweets, 120 users"), "{next}");
+    }
+
+    #[test]
+    fn hubs_are_shared_by_pipeline_name() {
+        let a = StatsHub::for_pipeline("shared-by-name");
+        let b = StatsHub::for_pipeline("shared-by-name");
+        let other = StatsHub::for_pipeline("another-name");
+        assert!(Arc::ptr_eq(&a, &b));
+        assert!(!Arc::ptr_eq(&a, &other));
+        assert!(Arc::ptr_eq(&a.insert_timings(), &b.insert_timings()));
+        assert_eq!(other.pipeline(), "another-name");
+    }
+}

@@ -1,0 +1,433 @@
+//! The SSE receiver: a producer stage that reads a server-sent-event stream
+//! of tweets (with reqwest-eventsource) only as fast as downstream asks.
+//!
+//! ## Backpressure
+//!
+//! `produce(demand, out)` awaits the first event, then takes whatever else
+//! is already read, up to `demand`, and returns. The engine calls it only
+//! while the stage holds demand, so when consumers stop asking, nobody polls
+//! the HTTP body: hyper stops reading the socket, the TCP windows fill and
+//! the server's writes block. Memory stays at the socket buffers plus one
+//! parsed chunk, however fast the server is.
+//!
+//! ## Reconnects and unreachable sources
+//!
+//! When the stream ends or fails, the receiver connects again, sending
+//! `Last-Event-ID` with the last id it saw so the server can resume. A
+//! connection that delivered events is retried at once; failed attempts back
+//! off exponentially (`initial_backoff`, doubling up to `max_backoff`).
+//! Every failure is logged (`tracing`, warn) with the URL and recorded in
+//! [`SseStats`]. By default the receiver keeps retrying forever, so a
+//! source that is down for a while only pauses its own events — the other
+//! sources of the pipeline keep running. With `give_up_after(n)` it ends
+//! (normally, not as a failure) after `n` consecutive failed attempts, with
+//! the error in `SseStats::last_error`; a consumer subscribed to other
+//! producers as well keeps going with them. A `204 No Content` answer ends
+//! the receiver too: it is SSE's way to say the stream is over.
+//!
+//! ## What it emits
+//!
+//! Tweets and kill messages, as [`SseEvent`]s carrying the SSE id. Payloads
+//! that are neither are counted in [`SseStats`] (`malformed`), logged, and
+//! skipped: they never crash the stage.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::{FutureExt, StreamExt};
+use reqwest_eventsource::retry::Never;
+use reqwest_eventsource::{Error as SourceError, Event, EventSource};
+use stageflow::{Emitter, Flow, Producer};
+
+use crate::tweet::{ParsedData, Tweet, parse_sse_data};
+
+/// The first wait after a failed attempt, by default.
+pub const DEFAULT_INITIAL_BACKOFF: Duration = Duration::from_millis(100);
+/// The longest wait between attempts, by default.
+pub const DEFAULT_MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// How long connecting may take before the attempt counts as failed.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What the receiver emits: a tweet or a kill message.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TweetMessage {
+    /// A well-formed tweet.
+    Tweet(Box<Tweet>),
+    /// The kill message `{"message": panic}`.
+    Kill,
+}
+
+/// One event read from the stream.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SseEvent {
+    /// The SSE id (the emulator's per-stream sequence number); empty if the server sent none.
+    pub id: String,
+    /// The tweet or kill message it carried.
+    pub message: TweetMessage,
+}
+
+/// Counters of one SSE source, shared by every incarnation of its receiver.
+#[derive(Debug, Default)]
+pub struct SseStats {
+    connection_attempts: AtomicU64,
+    connections_opened: AtomicU64,
+    failed_attempts: AtomicU64,
+    events_received: AtomicU64,
+    tweets: AtomicU64,
+    kills: AtomicU64,
+    malformed: AtomicU64,
+    connected: AtomicBool,
+    gave_up: AtomicBool,
+    ended: AtomicBool,
+    last_event_id: Mutex<String>,
+    last_error: Mutex<Option<String>>,
+}
+
+/// A copy of an [`SseStats`] at one moment.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SseStatsSnapshot {
+    /// Requests sent (first connection and reconnects).
+    pub connection_attempts: u64,
+    /// Requests answered with an event stream.
+    pub connections_opened: u64,
+    /// Attempts that failed before delivering any event.
+    pub failed_attempts: u64,
+    /// SSE events read, whatever their payload.
+    pub events_received: u64,
+    /// Of which tweets.
+    pub tweets: u64,
+    /// Of which kill messages.
+    pub kills: u64,
+    /// Of which neither (counted, logged and skipped).
+    pub malformed: u64,
+    /// Whether a stream is open now.
+    pub connected: bool,
+    /// Whether it stopped after `give_up_after` failed attempts.
+    pub gave_up: bool,
+    /// Whether the receiver has ended (the server said 204, or it gave up).
+    pub ended: bool,
+    /// The id of the last event read (sent as `Last-Event-ID` on reconnect).
+    pub last_event_id: String,
+    /// The last connection error, naming the URL.
+    pub last_error: Option<String>,
+}
+
+impl SseStats {
+    /// The counters now.
+    pub fn snapshot(&self) -> SseStatsSnapshot {
+        let read = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        SseStatsSnapshot {
+            connection_attempts: read(&self.connection_attempts),
+            connections_opened: read(&self.connections_opened),
+            failed_attempts: read(&self.failed_attempts),
+            events_received: read(&self.events_received),
+            tweets: read(&self.tweets),
+            kills: read(&self.kills),
+            malformed: read(&self.malformed),
+            connected: self.connected.load(Ordering::Relaxed),
+            gave_up: self.gave_up.load(Ordering::Relaxed),
+            ended: self.ended.load(Ordering::Relaxed),
+            last_event_id: lock(&self.last_event_id).clone(),
+            last_error: lock(&self.last_error).clone(),
+        }
+    }
+
+    /// Malformed payloads seen so far.
+    pub fn malformed(&self) -> u64 {
+        self.malformed.load(Ordering::Relaxed)
+    }
+}
+
+/// Locks a mutex that holds plain data, whether or not a holder panicked.
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Where and how an [`SseReceiver`] connects; clone it into the stage factory.
+#[derive(Debug, Clone)]
+pub struct SseSourceConfig {
+    url: reqwest::Url,
+    client: reqwest::Client,
+    initial_backoff: Duration,
+    max_backoff: Duration,
+    give_up_after: Option<u32>,
+    stats: Arc<SseStats>,
+}
+
+impl SseSourceConfig {
+    /// A source reading `url` (http:// or https://), retrying forever with the default backoff.
+    pub fn new(url: &str) -> Result<Self, String> {
+        let parsed =
+            reqwest::Url::parse(url).map_err(|error| format!("invalid SSE source URL '{url}': {error}"))?;
+        if !matches!(parsed.scheme(), "http" | "https") {
+            return Err(format!("invalid SSE source URL '{url}': the scheme must be http or https"));
+        }
+        // System proxy settings are not used: sources are reached directly.
+        let client = reqwest::Client::builder()
+            .connect_timeout(CONNECT_TIMEOUT)
+            .no_proxy()
+            .build()
+            .map_err(|error| format!("cannot build an HTTP client for SSE source {url}: {error}"))?;
+        Ok(SseSourceConfig {
+            url: parsed,
+            client,
+            initial_backoff: DEFAULT_INITIAL_BACKOFF,
+            max_backoff: DEFAULT_MAX_BACKOFF,
+            give_up_after: None,
+            stats: Arc::new(SseStats::default()),
+        })
+    }
+
+    /// Waits `initial` after the first failed attempt, doubling up to `max`.
+    pub fn backoff(mut self, initial: Duration, max: Duration) -> Self {
+        self.initial_backoff = initial;
+        self.max_backoff = max.max(initial);
+        self
+    }
+
+    /// Ends the receiver after `attempts` consecutive failed attempts instead of retrying forever.
+    pub fn give_up_after(mut self, attempts: u32) -> Self {
+        self.give_up_after = Some(attempts.max(1));
+        self
+    }
+
+    /// The counters every receiver built from this config updates.
+    pub fn stats(&self) -> Arc<SseStats> {
+        self.stats.clone()
+    }
+
+    /// The URL it reads.
+    pub fn url(&self) -> &str {
+        self.url.as_str()
+    }
+}
+
+/// How long to wait before the next attempt after `failures` consecutive failed ones.
+pub fn backoff_delay(failures: u32, initial: Duration, max: Duration) -> Duration {
+    if failures == 0 {
+        return Duration::ZERO;
+    }
+    let factor = 1u32.checked_shl(failures - 1).unwrap_or(u32::MAX);
+    initial.saturating_mul(factor).min(max)
+}
+
+/// A producer stage reading one SSE stream of tweets, only against demand.
+pub struct SseReceiver {
+    config: SseSourceConfig,
+    source: Option<EventSource>,
+    /// Consecutive attempts that failed before delivering an event.
+    failures: u32,
+    /// Whether the current connection has delivered an event.
+    delivered: bool,
+    last_event_id: String,
+    finished: bool,
+}
+
+impl SseReceiver {
+    /// A receiver for `config`'s source; it resumes from the last id its stats saw (after a restart too).
+    pub fn new(config: &SseSourceConfig) -> Self {
+        let last_event_id = lock(&config.stats.last_event_id).clone();
+        SseReceiver {
+            config: config.clone(),
+            source: None,
+            failures: 0,
+            delivered: false,
+            last_event_id,
+            finished: false,
+        }
+    }
+
+    /// Opens a stream after the backoff; false when it gives up instead.
+    async fn connect(&mut self) -> bool {
+        let stats = &self.config.stats;
+        if let Some(limit) = self.config.give_up_after
+            && self.failures >= limit
+        {
+            let error = lock(&stats.last_error).clone().unwrap_or_default();
+            tracing::error!(url = %self.config.url, attempts = self.failures, %error, "SSE source: giving up");
+            stats.gave_up.store(true, Ordering::Relaxed);
+            self.finish();
+            return false;
+        }
+        let delay = backoff_delay(self.failures, self.config.initial_backoff, self.config.max_backoff);
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
+        let mut request = self.config.client.get(self.config.url.clone());
+        if !self.last_event_id.is_empty() {
+            request = request.header("Last-Event-ID", self.last_event_id.as_str());
+        }
+        stats.connection_attempts.fetch_add(1, Ordering::Relaxed);
+        match EventSource::new(request) {
+            Ok(mut source) => {
+                // Reconnects are ours: they need demand, backoff and give-up rules.
+                source.set_retry_policy(Box::new(Never));
+                self.source = Some(source);
+                self.delivered = false;
+                true
+            }
+            Err(error) => {
+                let message = format!("SSE source {}: cannot build the request: {error}", self.config.url);
+                tracing::error!("{message}");
+                *lock(&stats.last_error) = Some(message);
+                self.finish();
+                false
+            }
+        }
+    }
+
+    fn finish(&mut self) {
+        self.finished = true;
+        self.source = None;
+        self.config.stats.ended.store(true, Ordering::Relaxed);
+        self.config.stats.connected.store(false, Ordering::Relaxed);
+    }
+
+    /// Handles one item of the stream; true if it emitted an event.
+    fn handle(&mut self, item: Option<Result<Event, SourceError>>, out: &mut Emitter<SseEvent>) -> bool {
+        let stats = self.config.stats.clone();
+        match item {
+            Some(Ok(Event::Open)) => {
+                stats.connections_opened.fetch_add(1, Ordering::Relaxed);
+                stats.connected.store(true, Ordering::Relaxed);
+                tracing::info!(url = %self.config.url, last_event_id = %self.last_event_id, "SSE source connected");
+                false
+            }
+            Some(Ok(Event::Message(message))) => {
+                self.delivered = true;
+                self.failures = 0;
+                stats.events_received.fetch_add(1, Ordering::Relaxed);
+                if !message.id.is_empty() && message.id != self.last_event_id {
+                    self.last_event_id.clone_from(&message.id);
+                    lock(&stats.last_event_id).clone_from(&message.id);
+                }
+                let message = match parse_sse_data(&message.data) {
+                    ParsedData::Tweet(tweet) => {
+                        stats.tweets.fetch_add(1, Ordering::Relaxed);
+                        TweetMessage::Tweet(tweet)
+                    }
+                    ParsedData::Kill => {
+                        stats.kills.fetch_add(1, Ordering::Relaxed);
+                        TweetMessage::Kill
+                    }
+                    ParsedData::Malformed(why) => {
+                        let count = stats.malformed.fetch_add(1, Ordering::Relaxed) + 1;
+                        tracing::warn!(url = %self.config.url, id = %message.id, malformed_so_far = count, "SSE source: skipping a malformed event: {why}");
+                        return false;
+                    }
+                };
+                out.emit(SseEvent { id: self.last_event_id.clone(), message });
+                true
+            }
+            Some(Err(SourceError::InvalidStatusCode(status, _)))
+                if status == reqwest::StatusCode::NO_CONTENT =>
+            {
+                tracing::info!(url = %self.config.url, "SSE source: the server says the stream is over (204)");
+                self.finish();
+                false
+            }
+            Some(Err(SourceError::StreamEnded)) | None => {
+                tracing::info!(url = %self.config.url, last_event_id = %self.last_event_id, "SSE source: stream ended, reconnecting");
+                self.drop_connection();
+                false
+            }
+            Some(Err(error)) => {
+                let message = format!("SSE source {}: {}", self.config.url, describe(&error));
+                tracing::warn!("{message}");
+                *lock(&stats.last_error) = Some(message);
+                self.drop_connection();
+                false
+            }
+        }
+    }
+
+    /// Forgets the current stream; the next attempt backs off unless it delivered events.
+    fn drop_connection(&mut self) {
+        self.source = None;
+        self.config.stats.connected.store(false, Ordering::Relaxed);
+        if !self.delivered {
+            self.failures = self.failures.saturating_add(1);
+            self.config.stats.failed_attempts.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// An error and its causes, e.g. `error sending request for url (...): client error (Connect): ... refused`.
+fn describe(error: &SourceError) -> String {
+    match error {
+        SourceError::InvalidStatusCode(status, _) => format!("answered HTTP {status}, not an event stream"),
+        SourceError::InvalidContentType(content_type, _) => {
+            format!("answered with content type {content_type:?}, not text/event-stream")
+        }
+        other => {
+            let mut text = other.to_string();
+            let mut cause = std::error::Error::source(other);
+            while let Some(error) = cause {
+                let line = error.to_string();
+                if !text.contains(&line) {
+                    text.push_str(": ");
+                    text.push_str(&line);
+                }
+                cause = error.source();
+            }
+            text
+        }
+    }
+}
+
+impl Producer for SseReceiver {
+    type Out = SseEvent;
+
+    async fn produce(&mut self, demand: usize, out: &mut Emitter<SseEvent>) -> Flow {
+        // Wait for the first event, (re)connecting as needed.
+        loop {
+            if self.finished {
+                return Flow::Done;
+            }
+            if self.source.is_none() && !self.connect().await {
+                return Flow::Done;
+            }
+            let Some(source) = self.source.as_mut() else { continue };
+            let item = source.next().await;
+            if self.handle(item, out) {
+                break;
+            }
+        }
+        // Then take only what is already read, up to the demand.
+        while out.len() < demand {
+            let Some(source) = self.source.as_mut() else { break };
+            let Some(item) = source.next().now_or_never() else { break };
+            self.handle(item, out);
+        }
+        Flow::Continue
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_from_the_initial_delay_up_to_the_maximum() {
+        let (initial, max) = (Duration::from_millis(100), Duration::from_secs(5));
+        let delays: Vec<u128> = (0..10).map(|f| backoff_delay(f, initial, max).as_millis()).collect();
+        assert_eq!(delays, [0, 100, 200, 400, 800, 1600, 3200, 5000, 5000, 5000]);
+        assert_eq!(backoff_delay(u32::MAX, initial, max), max);
+    }
+
+    #[test]
+    fn a_bad_url_is_named_in_the_error() {
+        let error = SseSourceConfig::new("not a url").unwrap_err();
+        assert!(error.contains("'not a url'"), "{error}");
+        let error = SseSourceConfig::new("ftp://127.0.0.1/x").unwrap_err();
+        assert!(error.contains("'ftp://127.0.0.1/x'") && error.contains("http or https"), "{error}");
+    }
+
+    #[test]
+    fn give_up_after_counts_at_least_one_attempt() {
+        let config = SseSourceConfig::new("http://127.0.0.1:1/tweets/1").unwrap().give_up_after(0);
+        assert_eq!(config.give_up_after, Some(1));
+        assert_eq!(config.url(), "http://127.0.0.1:1/tweets/1");
+    }
+}

@@ -1,0 +1,316 @@
+//! Storage, the end of the tweet pipeline: the batcher and the sinks.
+//!
+//! ```text
+//! aggregator --ScoredTweet--> batcher --Batch--> mongo_sink | sqlite_sink | null_sink
+//! ```
+//!
+//! The [`Batcher`](batcher::Batcher) is a producer-consumer that groups
+//! scored tweets into batches of at most `batch_size`, or whatever it holds
+//! once the oldest has waited `flush_interval`. It subscribes upstream with
+//! manual demand and asks for more only when the consumer of its previous
+//! batch has dropped it — a sink drops a batch once it is stored — so a slow
+//! database slows the whole chain back to the source instead of growing
+//! memory: at most one batch of tweets is between the aggregator and the
+//! database (see [`batcher`]).
+//!
+//! Every sink implements [`Sink`]; [`SinkStage`] runs one as a stage:
+//! splits each batch into tweet and user documents
+//! ([`documents::split_batch`]), inserts them, retries transient failures
+//! with backoff (holding its credit, so the pipeline waits and nothing is
+//! dropped), counts the engagement of the tweets that were new per user and
+//! upserts it in batches ([`documents::EngagementBatch`]), and records
+//! insert times in [`SinkMetrics`].
+
+pub mod batcher;
+pub mod documents;
+pub mod kinds;
+pub mod metrics;
+pub mod mongo;
+pub mod null;
+pub mod sqlite;
+
+use std::fmt;
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use stageflow::config::Registry;
+use stageflow::{Consumer, Events};
+
+use crate::scored::ScoredTweet;
+use batcher::Batch;
+use documents::{EngagementBatch, EngagementDelta, SplitBatch, split_batch};
+pub use metrics::{InsertTimes, PublishedSink, SinkCounters, SinkMetrics, published_sinks};
+
+/// Adds the storage kinds (`batcher`, `sqlite_sink`, `mongo_sink`, `null_sink`) to `registry`.
+pub fn register(registry: &mut Registry) {
+    registry
+        .register(kinds::BatcherKind)
+        .register(kinds::SqliteSinkKind)
+        .register(kinds::MongoSinkKind)
+        .register(kinds::NullSinkKind);
+}
+
+/// Why a sink could not write, and whether trying again may help.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SinkError {
+    /// True for failures that may pass (connection refused, timeout, server busy): retried.
+    pub transient: bool,
+    /// What went wrong.
+    pub message: String,
+}
+
+impl SinkError {
+    /// A failure worth retrying.
+    pub fn transient(message: impl Into<String>) -> Self {
+        SinkError { transient: true, message: message.into() }
+    }
+
+    /// A failure retrying cannot fix (bad configuration, rejected document).
+    pub fn permanent(message: impl Into<String>) -> Self {
+        SinkError { transient: false, message: message.into() }
+    }
+}
+
+impl fmt::Display for SinkError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let kind = if self.transient { "transient" } else { "permanent" };
+        write!(f, "{kind} failure: {}", self.message)
+    }
+}
+
+impl std::error::Error for SinkError {}
+
+/// Identifies one write (a batch or an engagement flush) across its retries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WriteId {
+    /// Unique per write in this process and across processes; the same on every retry.
+    pub token: String,
+    /// 0 for the first try, then 1, 2, …
+    pub attempt: u32,
+}
+
+impl WriteId {
+    /// A fresh write id, attempt 0.
+    pub fn fresh() -> Self {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        static STARTED: std::sync::OnceLock<u128> = std::sync::OnceLock::new();
+        let started = STARTED.get_or_init(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |since| since.as_nanos())
+        });
+        let token =
+            format!("{:x}-{:x}-{:x}", started, std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed));
+        WriteId { token, attempt: 0 }
+    }
+}
+
+/// What a successful insert did.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Inserted {
+    /// Indices (into [`SplitBatch::tweets`]) of the tweets that were new; the others were already stored.
+    pub new_tweets: Vec<usize>,
+    /// Users that were new.
+    pub new_users: usize,
+    /// How long the tweets bulk insert took.
+    pub tweets_time: Duration,
+    /// How long the users bulk insert took.
+    pub users_time: Duration,
+}
+
+/// A place scored tweets are stored: idempotent inserts and engagement upserts.
+///
+/// Both calls may be repeated with the same arguments after a transient
+/// error, whether or not the failed call had taken effect; implementations
+/// make that safe (a tweet is stored once and counted new once; an
+/// engagement flush is applied once).
+pub trait Sink: Send + 'static {
+    /// Whether [`Sink::insert`] needs the documents (false: keys and scores are enough).
+    const NEEDS_DOCUMENTS: bool = true;
+
+    /// Stores the tweets and users of a batch, each key once; says which tweets were new.
+    fn insert(
+        &mut self,
+        batch: &SplitBatch,
+        write: &WriteId,
+    ) -> impl Future<Output = Result<Inserted, SinkError>> + Send;
+
+    /// Adds per-user engagement increments to `users_engagements` (count, sum and their ratio).
+    fn add_engagements(
+        &mut self,
+        deltas: &[EngagementDelta],
+        write: &WriteId,
+    ) -> impl Future<Output = Result<(), SinkError>> + Send;
+}
+
+/// How a [`SinkStage`] batches engagement upserts and retries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SinkOptions {
+    /// Engagement upserts are written once this many users have increments (default 100).
+    pub user_batch_size: usize,
+    /// … or once the oldest increment waited this long (default 3 s).
+    pub user_flush_interval: Duration,
+    /// First wait before a retry (default 100 ms); doubles each time.
+    pub retry_initial: Duration,
+    /// Longest wait between retries (default 5 s).
+    pub retry_max: Duration,
+}
+
+impl Default for SinkOptions {
+    fn default() -> Self {
+        SinkOptions {
+            user_batch_size: 100,
+            user_flush_interval: Duration::from_secs(3),
+            retry_initial: Duration::from_millis(100),
+            retry_max: Duration::from_secs(5),
+        }
+    }
+}
+
+/// The wait before retry number `attempt` (1, 2, …): doubling from `initial`, at most `max`.
+pub fn backoff(attempt: u32, initial: Duration, max: Duration) -> Duration {
+    let factor = 1u32 << attempt.saturating_sub(1).min(16);
+    initial.saturating_mul(factor).min(max)
+}
+
+/// A sink run as a stage taking batches of scored tweets.
+pub struct SinkStage<S> {
+    stage: String,
+    sink: S,
+    options: SinkOptions,
+    engagements: EngagementBatch,
+    metrics: Arc<SinkMetrics>,
+}
+
+impl<S: Sink> SinkStage<S> {
+    /// A stage `stage` writing to `sink`, recording into `metrics`.
+    pub fn new(stage: &str, sink: S, options: SinkOptions, metrics: Arc<SinkMetrics>) -> Self {
+        SinkStage {
+            stage: stage.to_string(),
+            engagements: EngagementBatch::new(options.user_batch_size, options.user_flush_interval),
+            sink,
+            options,
+            metrics,
+        }
+    }
+
+    /// Writes one batch, retrying transient failures until it is stored.
+    pub async fn write_batch(&mut self, batch: &[ScoredTweet]) {
+        if batch.is_empty() {
+            return;
+        }
+        let split = if S::NEEDS_DOCUMENTS { split_batch(batch) } else { documents::split_keys(batch) };
+        let mut write = WriteId::fresh();
+        let inserted = loop {
+            match self.sink.insert(&split, &write).await {
+                Ok(inserted) => break inserted,
+                Err(error) => self.failed(&error, &mut write, "batch insert").await,
+            }
+        };
+        self.metrics.record_batch(&inserted, split.tweets.len(), split.users.len());
+        for &index in &inserted.new_tweets {
+            if let Some(tweet) = split.tweets.get(index) {
+                self.engagements.add(&tweet.user_id, tweet.engagement);
+            }
+        }
+        if self.engagements.is_due(tokio::time::Instant::now()) {
+            self.flush_engagements().await;
+        }
+    }
+
+    /// Writes the engagement increments held back, retrying transient failures.
+    pub async fn flush_engagements(&mut self) {
+        if self.engagements.is_empty() {
+            return;
+        }
+        let deltas = self.engagements.deltas();
+        let mut write = WriteId::fresh();
+        loop {
+            match self.sink.add_engagements(&deltas, &write).await {
+                Ok(()) => break,
+                Err(error) => self.failed(&error, &mut write, "engagement upsert").await,
+            }
+        }
+        self.metrics.record_engagements(deltas.len());
+        self.engagements.clear();
+    }
+
+    /// Waits before the next try of a transient failure; a permanent one fails the stage.
+    async fn failed(&mut self, error: &SinkError, write: &mut WriteId, what: &str) {
+        if !error.transient {
+            // The engine counts the batch as lost, restarts the stage and,
+            // past its restart limit, fails the pipeline with this message.
+            panic!("sink '{}': {what} failed: {error}", self.stage);
+        }
+        write.attempt += 1;
+        self.metrics.record_retry();
+        let wait = backoff(write.attempt, self.options.retry_initial, self.options.retry_max);
+        tracing::warn!(stage = %self.stage, attempt = write.attempt, wait = ?wait, "{what}: {error}; retrying");
+        tokio::time::sleep(wait).await;
+    }
+
+    /// The stage's metrics.
+    pub fn metrics(&self) -> Arc<SinkMetrics> {
+        self.metrics.clone()
+    }
+}
+
+impl<S: Sink> Consumer for SinkStage<S> {
+    type In = Batch;
+
+    /// Stores each batch, then drops it: that is what lets the batcher ask for more.
+    async fn handle_events(&mut self, events: &mut Events<Batch>) {
+        for batch in events {
+            self.write_batch(batch.tweets()).await;
+        }
+    }
+
+    fn tick_interval(&self) -> Option<Duration> {
+        Some(tick_for(self.options.user_flush_interval))
+    }
+
+    async fn handle_tick(&mut self) {
+        if self.engagements.is_due(tokio::time::Instant::now()) {
+            self.flush_engagements().await;
+        }
+    }
+
+    async fn flush(&mut self) {
+        self.flush_engagements().await;
+    }
+}
+
+/// How often to check an age limit: a quarter of it, between 1 ms and 1 s.
+pub fn tick_for(max_age: Duration) -> Duration {
+    (max_age / 4).clamp(Duration::from_millis(1), Duration::from_secs(1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_the_cap() {
+        let (initial, max) = (Duration::from_millis(100), Duration::from_secs(5));
+        let waits: Vec<u128> = (1..=8).map(|n| backoff(n, initial, max).as_millis()).collect();
+        assert_eq!(waits, [100, 200, 400, 800, 1600, 3200, 5000, 5000]);
+        assert_eq!(backoff(u32::MAX, initial, max), max);
+    }
+
+    #[test]
+    fn write_ids_are_unique() {
+        let a = WriteId::fresh();
+        let b = WriteId::fresh();
+        assert_ne!(a.token, b.token);
+        assert_eq!(a.attempt, 0);
+    }
+
+    #[test]
+    fn ticks_are_a_quarter_of_the_age_within_bounds() {
+        assert_eq!(tick_for(Duration::from_secs(3)), Duration::from_millis(750));
+        assert_eq!(tick_for(Duration::from_secs(60)), Duration::from_secs(1));
+        assert_eq!(tick_for(Duration::ZERO), Duration::from_millis(1));
+    }
+}

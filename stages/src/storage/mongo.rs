@@ -1,0 +1,380 @@
+//! The MongoDB sink (mongodb crate 3.x): collections `tweets`, `users` and
+//! `users_engagements` of the database named in the URI (or set apart).
+//!
+//! - Tweets and users: unordered `insert_many` keyed by `_id = id_str`; a
+//!   duplicate key (11000) means "already stored" and is success. Each tweet
+//!   also carries `ingest_batch`, the token of the write that stored it, so a
+//!   retry after a failure whose outcome was lost can tell "stored by my own
+//!   earlier try" (new) from "stored by an earlier batch" (a replay).
+//! - `users_engagements`: `{_id, user_id, tweet_count, engagement_sum,
+//!   ratio, last_flush}`, one `update` command of upserts per flush that add
+//!   the increments and recompute `ratio`; the filter
+//!   `last_flush != token` makes a retried flush a duplicate-key no-op.
+//! - Failures are sorted into transient (network, timeouts, server
+//!   selection, server errors) and permanent (bad URI, authentication,
+//!   rejected documents).
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use mongodb::bson::{Bson, Document, doc};
+use mongodb::error::{Error, ErrorKind, WriteFailure};
+use mongodb::options::{ClientOptions, ConnectionString};
+use mongodb::{Client, Database};
+use serde_json::Value;
+
+use super::documents::{EngagementDelta, SplitBatch};
+use super::{Inserted, Sink, SinkError, WriteId};
+
+/// The database used when neither the URI nor the `database` setting names one.
+pub const DEFAULT_DATABASE: &str = "stageflow";
+/// The default server-selection timeout (how long one try waits for a reachable server).
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
+/// The duplicate-key error code.
+const DUPLICATE_KEY: i32 = 11000;
+/// Engagement upserts per `update` command.
+const UPSERTS_PER_COMMAND: usize = 1000;
+
+/// Server error codes that retrying cannot fix; every other server error is retried.
+const PERMANENT_CODES: &[i32] = &[
+    2,     // BadValue
+    9,     // FailedToParse
+    13,    // Unauthorized
+    14,    // TypeMismatch
+    18,    // AuthenticationFailed
+    40,    // ConflictingUpdateOperators
+    52,    // DollarPrefixedFieldName
+    59,    // CommandNotFound
+    72,    // InvalidOptions
+    73,    // InvalidNamespace
+    121,   // DocumentValidationFailure
+    10334, // BSONObjectTooLarge
+    17280, // KeyTooLong
+];
+
+/// Where the Mongo sink writes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MongoConfig {
+    /// `mongodb://…` or `mongodb+srv://…`.
+    pub uri: String,
+    /// The database, overriding the one in the URI.
+    pub database: Option<String>,
+    /// Server-selection timeout unless the URI sets `serverSelectionTimeoutMS`.
+    pub timeout: Duration,
+}
+
+impl MongoConfig {
+    /// A config for `uri`, its database from the URI.
+    pub fn new(uri: impl Into<String>) -> Self {
+        MongoConfig { uri: uri.into(), database: None, timeout: DEFAULT_TIMEOUT }
+    }
+
+    /// Checks the URI without connecting and names the database: the setting,
+    /// else the URI's, else `stageflow`. A malformed URI is a clear error.
+    pub fn database_name(&self) -> Result<String, String> {
+        let parsed = ConnectionString::parse(&self.uri)
+            .map_err(|error| format!("invalid MongoDB URI \"{}\": {}", redact(&self.uri), brief(&error)))?;
+        Ok(self.database.clone().or(parsed.default_database).unwrap_or_else(|| DEFAULT_DATABASE.to_string()))
+    }
+}
+
+/// The URI with any password replaced by `***`, for messages.
+pub fn redact(uri: &str) -> String {
+    let Some((scheme, rest)) = uri.split_once("://") else { return uri.to_string() };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => {
+            let user = rest[..at].split(':').next().unwrap_or_default();
+            format!("{scheme}://{user}:***{}", &rest[at..])
+        }
+        None => uri.to_string(),
+    }
+}
+
+/// The error's own message, without the driver's labels and source chain.
+fn brief(error: &Error) -> String {
+    match error.kind.as_ref() {
+        ErrorKind::InvalidArgument { message, .. } => message.clone(),
+        _ => error.to_string(),
+    }
+}
+
+/// A JSON value as BSON: integers as Int64 (larger ones as Double), objects as documents.
+pub fn to_bson(value: &Value) -> Bson {
+    match value {
+        Value::Null => Bson::Null,
+        Value::Bool(b) => Bson::Boolean(*b),
+        Value::Number(number) => match (number.as_i64(), number.as_f64()) {
+            (Some(int), _) => Bson::Int64(int),
+            (None, Some(float)) => Bson::Double(float),
+            (None, None) => Bson::Null,
+        },
+        Value::String(text) => Bson::String(text.clone()),
+        Value::Array(items) => Bson::Array(items.iter().map(to_bson).collect()),
+        Value::Object(map) => Bson::Document(to_document(map)),
+    }
+}
+
+fn to_document(map: &serde_json::Map<String, Value>) -> Document {
+    map.iter().map(|(key, value)| (key.clone(), to_bson(value))).collect()
+}
+
+/// A stored document: the JSON with `_id` first.
+fn keyed(id: &str, value: &Value) -> Document {
+    let mut document = doc! { "_id": id };
+    if let Value::Object(map) = value {
+        document.extend(to_document(map));
+    }
+    document
+}
+
+/// Sorts a driver error into transient (retried) and permanent.
+pub fn classify(error: &Error) -> SinkError {
+    let server_code_transient = |code: i32| !PERMANENT_CODES.contains(&code);
+    let transient = match error.kind.as_ref() {
+        ErrorKind::Io(_)
+        | ErrorKind::ServerSelection { .. }
+        | ErrorKind::ConnectionPoolCleared { .. }
+        | ErrorKind::DnsResolve { .. }
+        | ErrorKind::InvalidResponse { .. }
+        | ErrorKind::Internal { .. } => true,
+        ErrorKind::Command(command) => server_code_transient(command.code),
+        ErrorKind::InsertMany(failure) => {
+            failure.write_concern_error.is_some()
+                || failure.write_errors.iter().flatten().all(|error| server_code_transient(error.code))
+        }
+        ErrorKind::Write(WriteFailure::WriteConcernError(_)) => true,
+        ErrorKind::Write(WriteFailure::WriteError(write)) => server_code_transient(write.code),
+        _ => error.contains_label("RetryableWriteError") || error.contains_label("TransientTransactionError"),
+    };
+    let message = format!("mongodb: {error}");
+    if transient { SinkError::transient(message) } else { SinkError::permanent(message) }
+}
+
+/// The indices an unordered `insert_many` reported as duplicate keys, or the error if anything else failed.
+fn duplicates<T>(result: Result<T, Error>) -> Result<Vec<usize>, SinkError> {
+    let error = match result {
+        Ok(_) => return Ok(Vec::new()),
+        Err(error) => error,
+    };
+    if let ErrorKind::InsertMany(failure) = error.kind.as_ref()
+        && failure.write_concern_error.is_none()
+    {
+        let errors = failure.write_errors.as_deref().unwrap_or_default();
+        if errors.iter().all(|write| write.code == DUPLICATE_KEY) {
+            return Ok(errors.iter().map(|write| write.index).collect());
+        }
+    }
+    Err(classify(&error))
+}
+
+/// Stores batches in MongoDB.
+#[derive(Debug)]
+pub struct MongoSink {
+    config: MongoConfig,
+    /// Connected on first use.
+    database: Option<Database>,
+}
+
+impl MongoSink {
+    /// A sink for `config` (it connects on first write).
+    pub fn new(config: MongoConfig) -> Self {
+        MongoSink { config, database: None }
+    }
+
+    /// The database, connecting the first time.
+    async fn database(&mut self) -> Result<Database, SinkError> {
+        if let Some(database) = &self.database {
+            return Ok(database.clone());
+        }
+        let uri = redact(&self.config.uri);
+        let mut options = ClientOptions::parse(&self.config.uri).await.map_err(|error| {
+            let message = format!("invalid MongoDB URI \"{uri}\": {}", brief(&error));
+            match error.kind.as_ref() {
+                ErrorKind::InvalidArgument { .. } => SinkError::permanent(message),
+                _ => SinkError::transient(message),
+            }
+        })?;
+        options.server_selection_timeout.get_or_insert(self.config.timeout);
+        options.connect_timeout.get_or_insert(self.config.timeout);
+        options.app_name.get_or_insert_with(|| "stageflow".to_string());
+        let name = self
+            .config
+            .database
+            .clone()
+            .or_else(|| options.default_database.clone())
+            .unwrap_or_else(|| DEFAULT_DATABASE.to_string());
+        let client = Client::with_options(options)
+            .map_err(|error| SinkError::permanent(format!("MongoDB URI \"{uri}\": {}", brief(&error))))?;
+        let database = client.database(&name);
+        self.database = Some(database.clone());
+        Ok(database)
+    }
+}
+
+impl Sink for MongoSink {
+    async fn insert(&mut self, batch: &SplitBatch, write: &WriteId) -> Result<Inserted, SinkError> {
+        let database = self.database().await?;
+        let tweets = database.collection::<Document>("tweets");
+        let documents: Vec<Document> = batch
+            .tweets
+            .iter()
+            .map(|tweet| {
+                let mut document = keyed(&tweet.id, &tweet.doc);
+                document.insert("ingest_batch", write.token.as_str());
+                document
+            })
+            .collect();
+        let started = Instant::now();
+        let duplicate_tweets = if documents.is_empty() {
+            Vec::new()
+        } else {
+            duplicates(tweets.insert_many(documents).ordered(false).await)?
+        };
+        let tweets_time = started.elapsed();
+        // A duplicate stored under this write's own token was stored by an
+        // earlier try of this write whose reply was lost: it is new.
+        let mine: HashSet<String> = if duplicate_tweets.is_empty() {
+            HashSet::new()
+        } else {
+            let ids: Vec<&str> =
+                duplicate_tweets.iter().filter_map(|&i| batch.tweets.get(i)).map(|t| t.id.as_str()).collect();
+            let filter = doc! { "_id": { "$in": ids }, "ingest_batch": write.token.as_str() };
+            let found = tweets.distinct("_id", filter).await.map_err(|error| classify(&error))?;
+            found.into_iter().filter_map(|id| id.as_str().map(str::to_string)).collect()
+        };
+        let duplicate_set: HashSet<usize> = duplicate_tweets.into_iter().collect();
+        let new_tweets = (0..batch.tweets.len())
+            .filter(|index| !duplicate_set.contains(index) || mine.contains(&batch.tweets[*index].id))
+            .collect();
+
+        let users = database.collection::<Document>("users");
+        let documents: Vec<Document> = batch.users.iter().map(|user| keyed(&user.id, &user.doc)).collect();
+        let count = documents.len();
+        let started = Instant::now();
+        let duplicate_users = if documents.is_empty() {
+            Vec::new()
+        } else {
+            duplicates(users.insert_many(documents).ordered(false).await)?
+        };
+        let users_time = started.elapsed();
+        Ok(Inserted { new_tweets, new_users: count - duplicate_users.len(), tweets_time, users_time })
+    }
+
+    async fn add_engagements(
+        &mut self,
+        deltas: &[EngagementDelta],
+        write: &WriteId,
+    ) -> Result<(), SinkError> {
+        let database = self.database().await?;
+        for chunk in deltas.chunks(UPSERTS_PER_COMMAND) {
+            let updates: Vec<Document> =
+                chunk.iter().map(|delta| engagement_upsert(delta, &write.token)).collect();
+            let command = doc! { "update": "users_engagements", "updates": updates, "ordered": false };
+            let reply = database.run_command(command).await.map_err(|error| classify(&error))?;
+            check_update_reply(&reply)?;
+        }
+        Ok(())
+    }
+}
+
+/// One upsert statement adding `delta` to a user's totals, skipped if this flush (`token`) was applied.
+pub fn engagement_upsert(delta: &EngagementDelta, token: &str) -> Document {
+    let tweets = i64::try_from(delta.tweets).unwrap_or(i64::MAX);
+    doc! {
+        "q": { "_id": delta.user_id.as_str(), "last_flush": { "$ne": token } },
+        "u": [
+            { "$set": {
+                "user_id": delta.user_id.as_str(),
+                "tweet_count": { "$add": [{ "$ifNull": ["$tweet_count", 0_i64] }, tweets] },
+                "engagement_sum": { "$add": [{ "$ifNull": ["$engagement_sum", 0.0] }, delta.engagement_sum] },
+                "last_flush": token,
+            } },
+            { "$set": { "ratio": { "$divide": ["$engagement_sum", "$tweet_count"] } } },
+        ],
+        "upsert": true,
+    }
+}
+
+/// Checks an `update` reply: duplicate keys mean "this flush was applied already".
+fn check_update_reply(reply: &Document) -> Result<(), SinkError> {
+    if let Ok(concern) = reply.get_document("writeConcernError") {
+        return Err(SinkError::transient(format!("mongodb: write concern error: {concern}")));
+    }
+    let Ok(errors) = reply.get_array("writeErrors") else { return Ok(()) };
+    for error in errors {
+        let Bson::Document(error) = error else { continue };
+        let code = error.get_i32("code").or_else(|_| error.get_i64("code").map(|c| c as i32)).unwrap_or(0);
+        if code == DUPLICATE_KEY {
+            continue;
+        }
+        let message = format!("mongodb: engagement upsert failed: {error}");
+        return Err(if PERMANENT_CODES.contains(&code) {
+            SinkError::permanent(message)
+        } else {
+            SinkError::transient(message)
+        });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn the_database_comes_from_the_setting_then_the_uri_then_the_default() {
+        let mut config = MongoConfig::new("mongodb://127.0.0.1:27017/tweets_db?directConnection=true");
+        assert_eq!(config.database_name().unwrap(), "tweets_db");
+        config.database = Some("other".into());
+        assert_eq!(config.database_name().unwrap(), "other");
+        assert_eq!(MongoConfig::new("mongodb://127.0.0.1").database_name().unwrap(), DEFAULT_DATABASE);
+    }
+
+    #[test]
+    fn a_malformed_uri_is_a_clear_error_without_the_password() {
+        for uri in [
+            "",
+            "localhost:27017",
+            "http://127.0.0.1:27017",
+            "mongodb://ana:secret@127.0.0.1:27017/db?bogus=(",
+        ] {
+            let error = MongoConfig::new(uri).database_name().expect_err(uri);
+            assert!(error.starts_with("invalid MongoDB URI"), "{error}");
+            assert!(!error.contains("secret"), "{error}");
+        }
+    }
+
+    #[test]
+    fn redact_hides_only_the_password() {
+        assert_eq!(redact("mongodb://ana:pw@h:1/db"), "mongodb://ana:***@h:1/db");
+        assert_eq!(redact("mongodb://h:1/db?x=a@b"), "mongodb://h:1/db?x=a@b");
+        assert_eq!(redact("not a uri"), "not a uri");
+    }
+
+    #[test]
+    fn json_becomes_bson_with_big_integers_as_doubles() {
+        let value = json!({ "a": 1, "b": u64::MAX, "c": 0.5, "d": [true, null], "e": { "f": "x" } });
+        let document = keyed("9", &value);
+        assert_eq!(document.keys().next().map(String::as_str), Some("_id"));
+        assert_eq!(document.get_i64("a").unwrap(), 1);
+        assert_eq!(document.get_f64("b").unwrap(), u64::MAX as f64);
+        assert_eq!(document.get_f64("c").unwrap(), 0.5);
+        assert_eq!(document.get_array("d").unwrap(), &vec![Bson::Boolean(true), Bson::Null]);
+        assert_eq!(document.get_document("e").unwrap().get_str("f").unwrap(), "x");
+    }
+
+    #[test]
+    fn duplicate_keys_in_an_update_reply_are_success_other_errors_are_not() {
+        let duplicate =
+            doc! { "n": 0, "writeErrors": [{ "index": 0, "code": 11000, "errmsg": "dup" }], "ok": 1.0 };
+        assert_eq!(check_update_reply(&duplicate), Ok(()));
+        let invalid = doc! { "writeErrors": [{ "index": 0, "code": 2, "errmsg": "bad" }] };
+        assert!(!check_update_reply(&invalid).unwrap_err().transient);
+        let busy = doc! { "writeErrors": [{ "index": 0, "code": 91, "errmsg": "shutting down" }] };
+        assert!(check_update_reply(&busy).unwrap_err().transient);
+        let concern = doc! { "writeConcernError": { "code": 64, "errmsg": "timeout" } };
+        assert!(check_update_reply(&concern).unwrap_err().transient);
+    }
+}

@@ -1,0 +1,24 @@
+//! The `null` sink: counts what it is given and stores nothing (for benchmarks).
+
+use super::documents::{EngagementDelta, SplitBatch};
+use super::{Inserted, Sink, SinkError, WriteId};
+
+/// Takes every batch at once and keeps nothing; every tweet counts as new.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct NullSink;
+
+impl Sink for NullSink {
+    const NEEDS_DOCUMENTS: bool = false;
+
+    async fn insert(&mut self, batch: &SplitBatch, _: &WriteId) -> Result<Inserted, SinkError> {
+        Ok(Inserted {
+            new_tweets: (0..batch.tweets.len()).collect(),
+            new_users: batch.users.len(),
+            ..Inserted::default()
+        })
+    }
+
+    async fn add_engagements(&mut self, _: &[EngagementDelta], _: &WriteId) -> Result<(), SinkError> {
+        Ok(())
+    }
+}

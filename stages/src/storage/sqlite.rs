@@ -1,0 +1,229 @@
+//! The embedded sink: the three collections as tables of one SQLite file.
+//!
+//! ```sql
+//! CREATE TABLE tweets            (id TEXT PRIMARY KEY, doc TEXT NOT NULL); -- id_str, tweet JSON
+//! CREATE TABLE users             (id TEXT PRIMARY KEY, doc TEXT NOT NULL); -- id_str, user JSON
+//! CREATE TABLE users_engagements (id TEXT PRIMARY KEY, doc TEXT NOT NULL); -- user id_str,
+//!     -- {"user_id", "tweet_count", "engagement_sum", "ratio"}
+//! ```
+//!
+//! A batch is one transaction of `INSERT OR IGNORE`s: a replayed tweet or
+//! user changes nothing, and only rows actually inserted count as new. An
+//! engagement flush is one transaction of upserts. Work runs on tokio's
+//! blocking pool, never on the runtime's threads.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use rusqlite::{Connection, ErrorCode, params};
+
+use super::documents::{EngagementDelta, SplitBatch};
+use super::{Inserted, Sink, SinkError, WriteId};
+
+/// The default file name, under the pipeline's data directory.
+pub const DEFAULT_FILE: &str = "stageflow.db";
+
+const SCHEMA: &str = "
+    PRAGMA journal_mode = WAL;
+    PRAGMA synchronous = NORMAL;
+    CREATE TABLE IF NOT EXISTS tweets (id TEXT PRIMARY KEY, doc TEXT NOT NULL);
+    CREATE TABLE IF NOT EXISTS users (id TEXT PRIMARY KEY, doc TEXT NOT NULL);
+    CREATE TABLE IF NOT EXISTS users_engagements (id TEXT PRIMARY KEY, doc TEXT NOT NULL);
+";
+
+const UPSERT_ENGAGEMENT: &str = "
+    INSERT INTO users_engagements (id, doc)
+    VALUES (?1, json_object('user_id', ?1, 'tweet_count', ?2, 'engagement_sum', ?3, 'ratio', ?3 / ?2))
+    ON CONFLICT (id) DO UPDATE SET doc = json_set(doc,
+        '$.tweet_count', json_extract(doc, '$.tweet_count') + ?2,
+        '$.engagement_sum', json_extract(doc, '$.engagement_sum') + ?3,
+        '$.ratio', (json_extract(doc, '$.engagement_sum') + ?3) / (json_extract(doc, '$.tweet_count') + ?2))
+";
+
+/// Opens (creating if needed) the database at `path` with its three tables.
+pub fn open(path: &Path) -> Result<Connection, SinkError> {
+    if let Some(parent) = path.parent().filter(|parent| !parent.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent).map_err(|error| {
+            SinkError::permanent(format!("cannot create the directory {}: {error}", parent.display()))
+        })?;
+    }
+    let connection = Connection::open(path).map_err(|error| classify(path, error))?;
+    connection.busy_timeout(Duration::from_secs(5)).map_err(|error| classify(path, error))?;
+    connection.execute_batch(SCHEMA).map_err(|error| classify(path, error))?;
+    Ok(connection)
+}
+
+/// Sorts a SQLite error: a busy or locked database, a full disk or an I/O error may pass.
+fn classify(path: &Path, error: rusqlite::Error) -> SinkError {
+    let transient = matches!(
+        error.sqlite_error_code(),
+        Some(
+            ErrorCode::DatabaseBusy
+                | ErrorCode::DatabaseLocked
+                | ErrorCode::DiskFull
+                | ErrorCode::SystemIoFailure
+        )
+    );
+    let message = format!("sqlite {}: {error}", path.display());
+    if transient { SinkError::transient(message) } else { SinkError::permanent(message) }
+}
+
+/// Stores batches in a SQLite file.
+#[derive(Debug)]
+pub struct SqliteSink {
+    path: PathBuf,
+    /// Opened on first use (and again after a failure lost it).
+    connection: Option<Connection>,
+}
+
+impl SqliteSink {
+    /// A sink writing to the database file at `path` (opened on first write).
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        SqliteSink { path: path.into(), connection: None }
+    }
+
+    /// Runs `work` on the connection on the blocking pool.
+    async fn run<R: Send + 'static>(
+        &mut self,
+        work: impl FnOnce(&mut Connection) -> Result<R, rusqlite::Error> + Send + 'static,
+    ) -> Result<R, SinkError> {
+        let path = self.path.clone();
+        let connection = self.connection.take();
+        let task = tokio::task::spawn_blocking(move || {
+            let mut connection = match connection {
+                Some(connection) => connection,
+                None => match open(&path) {
+                    Ok(connection) => connection,
+                    Err(error) => return (None, Err(error)),
+                },
+            };
+            let result = work(&mut connection).map_err(|error| classify(&path, error));
+            (Some(connection), result)
+        });
+        match task.await {
+            Ok((connection, result)) => {
+                self.connection = connection;
+                result
+            }
+            Err(error) => Err(SinkError::permanent(format!("sqlite {}: {error}", self.path.display()))),
+        }
+    }
+}
+
+impl Sink for SqliteSink {
+    async fn insert(&mut self, batch: &SplitBatch, _: &WriteId) -> Result<Inserted, SinkError> {
+        let tweets: Vec<(String, String)> =
+            batch.tweets.iter().map(|tweet| (tweet.id.clone(), tweet.doc.to_string())).collect();
+        let users: Vec<(String, String)> =
+            batch.users.iter().map(|user| (user.id.clone(), user.doc.to_string())).collect();
+        self.run(move |connection| {
+            let transaction = connection.transaction()?;
+            let started = Instant::now();
+            let mut new_tweets = Vec::new();
+            {
+                let mut insert =
+                    transaction.prepare_cached("INSERT OR IGNORE INTO tweets (id, doc) VALUES (?1, ?2)")?;
+                for (index, (id, doc)) in tweets.iter().enumerate() {
+                    if insert.execute(params![id, doc])? > 0 {
+                        new_tweets.push(index);
+                    }
+                }
+            }
+            let tweets_time = started.elapsed();
+            let started = Instant::now();
+            let mut new_users = 0;
+            {
+                let mut insert =
+                    transaction.prepare_cached("INSERT OR IGNORE INTO users (id, doc) VALUES (?1, ?2)")?;
+                for (id, doc) in &users {
+                    new_users += insert.execute(params![id, doc])?;
+                }
+            }
+            transaction.commit()?;
+            Ok(Inserted { new_tweets, new_users, tweets_time, users_time: started.elapsed() })
+        })
+        .await
+    }
+
+    async fn add_engagements(&mut self, deltas: &[EngagementDelta], _: &WriteId) -> Result<(), SinkError> {
+        let deltas = deltas.to_vec();
+        self.run(move |connection| {
+            let transaction = connection.transaction()?;
+            {
+                let mut upsert = transaction.prepare_cached(UPSERT_ENGAGEMENT)?;
+                for delta in &deltas {
+                    upsert.execute(params![delta.user_id, delta.tweets as i64, delta.engagement_sum])?;
+                }
+            }
+            transaction.commit()
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    use crate::storage::documents::{TweetDoc, UserDoc};
+
+    fn batch(ids: &[&str]) -> SplitBatch {
+        SplitBatch {
+            tweets: ids
+                .iter()
+                .map(|id| TweetDoc {
+                    id: id.to_string(),
+                    user_id: "u".into(),
+                    engagement: 1.0,
+                    doc: json!({ "id_str": id }),
+                })
+                .collect(),
+            users: vec![UserDoc { id: "u".into(), doc: json!({ "id_str": "u" }) }],
+        }
+    }
+
+    fn doc(connection: &Connection, table: &str, id: &str) -> serde_json::Value {
+        let text: String = connection
+            .query_row(&format!("SELECT doc FROM {table} WHERE id = ?1"), [id], |row| row.get(0))
+            .expect("the row exists");
+        serde_json::from_str(&text).expect("JSON")
+    }
+
+    #[tokio::test]
+    async fn only_rows_actually_inserted_count_as_new() {
+        let directory = tempfile::tempdir().expect("a temporary directory");
+        let path = directory.path().join("nested/stageflow.db");
+        let mut sink = SqliteSink::new(&path);
+        let first = sink.insert(&batch(&["1", "2"]), &WriteId::fresh()).await.expect("stored");
+        assert_eq!((first.new_tweets, first.new_users), (vec![0, 1], 1));
+        let again = sink.insert(&batch(&["2", "3"]), &WriteId::fresh()).await.expect("stored");
+        assert_eq!((again.new_tweets, again.new_users), (vec![1], 0));
+        let connection = open(&path).expect("opens");
+        let count: i64 = connection.query_row("SELECT count(*) FROM tweets", [], |row| row.get(0)).unwrap();
+        assert_eq!(count, 3);
+        assert_eq!(doc(&connection, "tweets", "3")["id_str"], "3");
+    }
+
+    #[tokio::test]
+    async fn engagements_add_up_with_their_ratio() {
+        let directory = tempfile::tempdir().expect("a temporary directory");
+        let path = directory.path().join("stageflow.db");
+        let mut sink = SqliteSink::new(&path);
+        let delta = |tweets, sum| EngagementDelta { user_id: "u".into(), tweets, engagement_sum: sum };
+        sink.add_engagements(&[delta(2, 1.0)], &WriteId::fresh()).await.expect("stored");
+        sink.add_engagements(&[delta(2, 2.0)], &WriteId::fresh()).await.expect("stored");
+        let row = doc(&open(&path).unwrap(), "users_engagements", "u");
+        assert_eq!(row, json!({ "user_id": "u", "tweet_count": 4, "engagement_sum": 3.0, "ratio": 0.75 }));
+    }
+
+    #[test]
+    fn an_unwritable_path_is_a_clear_permanent_error() {
+        let directory = tempfile::tempdir().expect("a temporary directory");
+        let file = directory.path().join("a-file");
+        std::fs::write(&file, "not a directory").unwrap();
+        let error = open(&file.join("stageflow.db")).expect_err("cannot create a directory inside a file");
+        assert!(!error.transient);
+        assert!(error.message.contains("a-file"), "{}", error.message);
+    }
+}
