@@ -453,6 +453,11 @@ async fn the_emulator_serves_the_lexicon_stats_and_clear_errors() {
         "Last-Event-ID 3 resumes at 4"
     );
     assert_eq!(get("/tweets/1", Some("5")).await.0, 204, "past the end: 204 No Content");
+    assert_eq!(
+        get("/tweets/1", Some(&u64::MAX.to_string())).await.0,
+        204,
+        "the largest id is past the end too"
+    );
     let (status, message) = get("/tweets/1", Some("abc")).await;
     assert_eq!((status, message.trim()), (400, "Last-Event-ID must be a sequence number, got 'abc'"));
     let (status, message) = get("/tweets/99", None).await;

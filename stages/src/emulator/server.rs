@@ -366,7 +366,7 @@ async fn tweets(
     let events = EventStream {
         generator: state.generator.clone(),
         stream,
-        next_sequence: last_seen + 1,
+        next_sequence: last_seen.saturating_add(1),
         limit: state.config.limit,
         remaining_on_connection: state.config.close_after,
         pacer: Pacer::new(state.config.rate, stream),
@@ -416,7 +416,7 @@ impl EventStream {
             GeneratedEvent::Malformed(_) => &self.connection.malformed_sent,
         };
         let chunk = sse_frame(sequence, &event.sse_data());
-        self.next_sequence += 1;
+        self.next_sequence = self.next_sequence.saturating_add(1);
         self.remaining_on_connection = self.remaining_on_connection.map(|left| left - 1);
         counter.fetch_add(1, Ordering::Relaxed);
         self.connection.events_sent.fetch_add(1, Ordering::Relaxed);

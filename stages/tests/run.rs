@@ -1,0 +1,203 @@
+//! `stageflow run pipelines/tweets.toml` as a user runs it: a subprocess with
+//! its own data directory, ended by `--for` or by SIGINT; afterwards the
+//! store holds exactly the tweets the two SSE receivers delivered.
+
+use std::collections::BTreeSet;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use stageflow_stages::cli::embedded_emulator;
+use stageflow_stages::emulator::generator::{GeneratedEvent, TweetGenerator, Vocabulary};
+use stageflow_stages::tweet::Tweet;
+
+fn repository() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("stages/ is inside the repository").to_path_buf()
+}
+
+/// A `stageflow` child process whose output is read as it comes (so a full
+/// pipe never stalls it), killed if the test ends before it does.
+struct Running {
+    child: Child,
+    output: Option<(std::thread::JoinHandle<Vec<u8>>, std::thread::JoinHandle<Vec<u8>>)>,
+}
+
+/// Reads a pipe to its end on a thread of its own.
+fn drain(mut pipe: impl Read + Send + 'static) -> std::thread::JoinHandle<Vec<u8>> {
+    std::thread::spawn(move || {
+        let mut bytes = Vec::new();
+        let _ = pipe.read_to_end(&mut bytes);
+        bytes
+    })
+}
+
+impl Running {
+    fn start(args: &[&str], data_dir: &Path) -> Running {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_stageflow"))
+            .current_dir(repository())
+            .args(args)
+            .arg("--data-dir")
+            .arg(data_dir)
+            .env_remove("EMULATOR_URL")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("stageflow starts");
+        let stdout = drain(child.stdout.take().expect("piped"));
+        let stderr = drain(child.stderr.take().expect("piped"));
+        Running { child, output: Some((stdout, stderr)) }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Waits for the process to end (at most `limit`); returns its exit and output.
+    fn finish(mut self, limit: Duration) -> (std::process::ExitStatus, String, String) {
+        let deadline = Instant::now() + limit;
+        let status = loop {
+            if let Some(status) = self.child.try_wait().expect("waitable") {
+                break status;
+            }
+            assert!(Instant::now() < deadline, "stageflow did not end within {limit:?}");
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let (stdout, stderr) = self.output.take().expect("read once");
+        let stdout = String::from_utf8_lossy(&stdout.join().expect("reader")).into_owned();
+        let stderr = String::from_utf8_lossy(&stderr.join().expect("reader")).into_owned();
+        (status, stdout, stderr)
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The `out` column of a stage's row in the summary table.
+fn events_out(stdout: &str, stage: &str) -> u64 {
+    let row = stdout
+        .lines()
+        .find(|line| line.starts_with(&format!("| {stage} ")))
+        .unwrap_or_else(|| panic!("no summary row for {stage} in:\n{stdout}"));
+    let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+    cells[3].parse().unwrap_or_else(|_| panic!("bad out cell in {row}"))
+}
+
+/// Tweet ids and user ids of the first `count` events of `stream`, with the
+/// originals extracted from retweets, as the emulator generates them.
+fn expected(
+    generator: &TweetGenerator,
+    stream: u32,
+    count: u64,
+    tweets: &mut BTreeSet<String>,
+    users: &mut BTreeSet<String>,
+) {
+    fn add(tweet: &Tweet, tweets: &mut BTreeSet<String>, users: &mut BTreeSet<String>) {
+        tweets.insert(tweet.id_str.clone());
+        users.insert(tweet.user.id_str.clone());
+        if let Some(original) = &tweet.retweeted_status {
+            add(original, tweets, users);
+        }
+    }
+    for sequence in 1..=count {
+        if let GeneratedEvent::Tweet(tweet) = generator.event(stream, sequence) {
+            add(&tweet, tweets, users);
+        }
+    }
+}
+
+fn stored_ids(database: &Path, table: &str) -> BTreeSet<String> {
+    let connection = rusqlite::Connection::open(database).expect("the store exists");
+    let mut statement = connection.prepare(&format!("SELECT id FROM {table}")).expect("the table exists");
+    statement
+        .query_map([], |row| row.get::<_, String>(0))
+        .expect("readable")
+        .map(|id| id.expect("an id"))
+        .collect()
+}
+
+/// Checks the store holds exactly what the two receivers delivered.
+fn assert_store_matches_delivered(stdout: &str, data_dir: &Path) {
+    let path = repository().join("pipelines/tweets.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let config = embedded_emulator(&text, &path).unwrap().expect("tweets.toml embeds the emulator");
+    let generator =
+        TweetGenerator::new(config.seed, config.kill_ratio, config.malformed_ratio, Vocabulary::shipped());
+    let (first, second) = (events_out(stdout, "stream1"), events_out(stdout, "stream2"));
+    assert!(first + second > 100, "tweets flowed: {first} + {second} events");
+    let (mut tweets, mut users) = (BTreeSet::new(), BTreeSet::new());
+    expected(&generator, 1, first, &mut tweets, &mut users);
+    expected(&generator, 2, second, &mut tweets, &mut users);
+    let database = data_dir.join("stageflow.db");
+    let stored_tweets = stored_ids(&database, "tweets");
+    assert_eq!(
+        stored_tweets.len(),
+        tweets.len(),
+        "{} delivered tweets, {} stored",
+        tweets.len(),
+        stored_tweets.len()
+    );
+    assert_eq!(stored_tweets, tweets, "every delivered tweet and extracted original is stored once");
+    assert_eq!(stored_ids(&database, "users"), users, "every user once");
+    assert_eq!(stored_ids(&database, "users_engagements"), users);
+}
+
+#[test]
+fn run_for_ten_seconds_stores_every_delivered_tweet_and_summarises() {
+    let data = tempfile::tempdir().unwrap();
+    let run = Running::start(&["run", "pipelines/tweets.toml", "--for", "10s"], data.path());
+    let (status, stdout, stderr) = run.finish(Duration::from_secs(120));
+    assert!(status.success(), "exit {status:?}\n{stderr}");
+    assert!(stdout.contains("pipeline 'tweets' finished"), "{stdout}");
+    assert!(
+        stdout.lines().any(|line| line.starts_with("tweet: ") || line.contains(' ')),
+        "tweets were printed"
+    );
+    for stage in [
+        "stream1",
+        "stream2",
+        "tweets",
+        "logger",
+        "sentiment",
+        "engagement",
+        "aggregator",
+        "batcher",
+        "store",
+    ] {
+        events_out(&stdout, stage);
+    }
+    assert!(stderr.contains("--for 10s passed: draining"), "{stderr}");
+    assert_store_matches_delivered(&stdout, data.path());
+    let hashtags = std::fs::read_to_string(data.path().join("hashtags.json")).expect("hashtags written");
+    assert!(hashtags.contains("\"top\""), "{hashtags}");
+}
+
+#[test]
+fn sigint_drains_everything_accepted_into_the_store() {
+    let data = tempfile::tempdir().unwrap();
+    let run = Running::start(&["run", "pipelines/tweets.toml"], data.path());
+    let database = data.path().join("stageflow.db");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    // Interrupt once the store has taken something: the pipeline is mid-run.
+    loop {
+        assert!(Instant::now() < deadline, "nothing was stored within 60 s");
+        if database.exists()
+            && rusqlite::Connection::open(&database)
+                .and_then(|c| c.query_row("SELECT count(*) FROM tweets", [], |row| row.get::<_, i64>(0)))
+                .is_ok_and(|count| count > 0)
+        {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let signal = Command::new("kill").args(["-INT", &run.pid().to_string()]).status().expect("kill runs");
+    assert!(signal.success());
+    let (status, stdout, stderr) = run.finish(Duration::from_secs(120));
+    assert!(status.success(), "a drained interrupt exits 0: {status:?}\n{stderr}");
+    assert!(stderr.contains("interrupted: draining"), "{stderr}");
+    assert_store_matches_delivered(&stdout, data.path());
+}
