@@ -20,11 +20,14 @@ fn repository() -> PathBuf {
 /// pipe never stalls it), killed if the test ends before it does.
 struct Running {
     child: Child,
-    output: Option<(std::thread::JoinHandle<Vec<u8>>, std::thread::JoinHandle<Vec<u8>>)>,
+    output: Option<(PipeReader, PipeReader)>,
 }
 
+/// A thread reading one of the child's pipes to its end.
+type PipeReader = std::thread::JoinHandle<Vec<u8>>;
+
 /// Reads a pipe to its end on a thread of its own.
-fn drain(mut pipe: impl Read + Send + 'static) -> std::thread::JoinHandle<Vec<u8>> {
+fn drain(mut pipe: impl Read + Send + 'static) -> PipeReader {
     std::thread::spawn(move || {
         let mut bytes = Vec::new();
         let _ = pipe.read_to_end(&mut bytes);
