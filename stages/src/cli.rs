@@ -240,10 +240,28 @@ pub async fn run(registry: &Registry, file: PipelineFile, options: RunOptions) -
                 elapsed.as_secs_f64(),
                 options.data_dir.display()
             );
+            print!("{}", where_the_data_went(&options.data_dir));
             Ok(())
         }
         Err(error) => Err(format!("pipeline '{}' failed: {error}", file.name)),
     }
+}
+
+/// One line per file a run leaves in the data directory that a user may want to open.
+pub fn where_the_data_went(data_dir: &Path) -> String {
+    let mut text = String::new();
+    let store = data_dir.join("stageflow.db");
+    if store.exists() {
+        text.push_str(&format!(
+            "  store:    {0}  (try: sqlite3 {0} \"SELECT count(*) FROM tweets\")\n",
+            store.display()
+        ));
+    }
+    let hashtags = data_dir.join("hashtags.json");
+    if hashtags.exists() {
+        text.push_str(&format!("  hashtags: {}\n", hashtags.display()));
+    }
+    text
 }
 
 fn row_text(stage: &StageSnapshot, rate: f64) -> String {

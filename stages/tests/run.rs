@@ -204,3 +204,23 @@ fn sigint_drains_everything_accepted_into_the_store() {
     assert!(stderr.contains("interrupted: draining"), "{stderr}");
     assert_store_matches_delivered(&stdout, data.path());
 }
+
+#[test]
+fn csv_import_stores_the_good_rows_and_names_the_bad_one() {
+    let data = tempfile::tempdir().unwrap();
+    let run = Running::start(&["run", "pipelines/csv-import.toml"], data.path());
+    let (status, stdout, stderr) = run.finish(Duration::from_secs(60));
+    assert!(status.success(), "exit {status:?}\n{stderr}");
+    assert!(
+        stderr.contains("sample-tweets.csv:9: bad row skipped"),
+        "the bad row is named with its file and line: {stderr}"
+    );
+    assert!(
+        stdout.contains("store:") && stdout.contains("stageflow.db"),
+        "the summary says where the data went: {stdout}"
+    );
+    let stored = stored_ids(&data.path().join("stageflow.db"), "tweets");
+    let expected: BTreeSet<String> =
+        (1001..=1012).filter(|id| *id != 1008).map(|id| id.to_string()).collect();
+    assert_eq!(stored, expected, "every good row stored, the bad one skipped");
+}
