@@ -10,6 +10,9 @@
 //!   ratio, last_flush}`, one `update` command of upserts per flush that add
 //!   the increments and recompute `ratio`; the filter
 //!   `last_flush != token` makes a retried flush a duplicate-key no-op.
+//! - Writes ask for journaled acknowledgement (`j: true`) unless the URI
+//!   sets a write concern's `journal`, so a stored batch survives the server
+//!   being killed.
 //! - Failures are sorted into transient (network, timeouts, server
 //!   selection, server errors) and permanent (bad URI, authentication,
 //!   rejected documents).
@@ -19,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use mongodb::bson::{Bson, Document, doc};
 use mongodb::error::{Error, ErrorKind, WriteFailure};
-use mongodb::options::{ClientOptions, ConnectionString};
+use mongodb::options::{Acknowledgment, ClientOptions, ConnectionString, WriteConcern};
 use mongodb::{Client, Database};
 use serde_json::Value;
 
@@ -198,6 +201,14 @@ impl MongoSink {
         options.server_selection_timeout.get_or_insert(self.config.timeout);
         options.connect_timeout.get_or_insert(self.config.timeout);
         options.app_name.get_or_insert_with(|| "stageflow".to_string());
+        // A batch counts as stored (and leaves the pipeline) once acknowledged,
+        // so the acknowledgement must mean "in the journal": without `j`, a
+        // server killed after acknowledging may lose the write. A `journal`
+        // (or `w=0`) in the URI wins.
+        let concern = options.write_concern.get_or_insert_with(WriteConcern::default);
+        if concern.w != Some(Acknowledgment::Nodes(0)) {
+            concern.journal.get_or_insert(true);
+        }
         let name = self
             .config
             .database
@@ -270,7 +281,13 @@ impl Sink for MongoSink {
         for chunk in deltas.chunks(UPSERTS_PER_COMMAND) {
             let updates: Vec<Document> =
                 chunk.iter().map(|delta| engagement_upsert(delta, &write.token)).collect();
-            let command = doc! { "update": "users_engagements", "updates": updates, "ordered": false };
+            let mut command = doc! { "update": "users_engagements", "updates": updates, "ordered": false };
+            // `run_command` does not add the database's write concern by itself.
+            if let Some(concern) = database.write_concern() {
+                let concern = mongodb::bson::to_bson(concern)
+                    .map_err(|error| SinkError::permanent(format!("mongodb: write concern: {error}")))?;
+                command.insert("writeConcern", concern);
+            }
             let reply = database.run_command(command).await.map_err(|error| classify(&error))?;
             check_update_reply(&reply)?;
         }
