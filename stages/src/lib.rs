@@ -12,6 +12,7 @@ pub mod csv_source;
 pub mod emulator;
 pub mod kinds;
 pub mod scored;
+pub mod serve;
 pub mod sse;
 pub mod storage;
 pub mod tweet;

@@ -67,6 +67,8 @@ enum Command {
         after_help = "Examples:\n  stageflow emulate\n  stageflow emulate --addr 127.0.0.1:4000 --rate max --seed 7 --limit 100000\n  curl -N http://127.0.0.1:4000/tweets/1"
     )]
     Emulate(stageflow_stages::emulator::EmulateArgs),
+    /// Runs the telnet server: `twitter` watches the live tweet pipeline, shared by every session.
+    Serve(stageflow_stages::serve::ServeArgs),
 }
 
 /// How `graph` writes the graph.
@@ -118,6 +120,7 @@ fn main() -> ExitCode {
         }
         Command::Broker(args) => runtime.block_on(stageflow_stages::broker::run_broker(args)),
         Command::Emulate(args) => runtime.block_on(stageflow_stages::emulator::run_emulate(args)),
+        Command::Serve(args) => runtime.block_on(stageflow_stages::serve::run_serve(args)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

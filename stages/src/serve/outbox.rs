@@ -18,10 +18,10 @@ pub enum Outgoing {
 
 impl Outgoing {
     /// The text to write (without the newline).
-    pub fn text(&self) -> String {
+    pub fn into_text(self) -> String {
         match self {
-            Outgoing::Skipped(count) => skipped_line(*count),
-            Outgoing::Line(line) => line.clone(),
+            Outgoing::Skipped(count) => skipped_line(count),
+            Outgoing::Line(line) => line,
         }
     }
 }
@@ -133,7 +133,7 @@ mod tests {
     use super::*;
 
     fn lines(outbox: &mut Outbox) -> Vec<String> {
-        outbox.take(usize::MAX).iter().map(Outgoing::text).collect()
+        outbox.take(usize::MAX).into_iter().map(Outgoing::into_text).collect()
     }
 
     #[test]

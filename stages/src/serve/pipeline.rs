@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use serde::Deserialize;
 use stageflow::config::{
     BuildContext, DispatcherChoices, DispatcherDecl, EventType, Location, PipelineFile, Registry, Role,
-    SettingDoc, Setting, StageDecl, StageKind, SubscriptionDecl, configure,
+    Setting, SettingDoc, StageDecl, StageKind, SubscriptionDecl, configure,
 };
 use stageflow::{
     BroadcastDispatcher, BufferKeep, CancelMode, DemandBounds, Emitter, Flow, MetricsReader, Pipeline,
@@ -51,8 +51,15 @@ const RATE_WINDOW: Duration = Duration::from_secs(5);
 
 /// The `logger` kind as `serve` builds it: the same settings (checked by
 /// [`LoggerKind`]), but its lines go into `output` whatever `output` says.
-struct ChannelLoggerKind {
+pub(crate) struct ChannelLoggerKind {
     output: mpsc::Sender<String>,
+}
+
+impl ChannelLoggerKind {
+    /// The logger kind writing into `output`.
+    pub(crate) fn new(output: mpsc::Sender<String>) -> Self {
+        ChannelLoggerKind { output }
+    }
 }
 
 /// The logger settings `serve` reads; [`LoggerKind`] checks them first.
@@ -183,11 +190,10 @@ pub(crate) fn set_streams(file: &mut PipelineFile, base: &str, count: usize) -> 
     if !(1..=16).contains(&count) {
         return Err(format!("--streams must be from 1 to 16 (the emulator serves 16), got {count}"));
     }
-    let first = file
-        .stages
-        .iter()
-        .position(|stage| stage.kind == "sse")
-        .ok_or_else(|| format!("{}: --streams needs a stage of kind \"sse\" to copy", file.path.display()))?;
+    let first =
+        file.stages.iter().position(|stage| stage.kind == "sse").ok_or_else(|| {
+            format!("{}: --streams needs a stage of kind \"sse\" to copy", file.path.display())
+        })?;
     let template = file.stages[first].clone();
     let old: HashSet<String> =
         file.stages.iter().filter(|stage| stage.kind == "sse").map(|stage| stage.id.clone()).collect();
@@ -244,11 +250,10 @@ pub(crate) fn add_broker(file: &mut PipelineFile, addr: &str) -> Result<(), Stri
         buffer_keep: None,
         workers: None,
     };
-    let aggregator = file
-        .stages
-        .iter_mut()
-        .find(|stage| stage.kind == "aggregator")
-        .ok_or_else(|| format!("{path}: --broker needs a stage of kind \"aggregator\" to publish from"))?;
+    let aggregator =
+        file.stages.iter_mut().find(|stage| stage.kind == "aggregator").ok_or_else(|| {
+            format!("{path}: --broker needs a stage of kind \"aggregator\" to publish from")
+        })?;
     match aggregator.dispatcher {
         Some((DispatcherDecl::Partition { .. }, _)) => {
             return Err(format!("{path}: --broker needs the aggregator's dispatcher to be broadcast"));
@@ -284,7 +289,9 @@ fn start_pipeline(config: &ServeConfig) -> Result<(PipelineHandle, PipelineFile)
     pipeline.drain_timeout(config.drain_timeout);
     let slot = Arc::new(Mutex::new(Some(receiver)));
     pipeline
-        .producer(LINES_STAGE, move || LineSource { lines: slot.lock().ok().and_then(|mut slot| slot.take()) })
+        .producer(LINES_STAGE, move || LineSource {
+            lines: slot.lock().ok().and_then(|mut slot| slot.take()),
+        })
         .dispatcher(BroadcastDispatcher::new())
         .buffer(LINES_BUFFER, BufferKeep::Last);
     let handle = pipeline.start().map_err(|error| format!("{}: {error}", file.path.display()))?;
@@ -321,6 +328,8 @@ struct Running {
     trigger: ShutdownTrigger,
     reader: MetricsReader,
     samples: Samples,
+    /// When the statistics frame the hub held at start closed: a frame of an earlier run, not shown.
+    earlier_frame: Option<String>,
     watchers: usize,
     owner: JoinHandle<()>,
 }
@@ -384,8 +393,10 @@ impl Hub {
         let gone = || format!("pipeline '{}' stopped; try twitter again", running.name);
         let requests = running.requests.as_ref().ok_or_else(gone)?;
         requests.send(Request::Subscribe(reply)).await.map_err(|_| gone())?;
-        let subscription =
-            answer.await.map_err(|_| gone())?.map_err(|error| format!("cannot watch the pipeline: {error}"))?;
+        let subscription = answer
+            .await
+            .map_err(|_| gone())?
+            .map_err(|error| format!("cannot watch the pipeline: {error}"))?;
         running.watchers += 1;
         self.counters.watchers.store(running.watchers, Ordering::Relaxed);
         Ok(Watch {
@@ -448,6 +459,11 @@ impl Hub {
             trigger,
             reader,
             samples,
+            earlier_frame: StatsHub::for_pipeline(&file.name)
+                .subscribe()
+                .borrow()
+                .as_ref()
+                .map(|f| f.at.clone()),
             watchers: 0,
             owner,
         })
@@ -515,8 +531,10 @@ async fn own(mut handle: PipelineHandle, mut requests: mpsc::Receiver<Request>, 
 
 /// The numbers of pipeline `name` now.
 fn take_sample(reader: &MetricsReader, name: &str) -> Sample {
-    let stored_tweets =
-        crate::storage::published_sinks(name).iter().map(|sink| sink.metrics.counters().tweets_inserted).sum();
+    let stored_tweets = crate::storage::published_sinks(name)
+        .iter()
+        .map(|sink| sink.metrics.counters().tweets_inserted)
+        .sum();
     Sample { at: Instant::now(), stages: reader.snapshot(), stored_tweets }
 }
 
@@ -578,7 +596,9 @@ fn stats_text(running: &Running, skipped_by_sessions: u64) -> String {
     let pools: Vec<String> = now
         .stages
         .iter()
-        .filter(|stage| matches!(kind_of(&stage.stage), "logger" | "sentiment" | "engagement") || stage.workers > 1)
+        .filter(|stage| {
+            matches!(kind_of(&stage.stage), "logger" | "sentiment" | "engagement") || stage.workers > 1
+        })
         .map(|stage| format!("{} {}", stage.stage, stage.workers))
         .collect();
     let percentiles: Vec<String> = now
@@ -588,10 +608,20 @@ fn stats_text(running: &Running, skipped_by_sessions: u64) -> String {
         .filter(|stage| stage.processing.count > 0)
         .map(|stage| {
             let p = stage.processing;
-            format!("{} {:.1}/{:.1}/{:.1}", stage.stage, p.p75_us / 1000.0, p.p85_us / 1000.0, p.p95_us / 1000.0)
+            format!(
+                "{} {:.1}/{:.1}/{:.1}",
+                stage.stage,
+                p.p75_us / 1000.0,
+                p.p85_us / 1000.0,
+                p.p95_us / 1000.0
+            )
         })
         .collect();
-    let frame = StatsHub::for_pipeline(&running.name).subscribe().borrow().clone();
+    let frame = StatsHub::for_pipeline(&running.name)
+        .subscribe()
+        .borrow()
+        .clone()
+        .filter(|frame| Some(&frame.at) != running.earlier_frame.as_ref());
     let inserts = match &frame {
         Some(frame) => format!(
             "; last frame #{}: logger {}, tweets insert {}, users insert {}",
@@ -631,4 +661,64 @@ fn stats_text(running: &Running, skipped_by_sessions: u64) -> String {
         ),
     ]
     .join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    fn tweets_file(registry: &Registry) -> PipelineFile {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../pipelines/tweets.toml");
+        let vars = HashMap::from([(EMULATOR_URL.to_string(), "http://127.0.0.1:4000".to_string())]);
+        crate::cli::load(registry, &path, &[], &vars).expect("tweets.toml loads")
+    }
+
+    fn registry() -> Registry {
+        let mut registry = crate::kinds::registry();
+        registry.register(ChannelLoggerKind::new(mpsc::channel(1).0));
+        registry
+    }
+
+    #[test]
+    fn streams_replace_the_sse_stages_and_the_hub_takes_them_all() {
+        let registry = registry();
+        let mut file = tweets_file(&registry);
+        set_streams(&mut file, "http://h:1/tweets", 3).unwrap();
+        let sources: Vec<(String, String)> = file
+            .stages
+            .iter()
+            .filter(|stage| stage.kind == "sse")
+            .map(|stage| {
+                (stage.id.clone(), stage.setting("url").unwrap().value.as_str().unwrap().to_string())
+            })
+            .collect();
+        assert_eq!(
+            sources,
+            [1, 2, 3].map(|n| (format!("stream{n}"), format!("http://h:1/tweets/{n}"))).to_vec()
+        );
+        let hub = file.stages.iter().find(|stage| stage.id == "tweets").unwrap();
+        let producers: Vec<&str> = hub.subscribe_to.iter().map(|s| s.producer.as_str()).collect();
+        assert_eq!(producers, ["stream1", "stream2", "stream3"]);
+        assert!(hub.subscribe_to.iter().all(|s| s.bounds.max_demand == 200), "bounds copied");
+        registry.check(&file).expect("still a valid file");
+        set_streams(&mut file, "http://h:1/tweets", 1).unwrap();
+        assert_eq!(file.stages.iter().filter(|stage| stage.kind == "sse").count(), 1);
+        assert!(set_streams(&mut file, "x", 0).unwrap_err().contains("from 1 to 16"));
+    }
+
+    #[test]
+    fn broker_adds_two_publishers_and_makes_the_aggregator_broadcast() {
+        let registry = registry();
+        let mut file = tweets_file(&registry);
+        add_broker(&mut file, "127.0.0.1:8000").unwrap();
+        let aggregator = file.stages.iter().find(|stage| stage.kind == "aggregator").unwrap();
+        assert!(matches!(aggregator.dispatcher, Some((DispatcherDecl::Broadcast, _))));
+        let added: Vec<(&str, &str)> = file.stages[file.stages.len() - 2..]
+            .iter()
+            .map(|stage| (stage.kind.as_str(), stage.subscribe_to[0].producer.as_str()))
+            .collect();
+        assert_eq!(added, [("broker_tweets", "aggregator"), ("broker_stats", "statistics")]);
+        registry.check(&file).expect("still a valid file");
+    }
 }

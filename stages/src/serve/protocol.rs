@@ -35,7 +35,8 @@ pub fn skipped_line(count: u64) -> String {
 /// case-insensitive. The error is what follows `error: ` in the reply.
 pub fn parse_command(line: &[u8]) -> Result<Command, String> {
     let line = line.strip_suffix(b"\r").unwrap_or(line);
-    let line = std::str::from_utf8(line).map_err(|_| "the line is not valid UTF-8; type help for the commands")?;
+    let line =
+        std::str::from_utf8(line).map_err(|_| "the line is not valid UTF-8; type help for the commands")?;
     // Telnet clients may send option negotiation (IAC, 0xFF) or other control bytes: ignore them.
     let line: String = line.chars().filter(|c| !c.is_control()).collect();
     let mut words = line.split_whitespace();
@@ -51,7 +52,10 @@ pub fn parse_command(line: &[u8]) -> Result<Command, String> {
         _ => return Err(format!("unknown command '{}'; type help for the commands", shorten(word))),
     };
     if words.next().is_some() {
-        return Err(format!("`{}` takes no arguments; type help for the commands", word.to_ascii_lowercase()));
+        return Err(format!(
+            "`{}` takes no arguments; type help for the commands",
+            word.to_ascii_lowercase()
+        ));
     }
     Ok(command)
 }
