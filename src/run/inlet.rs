@@ -56,15 +56,20 @@ impl<T> Inlet<T> {
     }
 
     /// Credits granted (automatic mode) for events not yet received.
-    /// Events the stage may hold in advance of downstream demand: the sum of
-    /// its automatic subscriptions' `max_demand`, as a GenStage
-    /// producer-consumer holds one window per subscription.
+    /// Events a stage joining several producers may hold in advance of
+    /// downstream demand: the sum of its automatic subscriptions'
+    /// `max_demand`, as GenStage gives every subscription its window. A join
+    /// needs events from each producer to emit anything, and producers fed
+    /// by one broadcast move only when every subscriber holds credits; held
+    /// strictly to downstream demand, one producer could be left without
+    /// credits and the whole graph would stall. A stage with one producer
+    /// needs no such window: it asks only as its own consumers ask.
     pub(crate) fn window(&self) -> usize {
-        self.upstreams
-            .iter()
-            .filter(|u| u.mode == DemandMode::Automatic)
-            .map(|u| u.ledger.bounds().max_demand)
-            .sum()
+        let automatic = self.upstreams.iter().filter(|u| u.mode == DemandMode::Automatic);
+        if automatic.clone().count() < 2 {
+            return 0;
+        }
+        automatic.map(|u| u.ledger.bounds().max_demand).sum()
     }
 
     pub(crate) fn in_flight(&self) -> usize {

@@ -94,13 +94,11 @@ impl<P: ProducerConsumer> Supervised<P> {
 /// Upstream credits a stage may ask for now.
 ///
 /// A consumer asks freely within each subscription's bounds. A stage with
-/// subscribers of its own asks for what they asked it for, plus one window
-/// (the sum of its subscriptions' `max_demand`) held in advance, as a
-/// GenStage producer-consumer does: everything it holds — buffered, in
-/// hand, or asked for and not yet arrived — stays within `downstream
-/// credits + window`. So a stalled consumer stops the chain back to the
-/// source, while stages that gather (batchers, windows, joins) can still
-/// collect what they need to emit.
+/// subscribers of its own asks only for what they asked it for and is not
+/// already covered by what it holds — buffered, in hand, or asked for and not
+/// yet arrived — so a stalled consumer stops the chain back to the source.
+/// A stage joining several producers may also hold one window per
+/// subscription in advance (see `Inlet::window`).
 pub(crate) fn upstream_budget<I, O: Send + 'static>(
     outlet: Option<&Outlet<O>>,
     inlet: &Inlet<I>,

@@ -1,0 +1,360 @@
+//! The tweet pipeline under load: built from `pipelines/tweets.toml` with the
+//! sink swapped, a sink throttled to a fixed rate, and the same work written
+//! by hand with tokio unbounded channels (the baseline whose memory grows).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use stageflow::config::{
+    BuildContext, DispatcherChoices, EventType, Role, SettingDoc, StageDecl, StageKind, configure,
+};
+use stageflow::{Consumer, Emitter, Events, Flow, Pipeline, Producer, ProducerConsumer};
+use stageflow_stages::analysis::sentiment::SharedLexicon;
+use stageflow_stages::analysis::{
+    Aggregator, Engagement, Hashtags, JoinStats, Lexicon, Logger, LoggerConfig, OutputTarget, Sentiment,
+    TweetFlow, TweetScore, TweetsHub, WorkSleep,
+};
+use stageflow_stages::emulator::{EmulatorConfig, Rate};
+use stageflow_stages::scored::ScoredTweet;
+use stageflow_stages::sse::{SseEvent, SseReceiver, SseSourceConfig};
+use stageflow_stages::storage::batcher::Batch;
+use stageflow_stages::storage::documents::{EngagementDelta, SplitBatch};
+use stageflow_stages::storage::kinds::batch_events;
+use stageflow_stages::storage::{Inserted, Sink, SinkError, SinkMetrics, SinkOptions, SinkStage, WriteId};
+use tokio::sync::mpsc;
+
+/// The pipeline file the load suite runs.
+pub fn tweets_toml() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../pipelines/tweets.toml")
+}
+
+/// Where the pipeline ends.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum SinkChoice {
+    /// `null_sink`: counts and discards.
+    Null,
+    /// `sqlite_sink`: the embedded store.
+    Sqlite,
+    /// A sink that stores at most this many tweets per second.
+    Throttled(f64),
+}
+
+/// The emulator of every tweet scenario: seed 42, `limit` events per stream, as fast as read, no kill messages.
+pub fn emulator_config(limit: u64) -> EmulatorConfig {
+    EmulatorConfig {
+        rate: Rate::Max,
+        seed: 42,
+        limit: Some(limit),
+        kill_ratio: 0.0,
+        malformed_ratio: 0.0,
+        close_after: None,
+    }
+}
+
+/// A sink that takes `tweets_per_s` tweets per second: it sleeps for each batch's share of a second.
+#[derive(Debug, Clone, Copy)]
+pub struct ThrottledSink {
+    tweets_per_s: f64,
+}
+
+impl Sink for ThrottledSink {
+    const NEEDS_DOCUMENTS: bool = false;
+
+    async fn insert(&mut self, batch: &SplitBatch, _: &WriteId) -> Result<Inserted, SinkError> {
+        tokio::time::sleep(Duration::from_secs_f64(batch.tweets.len() as f64 / self.tweets_per_s)).await;
+        Ok(Inserted {
+            new_tweets: (0..batch.tweets.len()).collect(),
+            new_users: batch.users.len(),
+            ..Inserted::default()
+        })
+    }
+
+    async fn add_engagements(&mut self, _: &[EngagementDelta], _: &WriteId) -> Result<(), SinkError> {
+        Ok(())
+    }
+}
+
+/// `kind = "throttled_sink"`, registered only in this benchmark: a [`ThrottledSink`] as a stage.
+struct ThrottledSinkKind {
+    sink: ThrottledSink,
+    metrics: Arc<SinkMetrics>,
+}
+
+impl StageKind for ThrottledSinkKind {
+    fn name(&self) -> &'static str {
+        "throttled_sink"
+    }
+    fn summary(&self) -> &'static str {
+        "stores nothing, at a fixed number of tweets per second (load benchmark only)"
+    }
+    fn role(&self) -> Role {
+        Role::Consumer
+    }
+    fn input(&self) -> Option<EventType> {
+        Some(batch_events())
+    }
+    fn output(&self) -> Option<EventType> {
+        None
+    }
+    fn settings(&self) -> &'static [SettingDoc] {
+        &[]
+    }
+    fn check_settings(&self, _: &StageDecl) -> Result<(), String> {
+        Ok(())
+    }
+    fn build(&self, stage: &StageDecl, pipeline: &mut Pipeline, _: &BuildContext) -> Result<(), String> {
+        let (sink, id, metrics) = (self.sink, stage.id.clone(), self.metrics.clone());
+        let config = pipeline
+            .consumer(&stage.id, move || SinkStage::new(&id, sink, SinkOptions::default(), metrics.clone()));
+        configure(stage, config, &DispatcherChoices::demand_only(), None)
+    }
+}
+
+/// A built tweet pipeline and the counters of its sink.
+pub struct TweetPipeline {
+    /// Ready to start.
+    pub pipeline: Pipeline,
+    /// The sink's counters (`tweets_inserted` is what was stored).
+    pub sink: Arc<SinkMetrics>,
+}
+
+/// `pipelines/tweets.toml` reading from `emulator_url`, logger sleep 0 and
+/// output none, the monitoring-only `statistics` stage left out (it never
+/// ends), and `sink` as the store; named `name`, writing under `data_dir`.
+pub fn tweet_pipeline(
+    name: &str,
+    emulator_url: &str,
+    data_dir: &Path,
+    sink: SinkChoice,
+) -> Result<TweetPipeline, String> {
+    let throttled_metrics = SinkMetrics::new();
+    let mut registry = stageflow_stages::kinds::registry();
+    if let SinkChoice::Throttled(tweets_per_s) = sink {
+        registry.register(ThrottledSinkKind {
+            sink: ThrottledSink { tweets_per_s },
+            metrics: throttled_metrics.clone(),
+        });
+    }
+    let vars = HashMap::from([(
+        stageflow_stages::cli::EMULATOR_URL.to_string(),
+        emulator_url.trim_end_matches('/').to_string(),
+    )]);
+    let overrides = ["logger.output=\"none\"".to_string(), "logger.sleep_mean_ms=0".to_string()];
+    let mut file = stageflow_stages::cli::load(&registry, &tweets_toml(), &overrides, &vars)?;
+    file.name = name.to_string();
+    file.stages.retain(|stage| stage.kind != "statistics");
+    let store =
+        file.stages.iter_mut().find(|stage| stage.id == "store").ok_or("tweets.toml has no 'store' stage")?;
+    store.kind = match sink {
+        SinkChoice::Null => "null_sink",
+        SinkChoice::Sqlite => "sqlite_sink",
+        SinkChoice::Throttled(_) => "throttled_sink",
+    }
+    .to_string();
+    store.settings.clear();
+    registry.check(&file).map_err(|errors| errors.to_string())?;
+    let context = BuildContext {
+        data_dir: data_dir.to_path_buf(),
+        pipeline: file.name.clone(),
+        settings: file.settings.clone(),
+    };
+    let pipeline = registry.build(&file, &context).map_err(|errors| errors.to_string())?;
+    let sink = match sink {
+        SinkChoice::Throttled(_) => throttled_metrics,
+        SinkChoice::Null | SinkChoice::Sqlite => {
+            stageflow_stages::storage::published_sinks(name)
+                .into_iter()
+                .find(|published| published.stage == "store")
+                .ok_or("the store published no metrics")?
+                .metrics
+        }
+    };
+    Ok(TweetPipeline { pipeline, sink })
+}
+
+/// Most events a baseline task takes from its channel at once.
+const BASELINE_BATCH: usize = 400;
+
+/// Receives one event, then whatever else is already queued, up to [`BASELINE_BATCH`].
+async fn recv_batch<T>(receiver: &mut mpsc::UnboundedReceiver<T>) -> Option<Vec<T>> {
+    let first = receiver.recv().await?;
+    let mut batch = vec![first];
+    while batch.len() < BASELINE_BATCH {
+        match receiver.try_recv() {
+            Ok(event) => batch.push(event),
+            Err(_) => break,
+        }
+    }
+    Some(batch)
+}
+
+/// Sends every event; a closed channel means the run is ending.
+fn send_all<T>(sender: &mpsc::UnboundedSender<T>, events: Vec<T>) {
+    for event in events {
+        let _ = sender.send(event);
+    }
+}
+
+/// Runs one stream's SSE receiver until the emulator says the stream is over, sending every event on.
+async fn read_stream(url: String, out: mpsc::UnboundedSender<SseEvent>) -> Result<(), String> {
+    let mut receiver = SseReceiver::new(&SseSourceConfig::new(&url)?);
+    loop {
+        let mut emitter = Emitter::with_capacity(BASELINE_BATCH);
+        let flow = receiver.produce(BASELINE_BATCH, &mut emitter).await;
+        send_all(&out, emitter.take());
+        if flow == Flow::Done {
+            return Ok(());
+        }
+    }
+}
+
+/// Runs a producer-consumer on every batch from `input`, sending what it emits to every output.
+async fn run_stage<P>(
+    mut stage: P,
+    mut input: mpsc::UnboundedReceiver<P::In>,
+    outputs: Vec<mpsc::UnboundedSender<P::Out>>,
+) where
+    P: ProducerConsumer,
+    P::Out: Clone,
+{
+    while let Some(batch) = recv_batch(&mut input).await {
+        let mut emitter = Emitter::with_capacity(batch.len());
+        stage.handle_events(&mut Events::new(batch), &mut emitter).await;
+        let events = emitter.take();
+        if let Some((last, others)) = outputs.split_last() {
+            for output in others {
+                send_all(output, events.clone());
+            }
+            send_all(last, events);
+        }
+    }
+}
+
+/// Runs a consumer on every batch from `input`, and its tick on its interval.
+async fn run_consumer<C: Consumer>(mut stage: C, mut input: mpsc::UnboundedReceiver<C::In>) {
+    let mut ticker = stage.tick_interval().map(|period| {
+        let mut ticker = tokio::time::interval(period);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        ticker
+    });
+    loop {
+        let batch = match ticker.as_mut() {
+            Some(ticker) => tokio::select! {
+                batch = recv_batch(&mut input) => batch,
+                _ = ticker.tick() => {
+                    stage.handle_tick().await;
+                    continue;
+                }
+            },
+            None => recv_batch(&mut input).await,
+        };
+        let Some(batch) = batch else { break };
+        stage.handle_events(&mut Events::new(batch)).await;
+    }
+    stage.flush().await;
+}
+
+/// Splits the hub's events as the broadcast selectors of tweets.toml do:
+/// everything to the logger, tweets to sentiment, engagement and hashtags.
+async fn fan_out(
+    mut input: mpsc::UnboundedReceiver<TweetFlow>,
+    logger: mpsc::UnboundedSender<TweetFlow>,
+    tweets: Vec<mpsc::UnboundedSender<TweetFlow>>,
+) {
+    while let Some(batch) = recv_batch(&mut input).await {
+        for event in batch {
+            if matches!(event, TweetFlow::Tweet(_)) {
+                for output in &tweets {
+                    let _ = output.send(event.clone());
+                }
+            }
+            let _ = logger.send(event);
+        }
+    }
+}
+
+/// Groups scored tweets into batches of `batch_size` (the last one may be smaller).
+async fn batch_up(
+    mut input: mpsc::UnboundedReceiver<ScoredTweet>,
+    output: mpsc::UnboundedSender<Batch>,
+    batch_size: usize,
+) {
+    let mut held = Vec::with_capacity(batch_size);
+    while let Some(events) = recv_batch(&mut input).await {
+        for tweet in events {
+            held.push(tweet);
+            if held.len() == batch_size {
+                let _ = output.send(Batch::new(std::mem::replace(&mut held, Vec::with_capacity(batch_size))));
+            }
+        }
+    }
+    if !held.is_empty() {
+        let _ = output.send(Batch::new(held));
+    }
+}
+
+/// Writes every batch through the throttled sink, counting into `metrics`.
+async fn store(mut input: mpsc::UnboundedReceiver<Batch>, sink: ThrottledSink, metrics: Arc<SinkMetrics>) {
+    let mut stage = SinkStage::new("store", sink, SinkOptions::default(), metrics);
+    while let Some(batch) = input.recv().await {
+        stage.write_batch(batch.tweets()).await;
+    }
+    stage.flush_engagements().await;
+}
+
+/// The tweet pipeline written by hand: one task per stage, tokio unbounded
+/// channels between them, the same stage code doing the same work (SSE
+/// receivers, tweets hub, logger, sentiment, engagement, hashtags,
+/// aggregator, batches of 200, throttled sink). Nothing slows the readers
+/// down, so whatever the sink has not stored yet waits in memory.
+pub async fn unbounded_baseline(
+    emulator_url: &str,
+    data_dir: &Path,
+    tweets_per_s: f64,
+    metrics: Arc<SinkMetrics>,
+) -> Result<(), String> {
+    let base = emulator_url.trim_end_matches('/');
+    let (sse_tx, sse_rx) = mpsc::unbounded_channel::<SseEvent>();
+    let (flow_tx, flow_rx) = mpsc::unbounded_channel::<TweetFlow>();
+    let (logger_tx, logger_rx) = mpsc::unbounded_channel::<TweetFlow>();
+    let (sentiment_tx, sentiment_rx) = mpsc::unbounded_channel::<TweetFlow>();
+    let (engagement_tx, engagement_rx) = mpsc::unbounded_channel::<TweetFlow>();
+    let (hashtags_tx, hashtags_rx) = mpsc::unbounded_channel::<TweetFlow>();
+    let (score_tx, score_rx) = mpsc::unbounded_channel::<TweetScore>();
+    let (scored_tx, scored_rx) = mpsc::unbounded_channel::<ScoredTweet>();
+    let (batch_tx, batch_rx) = mpsc::unbounded_channel::<Batch>();
+
+    let mut tasks = tokio::task::JoinSet::new();
+    let readers: Vec<_> = (1..=2)
+        .map(|stream| tokio::spawn(read_stream(format!("{base}/tweets/{stream}"), sse_tx.clone())))
+        .collect();
+    drop(sse_tx);
+    tasks.spawn(run_stage(TweetsHub::new(true), sse_rx, vec![flow_tx]));
+    tasks.spawn(fan_out(flow_rx, logger_tx, vec![sentiment_tx, engagement_tx, hashtags_tx]));
+    let logger = Logger::new(LoggerConfig {
+        output: OutputTarget::Discard,
+        sleep: WorkSleep::none(),
+        ignore_kill_messages: true,
+        hub: None,
+    });
+    tasks.spawn(run_consumer(logger, logger_rx));
+    let lexicon = SharedLexicon::ready(Lexicon::vader());
+    tasks.spawn(run_stage(Sentiment::new(lexicon), sentiment_rx, vec![score_tx.clone()]));
+    tasks.spawn(run_stage(Engagement, engagement_rx, vec![score_tx]));
+    let hashtags =
+        Hashtags::new("baseline", data_dir.join("hashtags.json"), Duration::from_secs(3), 25, true);
+    tasks.spawn(run_consumer(hashtags, hashtags_rx));
+    let aggregator = Aggregator::new(Duration::from_secs(30), 100_000, Arc::new(JoinStats::default()));
+    tasks.spawn(run_stage(aggregator, score_rx, vec![scored_tx]));
+    tasks.spawn(batch_up(scored_rx, batch_tx, 200));
+    tasks.spawn(store(batch_rx, ThrottledSink { tweets_per_s }, metrics));
+    for reader in readers {
+        reader.await.map_err(|error| error.to_string())??;
+    }
+    while let Some(done) = tasks.join_next().await {
+        done.map_err(|error| error.to_string())?;
+    }
+    Ok(())
+}
