@@ -22,11 +22,11 @@
 //! Mongo tests start their own SecantusDB as `tests/storage.rs` does; without
 //! it they say so and pass, except under `CI=true`, where they fail.
 
+mod support;
+use support::secantus::Secantus;
+
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::fs::File;
-use std::net::TcpListener;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -420,132 +420,6 @@ fn assert_unchanged(before: &Stored, after: &Stored) {
             new.len(),
             changed.iter().map(|key| (key, old.get(*key), new.get(*key))).collect::<Vec<_>>()
         );
-    }
-}
-
-// ---------------------------------------------------------------- SecantusDB
-
-/// The repository root (the parent of `stages/`).
-fn repository() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("stages/ is inside the repository").to_path_buf()
-}
-
-/// Whether this runs under CI (`CI=true`), where a missing SecantusDB fails the test.
-fn under_ci() -> bool {
-    std::env::var("CI").is_ok_and(|value| value == "true")
-}
-
-/// A port free on 127.0.0.1 right now.
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|listener| listener.local_addr()).expect("a free port").port()
-}
-
-/// A SecantusDB server of this test: 127.0.0.1, a free port, killed on drop.
-struct Secantus {
-    binary: PathBuf,
-    port: u16,
-    storage: String,
-    log: PathBuf,
-    child: Option<Child>,
-    _directory: tempfile::TempDir,
-}
-
-impl Secantus {
-    /// Starts a server (data on disk or in memory); `None` when it is not
-    /// installed and this is not CI (the test then says so and passes).
-    async fn start(on_disk: bool) -> Option<Secantus> {
-        let binary = match std::env::var_os("STAGEFLOW_SECANTUSD") {
-            Some(path) => {
-                let path = PathBuf::from(path);
-                assert!(path.exists(), "STAGEFLOW_SECANTUSD names {}, which does not exist", path.display());
-                path
-            }
-            None => repository().join(".venv/bin/secantusd-py"),
-        };
-        if !binary.exists() {
-            let why = format!(
-                "SecantusDB not found at {} (scripts/test installs it; or set STAGEFLOW_SECANTUSD)",
-                binary.display()
-            );
-            assert!(!under_ci(), "{why}");
-            eprintln!("SKIPPED: {why}");
-            return None;
-        }
-        let directory = tempfile::tempdir().expect("a temporary directory");
-        let storage = if on_disk {
-            directory.path().join("data").to_string_lossy().into_owned()
-        } else {
-            ":memory:".to_string()
-        };
-        let mut server = Secantus {
-            binary,
-            port: free_port(),
-            storage,
-            log: directory.path().join("secantusd.log"),
-            child: None,
-            _directory: directory,
-        };
-        server.launch().await;
-        Some(server)
-    }
-
-    /// The connection string for `database`.
-    fn uri(&self, database: &str) -> String {
-        format!("mongodb://127.0.0.1:{}/{database}?directConnection=true", self.port)
-    }
-
-    /// Starts the server process (again) on its port and path; returns once it answers a ping.
-    async fn launch(&mut self) {
-        let log = File::options().create(true).append(true).open(&self.log).expect("a log file");
-        let child = Command::new(&self.binary)
-            .args(["--host", "127.0.0.1", "--port", &self.port.to_string(), "--storage-path", &self.storage])
-            .args(["--standalone", "--log-level", "WARNING"])
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("a log file"))
-            .stderr(log)
-            .spawn()
-            .unwrap_or_else(|error| panic!("cannot start {}: {error}", self.binary.display()));
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if let Some(status) = self.child.as_mut().and_then(|child| child.try_wait().ok().flatten()) {
-                panic!(
-                    "secantusd-py exited with {status}: {}",
-                    std::fs::read_to_string(&self.log).unwrap_or_default()
-                );
-            }
-            if self.ping().await {
-                return;
-            }
-            assert!(Instant::now() < deadline, "SecantusDB did not answer on port {} within 60 s", self.port);
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
-    /// Whether the server answers a ping within half a second.
-    async fn ping(&self) -> bool {
-        let uri = format!("{}&serverSelectionTimeoutMS=500&connectTimeoutMS=500", self.uri("admin"));
-        let Ok(client) = Client::with_uri_str(&uri).await else { return false };
-        client.database("admin").run_command(doc! { "ping": 1 }).await.is_ok()
-    }
-
-    /// Kills the server (SIGKILL, no shutdown) and waits for it to exit; its data stays on disk.
-    fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    /// A client of this server.
-    async fn client(&self) -> Client {
-        Client::with_uri_str(self.uri("admin")).await.expect("a client")
-    }
-}
-
-impl Drop for Secantus {
-    fn drop(&mut self) {
-        self.kill();
     }
 }
 

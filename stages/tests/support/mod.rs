@@ -1,0 +1,5 @@
+//! Helpers shared by several integration-test binaries.
+// Each test binary compiles this module and uses a part of it.
+#![allow(dead_code)]
+
+pub mod secantus;
