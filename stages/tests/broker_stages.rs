@@ -567,8 +567,15 @@ async fn broker_subscribe_acks_as_a_slow_consumer_progresses_within_the_window()
             );
             assert!(in_flight <= WINDOW, "in flight beyond the window: {stats}");
             assert!(acked <= done, "acked {acked} events but the consumer finished {done}: {stats}");
-            assert_eq!(acked + in_flight + pending, N, "every event is pending, in flight or acked: {stats}");
-            if done == released && acked == released && in_flight == WINDOW.min(N - released) {
+            // An event just published may still be on its way into the
+            // subscriber's queue, so the three add up to N once it settles.
+            let accounted = acked + in_flight + pending;
+            assert!(accounted <= N, "more events than published: {stats}");
+            if done == released
+                && acked == released
+                && in_flight == WINDOW.min(N - released)
+                && accounted == N
+            {
                 break;
             }
             deadline.tick(format!("{stats}, processed {done}, released {released}")).await;
