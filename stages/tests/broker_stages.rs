@@ -567,10 +567,10 @@ async fn broker_subscribe_acks_as_a_slow_consumer_progresses_within_the_window()
             );
             assert!(in_flight <= WINDOW, "in flight beyond the window: {stats}");
             assert!(acked <= done, "acked {acked} events but the consumer finished {done}: {stats}");
-            // An event just published may still be on its way into the
-            // subscriber's queue, so the three add up to N once it settles.
+            // The broker's counters are read one by one while events move
+            // between them (published → pending → in flight → acked), so the
+            // three add up to N only once the step has settled.
             let accounted = acked + in_flight + pending;
-            assert!(accounted <= N, "more events than published: {stats}");
             if done == released
                 && acked == released
                 && in_flight == WINDOW.min(N - released)
