@@ -11,6 +11,7 @@ pub mod cli;
 pub mod csv_source;
 pub mod emulator;
 pub mod kinds;
+pub mod line_reader;
 pub mod scored;
 pub mod serve;
 pub mod sse;

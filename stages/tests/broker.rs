@@ -6,13 +6,15 @@
 //! with its own temporary data dir; the `BrokerProcess` handle kills it when
 //! the test ends. Waits poll with deadlines; nothing sleeps and hopes.
 
+mod support;
+use support::broker_process::BrokerProcess;
+
 use std::collections::{BTreeSet, HashSet, VecDeque};
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, mpsc};
+use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -22,80 +24,6 @@ use serde_json::Value;
 const DEADLINE: Duration = Duration::from_secs(60);
 
 // ---- helpers ---------------------------------------------------------------
-
-/// A broker child process, killed (SIGKILL) when dropped.
-struct BrokerProcess {
-    child: Child,
-    addr: SocketAddr,
-    stderr: Arc<Mutex<String>>,
-}
-
-impl BrokerProcess {
-    fn start(data_dir: &Path, extra: &[&str]) -> BrokerProcess {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_stageflow"))
-            .args(["broker", "--addr", "127.0.0.1:0", "--data-dir"])
-            .arg(data_dir)
-            .args(extra)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("the stageflow binary starts");
-        let stdout = child.stdout.take().expect("piped stdout");
-        let (found, address) = mpsc::channel();
-        thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Some(rest) = line.strip_prefix("broker listening on ") {
-                    let _ = found.send(rest.split_whitespace().next().unwrap_or_default().to_string());
-                }
-            }
-        });
-        let stderr = Arc::new(Mutex::new(String::new()));
-        let collected = stderr.clone();
-        let mut pipe = child.stderr.take().expect("piped stderr");
-        thread::spawn(move || {
-            let mut buffer = [0u8; 4096];
-            while let Ok(count) = pipe.read(&mut buffer) {
-                if count == 0 {
-                    break;
-                }
-                collected.lock().unwrap().push_str(&String::from_utf8_lossy(&buffer[..count]));
-            }
-        });
-        let mut process = BrokerProcess { child, addr: "127.0.0.1:1".parse().unwrap(), stderr };
-        match address.recv_timeout(DEADLINE) {
-            Ok(address) => process.addr = address.parse().expect("a socket address"),
-            Err(_) => panic!("the broker did not start; stderr: {}", process.stderr()),
-        }
-        process
-    }
-
-    fn connect(&self) -> Conn {
-        Conn::open(self.addr)
-    }
-
-    fn stderr(&self) -> String {
-        self.stderr.lock().unwrap().clone()
-    }
-
-    /// Peak resident memory of the broker, from /proc (Linux), in KiB.
-    fn peak_rss_kib(&self) -> Option<u64> {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).ok()?;
-        let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-        line.split_whitespace().nth(1)?.parse().ok()
-    }
-
-    /// SIGKILL, no chance to flush or sync anything.
-    fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for BrokerProcess {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
 
 /// A line client, as `nc` would be: replies are read in order; `event` lines
 /// that arrive meanwhile are kept for `next_event`.
@@ -221,9 +149,9 @@ fn topic_dir(data: &Path, topic: &str) -> PathBuf {
 #[test]
 fn every_command_and_every_error_over_tcp() {
     let data = tempfile::tempdir().unwrap();
-    let broker = BrokerProcess::start(data.path(), &["--max-line-bytes", "4096"]);
-    let mut publisher = broker.connect();
-    let mut subscriber = broker.connect();
+    let broker = BrokerProcess::start(data.path(), "127.0.0.1:0", &["--max-line-bytes", "4096"]);
+    let mut publisher = Conn::open(broker.addr);
+    let mut subscriber = Conn::open(broker.addr);
 
     assert!(publisher.ok("help").contains("pub <topic> <json>"));
     assert_eq!(publisher.ok("topics"), "ok");
@@ -284,10 +212,10 @@ fn every_command_and_every_error_over_tcp() {
     publisher.ok(&format!("pub news {}", event("n2", 1, "after unsub".into())));
     subscriber.wait_stats("news", "the unsubscription", |s| s["subscribers"] == 0);
 
-    let mut named = broker.connect();
+    let mut named = Conn::open(broker.addr);
     named.ok("name reader");
     named.error("name other", "already named 'reader'");
-    let mut clash = broker.connect();
+    let mut clash = Conn::open(broker.addr);
     clash.error("name reader", "in use by another connection");
     clash.error("name bad/name", "bad subscriber name");
     clash.ok("auth anything");
@@ -301,14 +229,14 @@ fn every_command_and_every_error_over_tcp() {
 #[test]
 fn telnet_line_endings_and_lines_split_across_packets() {
     let data = tempfile::tempdir().unwrap();
-    let broker = BrokerProcess::start(data.path(), &[]);
-    let mut telnet = broker.connect();
+    let broker = BrokerProcess::start(data.path(), "127.0.0.1:0", &[]);
+    let mut telnet = Conn::open(broker.addr);
     telnet.send_raw(b"help\r\n");
     assert!(telnet.reply().starts_with("ok commands:"));
     telnet.send_raw(format!("pub t {}\r\n", event("crlf", 0, "x".into())).as_bytes());
     assert_eq!(telnet.reply(), "ok");
 
-    let mut slow_typist = broker.connect();
+    let mut slow_typist = Conn::open(broker.addr);
     for piece in [&b"to"[..], b"pi", b"cs\r", b"\n"] {
         slow_typist.send_raw(piece);
         thread::sleep(Duration::from_millis(20)); // let each piece travel on its own
@@ -327,8 +255,8 @@ fn telnet_line_endings_and_lines_split_across_packets() {
 #[test]
 fn auth_token_is_required_when_set() {
     let data = tempfile::tempdir().unwrap();
-    let broker = BrokerProcess::start(data.path(), &["--token", "s3cret"]);
-    let mut conn = broker.connect();
+    let broker = BrokerProcess::start(data.path(), "127.0.0.1:0", &["--token", "s3cret"]);
+    let mut conn = Conn::open(broker.addr);
     conn.error("topics", "authenticate first");
     conn.error(&format!("pub t {}", event("a", 0, Value::Null)), "authenticate first");
     assert!(conn.ok("help").contains("auth <token>"));
@@ -340,12 +268,13 @@ fn auth_token_is_required_when_set() {
 #[test]
 fn connection_and_topic_caps_give_clear_errors() {
     let data = tempfile::tempdir().unwrap();
-    let broker = BrokerProcess::start(data.path(), &["--max-connections", "2", "--max-topics", "2"]);
-    let mut first = broker.connect();
-    let mut second = broker.connect();
+    let broker =
+        BrokerProcess::start(data.path(), "127.0.0.1:0", &["--max-connections", "2", "--max-topics", "2"]);
+    let mut first = Conn::open(broker.addr);
+    let mut second = Conn::open(broker.addr);
     first.ok("topics");
     second.ok("topics");
-    let mut third = broker.connect();
+    let mut third = Conn::open(broker.addr);
     let refusal = third.line().expect("a refusal line");
     assert!(refusal.starts_with("error: too many connections (limit 2)"), "{refusal}");
     assert_eq!(third.line(), None);
@@ -358,7 +287,7 @@ fn connection_and_topic_caps_give_clear_errors() {
     // The freed slot is usable again (the broker notices the close first).
     let deadline = Instant::now() + DEADLINE;
     loop {
-        let mut again = broker.connect();
+        let mut again = Conn::open(broker.addr);
         let reply = again.cmd("topics");
         if reply == "ok a b" {
             break;
@@ -374,9 +303,9 @@ fn connection_and_topic_caps_give_clear_errors() {
 #[test]
 fn window_one_delivers_pending_events_highest_priority_first_as_acks_arrive() {
     let data = tempfile::tempdir().unwrap();
-    let broker = BrokerProcess::start(data.path(), &[]);
-    let mut publisher = broker.connect();
-    let mut subscriber = broker.connect();
+    let broker = BrokerProcess::start(data.path(), "127.0.0.1:0", &[]);
+    let mut publisher = Conn::open(broker.addr);
+    let mut subscriber = Conn::open(broker.addr);
     publisher.ok(&format!("pub jobs {}", event("setup", 0, Value::Null)));
     subscriber.ok("window 1");
     subscriber.ok("sub jobs");
@@ -402,13 +331,13 @@ fn window_one_delivers_pending_events_highest_priority_first_as_acks_arrive() {
 #[test]
 fn a_named_subscriber_gets_its_subscriptions_and_pending_events_back_on_reconnect() {
     let data = tempfile::tempdir().unwrap();
-    let broker = BrokerProcess::start(data.path(), &[]);
-    let mut publisher = broker.connect();
+    let broker = BrokerProcess::start(data.path(), "127.0.0.1:0", &[]);
+    let mut publisher = Conn::open(broker.addr);
     publisher.ok(&format!("pub mail {}", event("0", 0, Value::Null)));
-    let mut durable = broker.connect();
+    let mut durable = Conn::open(broker.addr);
     durable.ok("name alice");
     durable.ok("sub mail");
-    let mut anonymous = broker.connect();
+    let mut anonymous = Conn::open(broker.addr);
     anonymous.ok("sub mail");
     publisher.ok(&format!("pub mail {}", event("1", 2, Value::Null)));
     assert_eq!(durable.next_event().1["id"], "1"); // delivered, never acked
@@ -417,7 +346,7 @@ fn a_named_subscriber_gets_its_subscriptions_and_pending_events_back_on_reconnec
     publisher.wait_stats("mail", "the anonymous subscription to end", |s| s["subscribers"] == 1);
     publisher.ok(&format!("pub mail {}", event("2", 7, Value::Null)));
 
-    let mut back = broker.connect();
+    let mut back = Conn::open(broker.addr);
     assert_eq!(back.ok("name alice"), "ok resumed mail");
     let mut ids: Vec<String> =
         (0..2).map(|_| back.next_event().1["id"].as_str().unwrap().to_string()).collect();
@@ -432,12 +361,12 @@ fn a_named_subscriber_gets_its_subscriptions_and_pending_events_back_on_reconnec
 fn a_silent_subscriber_never_slows_a_fast_one_and_memory_stays_bounded() {
     const EVENTS: usize = 100_000;
     let data = tempfile::tempdir().unwrap();
-    let broker = BrokerProcess::start(data.path(), &["--sync", "batched"]);
-    let mut setup = broker.connect();
+    let broker = BrokerProcess::start(data.path(), "127.0.0.1:0", &["--sync", "batched"]);
+    let mut setup = Conn::open(broker.addr);
     setup.ok(&format!("pub firehose {}", event("setup", 0, Value::Null)));
-    let mut silent = broker.connect();
+    let mut silent = Conn::open(broker.addr);
     silent.ok("sub firehose");
-    let mut fast = broker.connect();
+    let mut fast = Conn::open(broker.addr);
     fast.ok("window 100");
     fast.ok("sub firehose");
     let baseline_kib = broker.peak_rss_kib();
@@ -467,7 +396,7 @@ fn a_silent_subscriber_never_slows_a_fast_one_and_memory_stays_bounded() {
 
     // One publisher, pipelined: a writer thread sends, this thread counts the oks.
     let started = Instant::now();
-    let mut publisher = broker.connect();
+    let mut publisher = Conn::open(broker.addr);
     let mut writer = publisher.writer.try_clone().unwrap();
     let sender = thread::spawn(move || {
         let mut batch = String::new();
@@ -518,10 +447,10 @@ fn a_silent_subscriber_never_slows_a_fast_one_and_memory_stays_bounded() {
 #[test]
 fn after_sigkill_a_durable_subscriber_gets_exactly_the_confirmed_unacked_events() {
     let data = tempfile::tempdir().unwrap();
-    let mut broker = BrokerProcess::start(data.path(), &["--sync", "batched"]);
-    let mut setup = broker.connect();
+    let mut broker = BrokerProcess::start(data.path(), "127.0.0.1:0", &["--sync", "batched"]);
+    let mut setup = Conn::open(broker.addr);
     setup.ok(&format!("pub orders {}", event("setup", 0, Value::Null)));
-    let mut subscriber = broker.connect();
+    let mut subscriber = Conn::open(broker.addr);
     subscriber.ok("name billing");
     subscriber.ok("window 1000");
     subscriber.ok("sub orders");
@@ -532,7 +461,7 @@ fn after_sigkill_a_durable_subscriber_gets_exactly_the_confirmed_unacked_events(
     let in_limbo = Arc::new(Mutex::new(None::<String>));
     let publisher = {
         let (stop, confirmed, in_limbo) = (stop.clone(), confirmed.clone(), in_limbo.clone());
-        let mut conn = broker.connect();
+        let mut conn = Conn::open(broker.addr);
         thread::spawn(move || {
             for n in 0.. {
                 if stop.load(Ordering::Relaxed) {
@@ -594,8 +523,8 @@ fn after_sigkill_a_durable_subscriber_gets_exactly_the_confirmed_unacked_events(
     let expected: BTreeSet<String> =
         confirmed.iter().filter(|id| !acked.contains(*id) && !maybe_acked.contains(*id)).cloned().collect();
 
-    let broker = BrokerProcess::start(data.path(), &["--sync", "batched"]);
-    let mut back = broker.connect();
+    let broker = BrokerProcess::start(data.path(), "127.0.0.1:0", &["--sync", "batched"]);
+    let mut back = Conn::open(broker.addr);
     assert_eq!(back.ok("name billing"), "ok resumed orders");
     let mut redelivered = Vec::new();
     loop {
@@ -639,12 +568,12 @@ fn after_sigkill_a_durable_subscriber_gets_exactly_the_confirmed_unacked_events(
 #[test]
 fn a_log_cut_mid_record_is_dropped_with_a_warning_and_the_rest_recovers() {
     let data = tempfile::tempdir().unwrap();
-    let mut broker = BrokerProcess::start(data.path(), &[]);
-    let mut conn = broker.connect();
+    let mut broker = BrokerProcess::start(data.path(), "127.0.0.1:0", &[]);
+    let mut conn = Conn::open(broker.addr);
     conn.ok(&format!("pub logs {}", event("setup", 0, Value::Null)));
     conn.ok("name keeper");
     conn.ok("sub logs");
-    let mut publisher = broker.connect();
+    let mut publisher = Conn::open(broker.addr);
     for n in 1..=10 {
         publisher.ok(&format!("pub logs {}", event(&format!("l{n}"), 0, n.into())));
     }
@@ -656,8 +585,8 @@ fn a_log_cut_mid_record_is_dropped_with_a_warning_and_the_rest_recovers() {
     let length = std::fs::metadata(newest).unwrap().len();
     std::fs::OpenOptions::new().write(true).open(newest).unwrap().set_len(length - 7).unwrap();
 
-    let broker = BrokerProcess::start(data.path(), &[]);
-    let mut back = broker.connect();
+    let broker = BrokerProcess::start(data.path(), "127.0.0.1:0", &[]);
+    let mut back = Conn::open(broker.addr);
     assert_eq!(back.ok("name keeper"), "ok resumed logs");
     back.ok("window 100");
     let stats = back.wait_stats("logs", "nine redeliveries", |s| s["in_flight"] == 9);
@@ -678,14 +607,15 @@ fn the_log_is_compacted_in_the_background_once_events_are_acked() {
     let data = tempfile::tempdir().unwrap();
     let broker = BrokerProcess::start(
         data.path(),
+        "127.0.0.1:0",
         &["--segment-bytes", "8192", "--compact-secs", "1", "--sync", "off"],
     );
-    let mut conn = broker.connect();
+    let mut conn = Conn::open(broker.addr);
     conn.ok(&format!("pub audit {}", event("setup", 0, Value::Null)));
     conn.ok("name auditor");
     conn.ok("window 1000");
     conn.ok("sub audit");
-    let mut publisher = broker.connect();
+    let mut publisher = Conn::open(broker.addr);
     for n in 0..2000 {
         publisher
             .ok(&format!("pub audit {}", event(&format!("a{n}"), 0, "some payload to fill segments".into())));

@@ -7,13 +7,13 @@
 //! the handle kills it (SIGKILL) when the test ends. Waits poll with
 //! deadlines; nothing sleeps and hopes.
 
+mod support;
+use support::broker_process::{BrokerProcess, free_port};
+
 use std::collections::{BTreeSet, HashSet, VecDeque};
-use std::io::{BufRead, BufReader as StdBufReader, Read};
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
-use std::thread;
 use std::time::Duration;
 
 use serde_json::{Value, json};
@@ -36,77 +36,6 @@ use tokio::time::Instant;
 const DEADLINE: Duration = Duration::from_secs(60);
 
 // ---------------------------------------------------------------- the broker
-
-/// A broker child process, killed (SIGKILL) when dropped.
-struct BrokerProcess {
-    child: Child,
-    addr: SocketAddr,
-    stderr: Arc<Mutex<String>>,
-}
-
-impl BrokerProcess {
-    /// Starts `stageflow broker` on `addr` (port 0 for any free port) storing in `data_dir`.
-    fn start(data_dir: &Path, addr: &str) -> BrokerProcess {
-        BrokerProcess::start_with(data_dir, addr, &[])
-    }
-
-    /// Like `start`, with more flags.
-    fn start_with(data_dir: &Path, addr: &str, extra: &[&str]) -> BrokerProcess {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_stageflow"))
-            .args(["broker", "--addr", addr, "--data-dir"])
-            .arg(data_dir)
-            .args(extra)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("the stageflow binary starts");
-        let stdout = child.stdout.take().expect("piped stdout");
-        let (found, address) = std::sync::mpsc::channel();
-        thread::spawn(move || {
-            for line in StdBufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Some(rest) = line.strip_prefix("broker listening on ") {
-                    let _ = found.send(rest.split_whitespace().next().unwrap_or_default().to_string());
-                }
-            }
-        });
-        let stderr = Arc::new(Mutex::new(String::new()));
-        let collected = stderr.clone();
-        let mut pipe = child.stderr.take().expect("piped stderr");
-        thread::spawn(move || {
-            let mut buffer = [0u8; 4096];
-            while let Ok(count) = pipe.read(&mut buffer) {
-                if count == 0 {
-                    break;
-                }
-                collected.lock().unwrap().push_str(&String::from_utf8_lossy(&buffer[..count]));
-            }
-        });
-        let mut process = BrokerProcess { child, addr: "127.0.0.1:1".parse().unwrap(), stderr };
-        match address.recv_timeout(DEADLINE) {
-            Ok(address) => process.addr = address.parse().expect("a socket address"),
-            Err(_) => panic!("the broker did not start; stderr: {}", process.stderr.lock().unwrap()),
-        }
-        process
-    }
-
-    /// SIGKILL, no chance to flush or sync anything.
-    fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for BrokerProcess {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-/// A port on 127.0.0.1 that was free a moment ago.
-fn free_port() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("binds port 0");
-    listener.local_addr().expect("has an address").port()
-}
 
 /// A line client, as `nc` would be: replies in order; deliveries that arrive meanwhile are kept.
 struct Raw {
@@ -326,7 +255,7 @@ async fn run_to_end(mut running: PipelineHandle) {
 async fn broker_publish_sends_every_line_and_ends_only_once_the_broker_accepted_them() {
     const N: usize = 500;
     let data = tempfile::tempdir().unwrap();
-    let broker = BrokerProcess::start(data.path(), "127.0.0.1:0");
+    let broker = BrokerProcess::start(data.path(), "127.0.0.1:0", &[]);
     let mut subscriber = Raw::open(broker.addr).await;
     for topic in ["numbers", "events"] {
         subscriber.publish(topic, "warm-up", json!("creates the topic")).await;
@@ -449,7 +378,7 @@ async fn broker_publish_holds_its_credit_while_the_broker_is_down_and_drops_noth
         "the pipeline must not end while its events wait for the broker"
     );
 
-    let broker = BrokerProcess::start(data.path(), &addr);
+    let broker = BrokerProcess::start(data.path(), &addr, &[]);
     run_to_end(running).await;
     let mut control = Raw::open(broker.addr).await;
     let stats = control.stats("late").await;
@@ -459,7 +388,7 @@ async fn broker_publish_holds_its_credit_while_the_broker_is_down_and_drops_noth
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wrong_token_fails_the_pipeline_with_a_clear_error_and_the_right_one_publishes() {
     let data = tempfile::tempdir().unwrap();
-    let broker = BrokerProcess::start_with(data.path(), "127.0.0.1:0", &["--token", "s3cret"]);
+    let broker = BrokerProcess::start(data.path(), "127.0.0.1:0", &["--token", "s3cret"]);
     let pipeline = |token: &str| {
         format!(
             r#"
@@ -509,7 +438,7 @@ async fn broker_subscribe_acks_as_a_slow_consumer_progresses_within_the_window()
     const N: u64 = 40;
     const WINDOW: u64 = 3;
     let data = tempfile::tempdir().unwrap();
-    let broker = BrokerProcess::start(data.path(), "127.0.0.1:0");
+    let broker = BrokerProcess::start(data.path(), "127.0.0.1:0", &[]);
     let mut publisher = Raw::open(broker.addr).await;
     publisher.publish("jobs", "warm-up", json!(null)).await;
 
@@ -592,7 +521,7 @@ async fn a_named_broker_subscribe_survives_a_broker_crash_without_losing_or_repe
     const N: usize = 100;
     let data = tempfile::tempdir().unwrap();
     let addr = format!("127.0.0.1:{}", free_port());
-    let mut broker = BrokerProcess::start(data.path(), &addr);
+    let mut broker = BrokerProcess::start(data.path(), &addr, &[]);
     let mut publisher = Raw::open(broker.addr).await;
     publisher.publish("jobs", "warm-up", json!(null)).await;
 
@@ -646,7 +575,7 @@ async fn a_named_broker_subscribe_survives_a_broker_crash_without_losing_or_repe
         deadline.tick(format!("{stats}, processed {done}")).await;
     }
     broker.kill();
-    let broker = BrokerProcess::start(data.path(), &addr);
+    let broker = BrokerProcess::start(data.path(), &addr, &[]);
     let mut publisher = Raw::open(broker.addr).await;
     for i in N / 2..N {
         publisher.publish("jobs", &format!("j{i}"), json!(i)).await;
@@ -725,7 +654,7 @@ async fn broker_tweets_publishes_tweet_and_user_documents_under_their_id_str() {
     let tweet_ids: BTreeSet<String> = tweets.iter().map(|s| s.tweet.id_str.clone()).collect();
     let user_ids: BTreeSet<String> = tweets.iter().map(|s| s.tweet.user.id_str.clone()).collect();
     let data = tempfile::tempdir().unwrap();
-    let broker = BrokerProcess::start(data.path(), "127.0.0.1:0");
+    let broker = BrokerProcess::start(data.path(), "127.0.0.1:0", &[]);
     let mut subscriber = Raw::open(broker.addr).await;
     for topic in ["tweets", "users"] {
         subscriber.publish(topic, "warm-up", json!(null)).await;

@@ -316,6 +316,8 @@ pub async fn unbounded_baseline(
     metrics: Arc<SinkMetrics>,
 ) -> Result<(), String> {
     let base = emulator_url.trim_end_matches('/');
+    // Unbounded on purpose: this is the baseline whose memory grows, for the
+    // plot beside stageflow's bounded pipeline. It lives only in this bench.
     let (sse_tx, sse_rx) = mpsc::unbounded_channel::<SseEvent>();
     let (flow_tx, flow_rx) = mpsc::unbounded_channel::<TweetFlow>();
     let (logger_tx, logger_rx) = mpsc::unbounded_channel::<TweetFlow>();

@@ -5,7 +5,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, BufWriter};
+use tokio::io::{AsyncWriteExt, BufReader, BufWriter};
 use tokio::net::TcpListener;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{Semaphore, mpsc};
@@ -13,6 +13,7 @@ use tokio::task::{JoinHandle, JoinSet};
 
 use super::protocol::{Command, HELP, parse_command};
 use super::{Broker, BrokerError, Client, Delivery};
+use crate::line_reader::{LineRead, read_line};
 
 /// Replies a connection may have queued for writing.
 const REPLY_QUEUE: usize = 64;
@@ -96,57 +97,6 @@ pub async fn serve(broker: Broker, config: ServerConfig) -> io::Result<BrokerSer
         }
     });
     Ok(BrokerServer { local_addr, accept })
-}
-
-/// What reading one line gave.
-#[derive(Debug, PartialEq, Eq)]
-enum LineRead {
-    /// A line (without `\n`) is in the buffer.
-    Line,
-    /// The line was longer than the limit and was skipped.
-    TooLong,
-    /// The connection closed.
-    End,
-}
-
-/// Reads one `\n`-terminated line of at most `limit` bytes (a final line
-/// without `\n` counts too); a longer line is consumed and reported.
-async fn read_line(
-    reader: &mut BufReader<OwnedReadHalf>,
-    line: &mut Vec<u8>,
-    limit: usize,
-) -> io::Result<LineRead> {
-    line.clear();
-    let mut too_long = false;
-    let mut any = false;
-    loop {
-        let available = reader.fill_buf().await?;
-        if available.is_empty() {
-            return Ok(match (any, too_long) {
-                (false, _) => LineRead::End,
-                (true, true) => LineRead::TooLong,
-                (true, false) => LineRead::Line,
-            });
-        }
-        any = true;
-        let (chunk, used, complete) = match available.iter().position(|&b| b == b'\n') {
-            Some(end) => (&available[..end], end + 1, true),
-            None => (available, available.len(), false),
-        };
-        // A `\r` before the `\n` does not count toward the limit.
-        let counted = line.len() + chunk.len() - usize::from(complete && chunk.last() == Some(&b'\r'));
-        if !too_long && counted > limit {
-            too_long = true;
-            line.clear();
-        }
-        if !too_long {
-            line.extend_from_slice(chunk);
-        }
-        reader.consume(used);
-        if complete {
-            return Ok(if too_long { LineRead::TooLong } else { LineRead::Line });
-        }
-    }
 }
 
 async fn handle_connection(

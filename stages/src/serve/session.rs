@@ -3,21 +3,21 @@
 //! while the session watches, a forwarder draining its subscription into the
 //! outbox at once, so the broadcast never waits for this client's terminal.
 
-use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use stageflow::{EndReason, Subscription};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, BufWriter};
+use tokio::io::{AsyncWriteExt, BufReader, BufWriter};
 use tokio::net::TcpStream;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::tcp::OwnedWriteHalf;
 use tokio::sync::{Notify, mpsc};
 use tokio::task::JoinHandle;
 
 use super::Server;
 use super::outbox::{Outbox, Outgoing};
 use super::protocol::{Command, GREETING, HELP, parse_command};
+use crate::line_reader::{LineRead, read_line};
 
 /// Replies a session may have queued for writing; past it, its commands wait.
 const REPLY_QUEUE: usize = 16;
@@ -57,56 +57,6 @@ struct Owned(JoinHandle<()>);
 impl Drop for Owned {
     fn drop(&mut self) {
         self.0.abort();
-    }
-}
-
-/// What reading one line gave.
-#[derive(Debug, PartialEq, Eq)]
-enum LineRead {
-    /// A line (without `\n`) is in the buffer.
-    Line,
-    /// The line was longer than the limit and was skipped.
-    TooLong,
-    /// The connection closed.
-    End,
-}
-
-/// Reads one `\n`-terminated line of at most `limit` bytes (a final line
-/// without `\n` counts too); a longer line is consumed and reported, never buffered whole.
-async fn read_line(
-    reader: &mut BufReader<OwnedReadHalf>,
-    line: &mut Vec<u8>,
-    limit: usize,
-) -> io::Result<LineRead> {
-    line.clear();
-    let mut too_long = false;
-    let mut any = false;
-    loop {
-        let available = reader.fill_buf().await?;
-        if available.is_empty() {
-            return Ok(match (any, too_long) {
-                (false, _) => LineRead::End,
-                (true, true) => LineRead::TooLong,
-                (true, false) => LineRead::Line,
-            });
-        }
-        any = true;
-        let (chunk, used, complete) = match available.iter().position(|&b| b == b'\n') {
-            Some(end) => (&available[..end], end + 1, true),
-            None => (available, available.len(), false),
-        };
-        let counted = line.len() + chunk.len() - usize::from(complete && chunk.last() == Some(&b'\r'));
-        if !too_long && counted > limit {
-            too_long = true;
-            line.clear();
-        }
-        if !too_long {
-            line.extend_from_slice(chunk);
-        }
-        reader.consume(used);
-        if complete {
-            return Ok(if too_long { LineRead::TooLong } else { LineRead::Line });
-        }
     }
 }
 

@@ -2,4 +2,5 @@
 // Each test binary compiles this module and uses a part of it.
 #![allow(dead_code)]
 
+pub mod broker_process;
 pub mod secantus;
