@@ -17,13 +17,16 @@ pub enum DemandMode {
     Manual,
 }
 
-/// Credit bounds of a subscription, validated.
+/// Credit bounds of a subscription: `max_demand >= 1` and `min_demand < max_demand`.
+///
+/// The fields are private and [`DemandBounds::new`] checks them, so bounds
+/// that would stall a consumer (nothing ever asked for with `max_demand = 0`,
+/// chunks of 0 with `min_demand = max_demand`) cannot reach a running
+/// pipeline. GenStage rejects the same values at subscribe time (`bad_opts`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DemandBounds {
-    /// Credits granted at subscription and the ceiling they are topped back up to.
-    pub max_demand: usize,
-    /// Outstanding credits at or below which the consumer asks for more.
-    pub min_demand: usize,
+    max_demand: usize,
+    min_demand: usize,
 }
 
 impl Default for DemandBounds {
@@ -54,6 +57,12 @@ impl std::fmt::Display for DemandBoundsError {
 
 impl std::error::Error for DemandBoundsError {}
 
+/// The one wording of a subscription's invalid bounds, shared by the TOML
+/// check, [`crate::Pipeline::validate`] and the outside subscribe.
+pub(crate) fn bounds_problem(producer: &str, error: &DemandBoundsError) -> String {
+    format!("subscription to '{producer}': {error}")
+}
+
 impl DemandBounds {
     /// Bounds with `min_demand = max_demand / 2`, as GenStage defaults it.
     pub fn with_max(max_demand: usize) -> Result<Self, DemandBoundsError> {
@@ -71,7 +80,17 @@ impl DemandBounds {
         Ok(DemandBounds { max_demand, min_demand })
     }
 
-    /// Largest number of events processed between two asks.
+    /// Credits granted at subscription and the ceiling they are topped back up to.
+    pub fn max_demand(&self) -> usize {
+        self.max_demand
+    }
+
+    /// Outstanding credits at or below which the consumer asks for more.
+    pub fn min_demand(&self) -> usize {
+        self.min_demand
+    }
+
+    /// Largest number of events processed between two asks (at least 1).
     pub fn chunk(&self) -> usize {
         self.max_demand - self.min_demand
     }
@@ -146,15 +165,21 @@ mod tests {
     #[test]
     fn defaults_are_genstage_defaults() {
         let bounds = DemandBounds::default();
-        assert_eq!((bounds.max_demand, bounds.min_demand), (1000, 500));
-        assert_eq!(DemandBounds::with_max(80).unwrap().min_demand, 40);
+        assert_eq!((bounds.max_demand(), bounds.min_demand()), (1000, 500));
+        assert_eq!(DemandBounds::with_max(80).unwrap().min_demand(), 40);
     }
 
     #[test]
     fn rejects_zero_max_and_min_not_below_max() {
         assert_eq!(DemandBounds::new(0, 0), Err(DemandBoundsError::ZeroMax));
         assert!(matches!(DemandBounds::new(10, 10), Err(DemandBoundsError::MinNotBelowMax { .. })));
-        assert!(DemandBounds::new(1, 0).is_ok());
+        let above = DemandBounds::new(10, 20).unwrap_err();
+        assert_eq!(above.to_string(), "min_demand (20) must be below max_demand (10)");
+        assert_eq!(
+            DemandBounds::with_max(0).unwrap_err().to_string(),
+            "max_demand must be at least 1, got 0"
+        );
+        assert_eq!(DemandBounds::new(1, 0).map(|b| b.chunk()), Ok(1));
     }
 
     #[test]

@@ -33,6 +33,29 @@
 //! while a producer has nothing is kept: its `produce` call may simply wait
 //! for input, and whatever it emits later is delivered against that demand.
 //!
+//! ## Quiet producers
+//!
+//! A producer with nothing to give may also return [`Flow::Continue`]
+//! having emitted nothing. It is then *quiet*: `produce` is not called again
+//! until new credits arrive (as GenStage calls `handle_demand` only for new
+//! demand) or the producer's [`Wakeup`] is woken, so a quiet producer costs
+//! no CPU at all. A source fed from outside keeps the [`Wakeup`] it is handed
+//! in [`Producer::handle_wakeup`] and calls [`Wakeup::wake`] when it has
+//! events; the engine then calls `produce` with the credits it holds.
+//! A source that always has events never needs either; the engine makes it
+//! yield to the runtime now and then, so even on a current-thread runtime
+//! timers and shutdown get their turn.
+//!
+//! ## Demand bounds
+//!
+//! [`DemandBounds`] are checked when made: `max_demand >= 1` and
+//! `min_demand < max_demand`, else [`DemandBoundsError`]. Numbers given to
+//! [`SubscribeOptions::with_demand`] are checked where the subscription is
+//! made — by [`Pipeline::validate`] and `start` for a stage, by
+//! [`PipelineHandle::subscribe`] from outside — in the same words as the TOML
+//! check: `stage 'sum': subscription to 'numbers': min_demand (10) must be
+//! below max_demand (10)`.
+//!
 //! ## Dispatchers
 //!
 //! A producer's [`Dispatcher`] places its events: [`DemandDispatcher`]
@@ -40,6 +63,19 @@
 //! [`BroadcastDispatcher`] (every subscriber gets every event, paced by the
 //! slowest, with an optional per-subscriber selector) and
 //! [`PartitionDispatcher`] (each event to the subscriber of its partition).
+//!
+//! ## Ending and draining
+//!
+//! A producer ends when `produce` returns [`Flow::Done`] or at shutdown (a
+//! call in progress is cancelled at its next `.await`; what it emitted is
+//! kept). Either way it first drains: its buffered events go out as
+//! subscribers grant credits. While it drains it still answers subscribe
+//! requests, so a late subscriber — say, of the partition the buffered events
+//! belong to — is served what waits for it; a subscribe to a stage that has
+//! finished is refused with an error saying it has ended. A subscriber that
+//! stops asking keeps a drain from finishing: after a shutdown request
+//! [`PipelineHandle::wait`] gives up at the drain timeout and names the
+//! stages still running.
 //!
 //! ## Failure
 //!
@@ -89,7 +125,39 @@
 //! - take every event you are given (untaken ones are dropped and counted);
 //! - a producer emits at most `demand` events unless it is a push source
 //!   (`const PUSH: bool = true`), whose excess goes to the bounded buffer;
+//! - a producer with nothing yet returns `Flow::Continue` empty (and keeps
+//!   its [`Wakeup`] if events can come from outside) or awaits its input;
 //! - never block the thread: await instead.
+//!
+//! ## Compared with GenStage
+//!
+//! GenStage's own test suite and dispatcher docs, replayed against this API,
+//! agree except where stageflow differs on purpose:
+//!
+//! - **Strict demand in producer-consumers.** A GenStage producer-consumer
+//!   asks its producers for `max_demand` up front, whatever its consumers
+//!   want; here it asks only for what its own subscribers asked and is not
+//!   covered yet (joins of several producers excepted, see above), so a
+//!   stalled consumer stops the chain back to the source.
+//! - **Bounded partition buffers.** Events for a partition without credits
+//!   (or without a subscriber yet) wait in the producer's one bounded
+//!   buffer, and production slows once it holds them, instead of a queue
+//!   per partition growing without bound (gen_stage issue 282).
+//! - **A crash loses the event in hand.** A panicking callback loses only
+//!   the event it was handling; GenStage's stage process dies with its
+//!   mailbox and state.
+//! - **`Permanent` ends after every producer.** A [`CancelMode::Permanent`]
+//!   consumer ends when every producer it subscribes to has ended (and fails
+//!   at once when one fails); GenStage's `:permanent` exits when the first
+//!   one does.
+//! - **Ties in the demand dispatcher.** With equal credits, the
+//!   [`DemandDispatcher`] serves the earliest subscriber; GenStage's serves
+//!   the subscriber whose demand was added earliest.
+//!
+//! Matching GenStage: `produce` is called only for new demand (quiet
+//! producers above, `handle_demand`); invalid demand bounds are refused at
+//! subscribe time (`bad_opts`); a producer that has ended still delivers
+//! its buffered events to a subscriber that joins while it drains.
 
 mod buffer;
 pub mod config;
@@ -120,6 +188,6 @@ pub use pipeline::{
     ShutdownTrigger, StageConfig,
 };
 pub use pool::{Autoscale, PoolConfig, Routing, autoscale_target};
-pub use stage::{Consumer, Emitter, Events, Flow, Nothing, Producer, ProducerConsumer};
+pub use stage::{Consumer, Emitter, Events, Flow, Nothing, Producer, ProducerConsumer, Wakeup};
 pub use subscription::Subscription;
 pub use supervisor::{Escalation, RestartPolicy, RestartTracker};

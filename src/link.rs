@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 use tokio::sync::{Notify, mpsc};
 
-use crate::demand::{DemandBounds, DemandMode};
+use crate::demand::{DemandBounds, DemandBoundsError, DemandMode};
 use crate::dispatcher::{DispatchOptions, Selector, SubscriberId};
 
 /// What a consumer does when one of its producers ends.
@@ -126,8 +126,8 @@ impl DemandHandle {
 
 /// How a consumer subscribes to a producer.
 pub struct SubscribeOptions<T> {
-    /// Credit bounds (defaults 1000 / 500).
-    pub bounds: DemandBounds,
+    /// Credit bounds (defaults 1000 / 500), or why the numbers given were rejected.
+    bounds: Result<DemandBounds, DemandBoundsError>,
     /// Automatic or manual demand.
     pub mode: DemandMode,
     /// What the consumer does when this producer ends.
@@ -141,7 +141,7 @@ pub struct SubscribeOptions<T> {
 impl<T> Default for SubscribeOptions<T> {
     fn default() -> Self {
         SubscribeOptions {
-            bounds: DemandBounds::default(),
+            bounds: Ok(DemandBounds::default()),
             mode: DemandMode::Automatic,
             cancel: CancelMode::Permanent,
             partition: None,
@@ -153,7 +153,7 @@ impl<T> Default for SubscribeOptions<T> {
 impl<T> Clone for SubscribeOptions<T> {
     fn clone(&self) -> Self {
         SubscribeOptions {
-            bounds: self.bounds,
+            bounds: self.bounds.clone(),
             mode: self.mode,
             cancel: self.cancel,
             partition: self.partition,
@@ -165,13 +165,26 @@ impl<T> Clone for SubscribeOptions<T> {
 impl<T> SubscribeOptions<T> {
     /// Options with these credit bounds.
     pub fn bounds(bounds: DemandBounds) -> Self {
-        SubscribeOptions { bounds, ..Self::default() }
+        SubscribeOptions { bounds: Ok(bounds), ..Self::default() }
     }
 
     /// Sets the credit bounds.
     pub fn with_bounds(mut self, bounds: DemandBounds) -> Self {
-        self.bounds = bounds;
+        self.bounds = Ok(bounds);
         self
+    }
+
+    /// Sets the credit bounds from plain numbers. Invalid ones are reported
+    /// where the subscription is made: by [`crate::Pipeline::validate`] and
+    /// `start` for a stage, by [`crate::PipelineHandle::subscribe`] from outside.
+    pub fn with_demand(mut self, max_demand: usize, min_demand: usize) -> Self {
+        self.bounds = DemandBounds::new(max_demand, min_demand);
+        self
+    }
+
+    /// The credit bounds, or why the numbers given to `with_demand` are invalid.
+    pub fn demand_bounds(&self) -> Result<DemandBounds, DemandBoundsError> {
+        self.bounds.clone()
     }
 
     /// Sets manual demand mode.

@@ -9,7 +9,7 @@ use tokio::sync::{Notify, mpsc, oneshot, watch};
 use tokio::task::JoinSet;
 
 use crate::buffer::{Buffer, BufferKeep};
-use crate::demand::DemandLedger;
+use crate::demand::{DemandLedger, bounds_problem};
 use crate::dispatcher::{DemandDispatcher, Dispatcher};
 use crate::error::{PipelineError, StageError};
 use crate::link::{INBOX_BATCHES, Inbox, Link, SubscribeOptions, Subscriber};
@@ -250,6 +250,11 @@ impl<P: ProducerConsumer> StageSpec for ProcessorSpec<P> {
         if self.kind == StageKind::Consumer && self.config.dispatcher.is_some() {
             problems.push(format!("stage '{id}' is a consumer: it has no dispatcher"));
         }
+        for (producer, options) in &self.config.subscriptions {
+            if let Err(why) = options.demand_bounds() {
+                problems.push(format!("stage '{id}': {}", bounds_problem(producer, &why)));
+            }
+        }
         problems
     }
     fn prepare(&mut self) {
@@ -272,7 +277,9 @@ impl<P: ProducerConsumer> StageSpec for ProcessorSpec<P> {
     }
     fn link_upstream(&mut self, index: usize, link: Arc<Link>) -> Box<dyn Any + Send> {
         let options = &self.config.subscriptions[index].1;
-        self.inlet.add(link.clone(), DemandLedger::new(options.bounds), options.mode, options.cancel);
+        // `start` calls this only once `validate` found every subscription's bounds valid.
+        let bounds = options.demand_bounds().unwrap_or_default();
+        self.inlet.add(link.clone(), DemandLedger::new(bounds), options.mode, options.cancel);
         Box::new(Subscriber { link, inbox: self.inbox.clone(), options: options.dispatch_options() })
     }
     fn accept(&mut self, subscriber: Box<dyn Any + Send>) -> Result<(), String> {
@@ -286,7 +293,7 @@ impl<P: ProducerConsumer> StageSpec for ProcessorSpec<P> {
             .config
             .subscriptions
             .iter()
-            .map(|(_, options)| options.bounds.max_demand)
+            .map(|(_, options)| options.demand_bounds().unwrap_or_default().max_demand())
             .sum::<usize>()
             .max(1);
         let context = TaskContext {
@@ -608,6 +615,8 @@ impl PipelineHandle {
                 type_name::<T>()
             ))
         })?;
+        let bounds =
+            options.demand_bounds().map_err(|why| PipelineError::Request(bounds_problem(producer, &why)))?;
         let (inbox, receiver) = mpsc::channel(INBOX_BATCHES);
         let link = Link::new(producer, "external", self.stages[index].wake.clone());
         let subscriber = Subscriber { link: link.clone(), inbox, options: options.dispatch_options() };
@@ -615,7 +624,7 @@ impl PipelineHandle {
         let ended = || PipelineError::Request(format!("stage '{producer}' has ended"));
         control.send(Control::Subscribe(subscriber, reply)).await.map_err(|_| ended())?;
         answer.await.map_err(|_| ended())?.map_err(PipelineError::Request)?;
-        Ok(Subscription::new(receiver, link, options.bounds))
+        Ok(Subscription::new(receiver, link, bounds))
     }
 
     /// Waits until every stage has ended. The first stage failure shuts the

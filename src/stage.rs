@@ -1,17 +1,47 @@
 //! The three kinds of stage, and the cursor and emitter their callbacks use.
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
+
+use tokio::sync::Notify;
 
 use crate::DemandHandle;
 
 /// Whether a producer has more to give.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Flow {
-    /// Call `produce` again when there is demand.
+    /// Call `produce` again while there is demand. A call that emitted
+    /// nothing makes the producer quiet: it is called again only when new
+    /// credits arrive or its [`Wakeup`] is woken, so it costs nothing meanwhile.
     Continue,
     /// The source is exhausted: what was emitted is delivered, then the producer ends.
     Done,
+}
+
+/// Lets a quiet producer say "I have events now" from anywhere.
+///
+/// A producer whose `produce` returned [`Flow::Continue`] without emitting is
+/// not called again until new demand arrives (as GenStage calls
+/// `handle_demand` only for new demand) or this is woken. A source fed from
+/// outside (a channel, a callback, a timer) keeps the handle it gets in
+/// [`Producer::handle_wakeup`] and calls [`Wakeup::wake`] when it has
+/// something; a wake-up while `produce` runs is remembered. Waking a producer
+/// that is not quiet costs one extra pass of its task loop.
+#[derive(Debug, Clone)]
+pub struct Wakeup {
+    pub(crate) notify: Arc<Notify>,
+}
+
+impl Wakeup {
+    pub(crate) fn new() -> Self {
+        Wakeup { notify: Arc::new(Notify::new()) }
+    }
+
+    /// Asks the engine to call `produce` again (if demand or `PUSH` allows).
+    pub fn wake(&self) {
+        self.notify.notify_one();
+    }
 }
 
 /// The events handed to a callback, taken one at a time.
@@ -165,10 +195,16 @@ impl<T> Extend<T> for Emitter<T> {
 /// A stage that creates events in answer to demand.
 ///
 /// `produce` is called with the credits the producer holds and not yet
-/// covered by its buffer; it may emit fewer (even none, and wait inside the
-/// future for input) or, for push sources, more: the excess waits in the
-/// bounded buffer. While `produce` waits, demand that arrives is remembered
-/// and served by the next call.
+/// covered by its buffer; it may emit fewer or, for push sources, more: the
+/// excess waits in the bounded buffer. While `produce` waits, demand that
+/// arrives is remembered and served by the next call.
+///
+/// A source that has nothing yet either waits inside `produce` (for a
+/// channel, a socket) or returns [`Flow::Continue`] having emitted nothing.
+/// The producer is then quiet: `produce` is not called again until new
+/// credits arrive or the producer's [`Wakeup`] is woken, so a quiet producer
+/// costs nothing. On shutdown a call in progress is cancelled at its next
+/// `.await`; what it emitted before is delivered.
 pub trait Producer: Send + 'static {
     /// The events it emits.
     type Out: Send + 'static;
@@ -179,6 +215,13 @@ pub trait Producer: Send + 'static {
 
     /// Emits up to `demand` events into `out`; `Flow::Done` when exhausted.
     fn produce(&mut self, demand: usize, out: &mut Emitter<Self::Out>) -> impl Future<Output = Flow> + Send;
+
+    /// Hands over the handle that ends quiet (called before the first
+    /// `produce`, and again after every restart): keep it if events can
+    /// arrive while the producer is quiet.
+    fn handle_wakeup(&mut self, wakeup: Wakeup) {
+        let _ = wakeup;
+    }
 }
 
 /// A stage that consumes events and emits others: map, filter, join, window.

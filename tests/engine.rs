@@ -1010,3 +1010,356 @@ impl Consumer for SlowWorker {
         }
     }
 }
+
+// ---- on both runtimes: quiet producers, demand bounds, late subscribers ---
+
+/// How long one of the tests below may take on one runtime.
+const LIMIT: Duration = Duration::from_secs(20);
+
+/// Runs `test` on a current-thread and on a multi-thread runtime, each within
+/// `LIMIT` (`tokio::time::timeout`). Each runtime runs on a thread of its own,
+/// watched from here: a stage that never yields holds a current-thread
+/// runtime and its timers, the timeout's included, so the watch turns such a
+/// hang into a failure.
+fn on_both_runtimes<F, Fut>(test: F)
+where
+    F: Fn() -> Fut + Clone + Send + 'static,
+    Fut: Future<Output = ()>,
+{
+    for multi_thread in [false, true] {
+        let flavor = if multi_thread { "multi-thread" } else { "current-thread" };
+        let test = test.clone();
+        let (done, finished) = std::sync::mpsc::channel();
+        let thread = std::thread::spawn(move || {
+            let mut builder = if multi_thread {
+                let mut builder = tokio::runtime::Builder::new_multi_thread();
+                builder.worker_threads(2);
+                builder
+            } else {
+                tokio::runtime::Builder::new_current_thread()
+            };
+            let runtime = builder.enable_all().build().expect("a runtime");
+            runtime.block_on(async {
+                tokio::time::timeout(LIMIT, test())
+                    .await
+                    .unwrap_or_else(|_| panic!("not finished within {LIMIT:?} on the {flavor} runtime"))
+            });
+            let _ = done.send(());
+        });
+        match finished.recv_timeout(LIMIT + Duration::from_secs(10)) {
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                panic!("the {flavor} runtime hung: not even its timers ran")
+            }
+            _ => {
+                if let Err(panic) = thread.join() {
+                    std::panic::resume_unwind(panic);
+                }
+            }
+        }
+    }
+}
+
+/// Waits (polling, bounded by the caller's timeout) until `condition` holds.
+async fn until(mut condition: impl FnMut() -> bool) {
+    while !condition() {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Has nothing to give: every call returns `Continue` having emitted nothing
+/// (GenStage's `NothingProducer`). `PUSHES` makes it a push source.
+struct Silent<const PUSHES: bool> {
+    calls: Arc<AtomicUsize>,
+}
+
+impl<const PUSHES: bool> Producer for Silent<PUSHES> {
+    type Out = u64;
+    const PUSH: bool = PUSHES;
+
+    async fn produce(&mut self, _demand: usize, _out: &mut Emitter<u64>) -> Flow {
+        self.calls.fetch_add(1, Ordering::Relaxed);
+        Flow::Continue
+    }
+}
+
+async fn a_silent_producer_is_called_once_per_new_demand<const PUSHES: bool>() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counted = calls.clone();
+    let mut pipeline = Pipeline::new();
+    pipeline.drain_timeout(Duration::from_secs(5));
+    pipeline.producer("silent", move || Silent::<PUSHES> { calls: counted.clone() });
+    pipeline
+        .consumer("record", recorder(&Received::default()))
+        .subscribe_to("silent", SubscribeOptions::bounds(DemandBounds::new(10, 5).unwrap()));
+    let running = pipeline.start().unwrap();
+    until(|| calls.load(Ordering::Relaxed) >= 1).await;
+    // Timers still fire (on a current-thread runtime too), and in this time
+    // a spinning producer is called ~100 000 times.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // One call for the consumer's demand; a push source may also have been
+    // called at start, before that demand came in.
+    let settled = calls.load(Ordering::Relaxed);
+    assert!(settled <= 2, "a quiet producer is not called again without new demand: {settled} calls");
+    let outside = running.subscribe::<u64>("silent", SubscribeOptions::default()).await.unwrap();
+    until(|| calls.load(Ordering::Relaxed) > settled).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(calls.load(Ordering::Relaxed), settled + 1, "new demand: exactly one more call");
+    drop(outside);
+    running.stop().await.expect("a quiet producer stops at once, no drain timeout");
+}
+
+#[test]
+fn a_producer_that_emits_nothing_waits_for_new_demand_instead_of_spinning() {
+    on_both_runtimes(a_silent_producer_is_called_once_per_new_demand::<false>);
+}
+
+#[test]
+fn a_push_producer_that_emits_nothing_waits_too() {
+    on_both_runtimes(a_silent_producer_is_called_once_per_new_demand::<true>);
+}
+
+/// A source fed from outside: emits what is queued, and is woken by whoever queues.
+struct Fed {
+    queue: Arc<Mutex<Vec<u64>>>,
+    wakeup: Arc<Mutex<Option<stageflow::Wakeup>>>,
+    calls: Arc<AtomicUsize>,
+}
+
+impl Producer for Fed {
+    type Out = u64;
+
+    async fn produce(&mut self, demand: usize, out: &mut Emitter<u64>) -> Flow {
+        self.calls.fetch_add(1, Ordering::Relaxed);
+        let mut queue = self.queue.lock().unwrap();
+        let take = demand.min(queue.len());
+        out.extend(queue.drain(..take));
+        Flow::Continue
+    }
+
+    fn handle_wakeup(&mut self, wakeup: stageflow::Wakeup) {
+        *self.wakeup.lock().unwrap() = Some(wakeup);
+    }
+}
+
+#[test]
+fn a_quiet_source_fed_from_outside_is_woken_by_its_wakeup() {
+    on_both_runtimes(|| async {
+        let queue = Arc::new(Mutex::new(Vec::new()));
+        let wakeup = Arc::new(Mutex::new(None::<stageflow::Wakeup>));
+        let calls = Arc::new(AtomicUsize::new(0));
+        let received = Received::default();
+        let mut pipeline = Pipeline::new();
+        let (fed, slot, counted) = (queue.clone(), wakeup.clone(), calls.clone());
+        pipeline.producer("fed", move || Fed {
+            queue: fed.clone(),
+            wakeup: slot.clone(),
+            calls: counted.clone(),
+        });
+        pipeline.consumer("record", recorder(&received)).subscribe_to("fed", SubscribeOptions::default());
+        let running = pipeline.start().unwrap();
+        until(|| calls.load(Ordering::Relaxed) == 1).await;
+        let wake = || wakeup.lock().unwrap().clone().expect("handed over before the first call").wake();
+        for round in 0..3u64 {
+            queue.lock().unwrap().extend([round * 2, round * 2 + 1]);
+            wake();
+            until(|| taken(&received).len() == 2 * (round as usize + 1)).await;
+        }
+        assert_eq!(taken(&received), vec![0, 1, 2, 3, 4, 5]);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        // One call at the first demand, then per wake-up one that emits and one that finds nothing.
+        assert!(calls.load(Ordering::Relaxed) <= 7, "{} calls", calls.load(Ordering::Relaxed));
+        running.stop().await.unwrap();
+    });
+}
+
+/// Always has events at hand and never awaits.
+struct Busy;
+
+impl Producer for Busy {
+    type Out = u64;
+
+    async fn produce(&mut self, demand: usize, out: &mut Emitter<u64>) -> Flow {
+        out.extend((0..demand as u64).map(|_| 1));
+        Flow::Continue
+    }
+}
+
+#[test]
+fn a_source_that_never_awaits_leaves_room_for_timers_and_shutdown() {
+    on_both_runtimes(|| async {
+        let count = Arc::new(AtomicU64::new(0));
+        let counted = count.clone();
+        let mut pipeline = Pipeline::new();
+        pipeline.drain_timeout(Duration::from_secs(5));
+        pipeline.producer("busy", || Busy);
+        pipeline
+            .consumer("count", move || {
+                let counted = counted.clone();
+                ForEach::new(move |x: u64| {
+                    counted.fetch_add(x, Ordering::Relaxed);
+                })
+            })
+            .subscribe_to("busy", SubscribeOptions::default());
+        let running = pipeline.start().unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        until(|| count.load(Ordering::Relaxed) > 0).await;
+        running.stop().await.expect("stops within the drain timeout");
+    });
+}
+
+#[test]
+fn invalid_demand_bounds_are_refused_by_the_builder_and_the_outside_subscribe_in_the_same_words() {
+    on_both_runtimes(|| async {
+        for (max, min) in [(0, 0), (10, 10), (10, 20)] {
+            let why = DemandBounds::new(max, min).expect_err("invalid bounds").to_string();
+            let mut pipeline = Pipeline::new();
+            pipeline.producer("numbers", || FromIter::new(0..10u64));
+            pipeline
+                .consumer("sum", || ForEach::new(|_: u64| {}))
+                .subscribe_to("numbers", SubscribeOptions::default().with_demand(max, min));
+            let expected = format!("stage 'sum': subscription to 'numbers': {why}");
+            assert_eq!(pipeline.validate(), vec![expected.clone()]);
+            match pipeline.start() {
+                Err(PipelineError::Invalid(problems)) => assert_eq!(problems, vec![expected]),
+                other => panic!("{max}/{min} must be refused, got {:?}", other.map(|_| "a running pipeline")),
+            }
+
+            let mut pipeline = Pipeline::new();
+            let (feed, source) = tokio::sync::mpsc::channel::<u64>(1);
+            let source = Arc::new(tokio::sync::Mutex::new(source));
+            pipeline.producer("numbers", move || ChannelSource { source: source.clone() });
+            let running = pipeline.start().unwrap();
+            let refused =
+                running.subscribe::<u64>("numbers", SubscribeOptions::default().with_demand(max, min));
+            match refused.await {
+                Err(PipelineError::Request(text)) => {
+                    assert_eq!(text, format!("subscription to 'numbers': {why}"))
+                }
+                other => panic!("{max}/{min} must be refused, got {:?}", other.map(|_| "a subscription")),
+            }
+            drop(feed);
+            running.stop().await.unwrap();
+        }
+    });
+}
+
+#[test]
+fn the_smallest_valid_bounds_deliver_everything_one_event_at_a_time() {
+    on_both_runtimes(|| async {
+        let received = Received::default();
+        let mut pipeline = Pipeline::new();
+        pipeline.producer("numbers", || FromIter::new(0..100u64));
+        pipeline
+            .consumer("record", recorder(&received))
+            .subscribe_to("numbers", SubscribeOptions::default().with_demand(1, 0));
+        pipeline.start().unwrap().wait_owned().await.expect("ends when the numbers do");
+        assert_eq!(taken(&received), (0..100).collect::<Vec<_>>());
+    });
+}
+
+/// A push source that emits everything at its first call and ends: what
+/// nobody has credits for waits in its buffer while it drains.
+struct AllAtOnce {
+    count: u64,
+}
+
+impl Producer for AllAtOnce {
+    type Out = u64;
+    const PUSH: bool = true;
+
+    async fn produce(&mut self, _demand: usize, out: &mut Emitter<u64>) -> Flow {
+        out.extend(0..self.count);
+        Flow::Done
+    }
+}
+
+/// Reads an outside subscription until its producer ends it.
+async fn read_to_end(mut subscription: stageflow::Subscription<u64>) -> Vec<u64> {
+    let mut got = Vec::new();
+    while let Some(batch) = subscription.next_batch().await {
+        got.extend(batch);
+    }
+    assert_eq!(subscription.end_reason(), Some(&stageflow::EndReason::Normal));
+    got
+}
+
+#[test]
+fn a_late_subscriber_of_a_draining_partition_producer_gets_its_partition() {
+    on_both_runtimes(|| async {
+        let evens = Received::default();
+        let mut pipeline = Pipeline::new();
+        pipeline
+            .producer("numbers", || AllAtOnce { count: 20 })
+            .dispatcher(PartitionDispatcher::new(2, Arc::new(|x: &u64| *x as usize)));
+        pipeline
+            .consumer("evens", recorder(&evens))
+            .subscribe_to("numbers", SubscribeOptions::default().with_partition(0));
+        let mut running = pipeline.start().unwrap();
+        // The source has ended: the producer drains, holding the odd numbers.
+        until(|| taken(&evens).len() == 10).await;
+        let odds = running
+            .subscribe::<u64>("numbers", SubscribeOptions::default().with_partition(1))
+            .await
+            .expect("a subscribe during the drain is answered");
+        assert_eq!(read_to_end(odds).await, (0..10).map(|x| 2 * x + 1).collect::<Vec<_>>());
+        running.wait().await.expect("the drain ends once the late subscriber took its events");
+        assert_eq!(taken(&evens), (0..10).map(|x| 2 * x).collect::<Vec<_>>());
+    });
+}
+
+#[test]
+fn a_late_subscriber_of_a_draining_demand_producer_takes_what_a_stalled_one_cannot() {
+    on_both_runtimes(|| async {
+        let stalled = Received::default();
+        let mut pipeline = Pipeline::new();
+        pipeline.drain_timeout(Duration::from_secs(1));
+        pipeline.producer("numbers", || AllAtOnce { count: 20 });
+        let got = stalled.clone();
+        pipeline
+            .consumer("stalled", move || StallAfter { limit: 5, taken: 0, received: got.clone() })
+            .subscribe_to("numbers", SubscribeOptions::default().with_demand(5, 2));
+        let running = pipeline.start().unwrap();
+        until(|| taken(&stalled).len() == 5).await;
+        let late = running
+            .subscribe::<u64>("numbers", SubscribeOptions::default())
+            .await
+            .expect("a subscribe during the drain is answered");
+        // The stalled consumer took 0..5 and holds at most the 3 credits it
+        // asked for after its first chunk; the late subscriber gets the rest.
+        let late = read_to_end(late).await;
+        assert!(late.len() >= 12, "{late:?}");
+        assert_eq!(late, (20 - late.len() as u64..20).collect::<Vec<_>>());
+        assert_eq!(taken(&stalled), vec![0, 1, 2, 3, 4]);
+        match running.stop().await {
+            Err(PipelineError::DrainTimeout(stages)) => assert_eq!(stages, vec!["stalled".to_string()]),
+            other => panic!("expected a drain timeout naming 'stalled', got {other:?}"),
+        }
+    });
+}
+
+#[test]
+fn a_late_subscriber_of_a_draining_broadcast_is_answered_and_a_stalled_one_is_named() {
+    on_both_runtimes(|| async {
+        let stalled = Received::default();
+        let mut pipeline = Pipeline::new();
+        pipeline.drain_timeout(Duration::from_secs(1));
+        pipeline.producer("numbers", || AllAtOnce { count: 20 }).dispatcher(BroadcastDispatcher::new());
+        let got = stalled.clone();
+        pipeline
+            .consumer("stalled", move || StallAfter { limit: 5, taken: 0, received: got.clone() })
+            .subscribe_to("numbers", SubscribeOptions::default().with_demand(5, 2));
+        let running = pipeline.start().unwrap();
+        until(|| taken(&stalled).len() == 5).await;
+        let late = running.subscribe::<u64>("numbers", SubscribeOptions::default()).await;
+        assert!(late.is_ok(), "a subscribe during the drain is answered");
+        match running.stop().await {
+            // The broadcast is paced by the stalled subscriber: the producer
+            // still holds events for both when the drain times out.
+            Err(PipelineError::DrainTimeout(mut stages)) => {
+                stages.sort();
+                assert_eq!(stages, vec!["numbers".to_string(), "stalled".to_string()]);
+            }
+            other => panic!("expected a drain timeout naming 'stalled', got {other:?}"),
+        }
+    });
+}

@@ -232,10 +232,10 @@ fn subscription(item: &toml::Value, location: Location) -> Result<SubscriptionDe
     if decl.producer.is_empty() {
         return Err("a `subscribe_to` table needs the producer's `id`".into());
     }
-    let max = max_demand.unwrap_or(DemandBounds::default().max_demand);
+    let max = max_demand.unwrap_or(DemandBounds::default().max_demand());
     let min = min_demand.unwrap_or(max / 2);
     decl.bounds =
-        DemandBounds::new(max, min).map_err(|why| format!("subscription to '{}': {why}", decl.producer))?;
+        DemandBounds::new(max, min).map_err(|why| crate::demand::bounds_problem(&decl.producer, &why))?;
     Ok(decl)
 }
 

@@ -3,7 +3,7 @@
 use super::{DispatcherDecl, PipelineFile, SubscriptionDecl};
 
 fn label(subscription: &SubscriptionDecl) -> String {
-    let mut parts = vec![format!("max {}", subscription.bounds.max_demand)];
+    let mut parts = vec![format!("max {}", subscription.bounds.max_demand())];
     if let Some(partition) = subscription.partition {
         parts.push(format!("partition {partition}"));
     }

@@ -6,7 +6,9 @@ use super::{Deliveries, DispatchOptions, Dispatcher, SubscriberId, take_front};
 ///
 /// With subscribers holding 300 and 200 credits, a batch of 400 events goes
 /// out as 300 to the first and 100 to the second; the leftover second
-/// subscriber credits (100) are kept for the next events.
+/// subscriber credits (100) are kept for the next events. On equal credits
+/// the earliest subscriber is served first (GenStage: the subscriber whose
+/// demand was added earliest).
 #[derive(Debug, Default)]
 pub struct DemandDispatcher {
     subscribers: Vec<(SubscriberId, usize)>,
@@ -88,6 +90,17 @@ mod tests {
         assert_eq!(deliveries, vec![(1, vec![0, 1, 2]), (2, vec![3, 4])]);
         assert_eq!(leftover, vec![5, 6]);
         assert_eq!(Dispatcher::<u32>::allowance(&dispatcher), 0);
+    }
+
+    #[test]
+    fn equal_credits_go_to_the_earliest_subscriber() {
+        let mut dispatcher = subscribed(&[1, 2, 3]);
+        for id in [3, 2, 1] {
+            Dispatcher::<u32>::ask(&mut dispatcher, id, 2);
+        }
+        let mut deliveries = Vec::new();
+        assert!(dispatcher.dispatch(vec![10, 11, 12], &mut deliveries).is_empty());
+        assert_eq!(deliveries, vec![(1, vec![10, 11]), (2, vec![12])]);
     }
 
     #[test]

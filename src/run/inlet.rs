@@ -69,7 +69,7 @@ impl<T> Inlet<T> {
         if automatic.clone().count() < 2 {
             return 0;
         }
-        automatic.map(|u| u.ledger.bounds().max_demand).sum()
+        automatic.map(|u| u.ledger.bounds().max_demand()).sum()
     }
 
     pub(crate) fn in_flight(&self) -> usize {

@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use tokio::sync::{Notify, mpsc};
 
+use super::Control;
 use crate::buffer::Buffer;
 use crate::dispatcher::{Deliveries, Dispatcher};
 use crate::link::{EndReason, Inbox, Subscriber};
@@ -49,7 +50,9 @@ impl<T: Send + 'static> Outlet<T> {
 
     /// Takes the credits subscribers granted since the last call, and ends
     /// the subscriptions that were cancelled or whose consumer is gone.
-    pub(crate) fn collect_asks(&mut self) {
+    /// Returns how many credits came in.
+    pub(crate) fn collect_asks(&mut self) -> usize {
+        let mut collected = 0;
         let mut index = 0;
         while index < self.subscribers.len() {
             let subscriber = &self.subscribers[index];
@@ -70,10 +73,12 @@ impl<T: Send + 'static> Outlet<T> {
             let credits = subscriber.link.collect();
             if credits > 0 {
                 self.dispatcher.ask(subscriber.link.id, credits);
+                collected += credits;
             }
             index += 1;
         }
         metrics::set(&self.metrics.demand_held, self.dispatcher.allowance());
+        collected
     }
 
     /// Delivers `events` within credits; the rest waits in the buffer.
@@ -145,8 +150,11 @@ impl<T: Send + 'static> Outlet<T> {
         }
     }
 
-    /// Delivers the buffer until it is empty or no subscriber is left to take it.
-    pub(crate) async fn drain(&mut self) {
+    /// Delivers the buffer until it is empty or no subscriber is left to
+    /// take it. Subscribe requests are answered meanwhile, so a late
+    /// subscriber (say, of the partition the buffered events belong to) is
+    /// served what waits for it, as GenStage queues its stop behind them.
+    pub(crate) async fn drain(&mut self, control: &mut mpsc::Receiver<Control<T>>) {
         loop {
             self.collect_asks();
             self.pump().await;
@@ -157,7 +165,12 @@ impl<T: Send + 'static> Outlet<T> {
                 self.discard_buffer();
                 return;
             }
-            self.wake.notified().await;
+            tokio::select! {
+                _ = self.wake.notified() => {}
+                Some(Control::Subscribe(subscriber, reply)) = control.recv() => {
+                    let _ = reply.send(self.subscribe(subscriber));
+                }
+            }
         }
     }
 }

@@ -6,7 +6,7 @@ use tokio::sync::mpsc;
 
 use super::inlet::{AfterEnd, Inlet};
 use super::outlet::Outlet;
-use super::processor::{Supervised, upstream_budget};
+use super::processor::{Supervised, emit, subscribe, upstream_budget};
 use super::{Control, Factory, TaskContext, shutdown_requested};
 use crate::StageError;
 use crate::dispatcher::SubscriberId;
@@ -139,12 +139,6 @@ impl<P: ProducerConsumer> Pool<P> {
     }
 }
 
-async fn emit<O: Send + 'static>(outlet: &mut Option<Outlet<O>>, events: Vec<O>) {
-    if let Some(outlet) = outlet {
-        outlet.emit(events).await;
-    }
-}
-
 pub(crate) async fn run_pool<P: ProducerConsumer>(
     factory: Factory<P>,
     config: PoolConfig,
@@ -226,11 +220,7 @@ pub(crate) async fn run_pool<P: ProducerConsumer>(
             },
             _ = async { wake.as_ref().expect("guarded").notified().await }, if wake.is_some() => {}
             Some(Control::Subscribe(subscriber, reply)) = control.recv() => {
-                let result = match &mut outlet {
-                    Some(outlet) => outlet.subscribe(subscriber),
-                    None => Err(format!("stage '{stage_id}' is a consumer: it has no events to subscribe to")),
-                };
-                let _ = reply.send(result);
+                let _ = reply.send(subscribe(&mut outlet, subscriber, &stage_id));
             }
             _ = async { frame.as_mut().expect("guarded").tick().await }, if frame.is_some() => {
                 let autoscale = config.autoscale.expect("frame implies autoscale");
@@ -257,7 +247,14 @@ pub(crate) async fn run_pool<P: ProducerConsumer>(
         return Err(error);
     }
     while pool.running > 0 {
-        match report_rx.recv().await {
+        let report = tokio::select! {
+            report = report_rx.recv() => report,
+            Some(Control::Subscribe(subscriber, reply)) = control.recv() => {
+                let _ = reply.send(subscribe(&mut outlet, subscriber, &stage_id));
+                continue;
+            }
+        };
+        match report {
             Some(Report::Exited { out, error }) => {
                 pool.running -= 1;
                 emit(&mut outlet, out).await;
@@ -271,7 +268,7 @@ pub(crate) async fn run_pool<P: ProducerConsumer>(
     }
     metrics::set(&context.metrics.workers, 0);
     if let Some(outlet) = &mut outlet {
-        outlet.drain().await;
+        outlet.drain(&mut control).await;
         outlet.finish(EndReason::Normal).await;
     }
     Ok(())

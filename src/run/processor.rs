@@ -10,7 +10,7 @@ use super::inlet::{AfterEnd, Inlet};
 use super::outlet::Outlet;
 use super::{Control, Factory, TaskContext, panic_message, shutdown_requested};
 use crate::StageError;
-use crate::link::{DemandHandle, EndReason, Inbox};
+use crate::link::{DemandHandle, EndReason, Inbox, Subscriber};
 use crate::metrics;
 use crate::stage::{Emitter, Events, ProducerConsumer};
 use crate::supervisor::RestartTracker;
@@ -111,7 +111,20 @@ pub(crate) fn upstream_budget<I, O: Send + 'static>(
     }
 }
 
-async fn emit<O: Send + 'static>(outlet: &mut Option<Outlet<O>>, events: Vec<O>) {
+/// Answers a subscribe request to a stage that may be a consumer.
+pub(crate) fn subscribe<O: Send + 'static>(
+    outlet: &mut Option<Outlet<O>>,
+    subscriber: Subscriber<O>,
+    stage_id: &str,
+) -> Result<(), String> {
+    match outlet {
+        Some(outlet) => outlet.subscribe(subscriber),
+        None => Err(format!("stage '{stage_id}' is a consumer: it has no events to subscribe to")),
+    }
+}
+
+/// Emits through the outlet of a stage that may be a consumer (which has none).
+pub(crate) async fn emit<O: Send + 'static>(outlet: &mut Option<Outlet<O>>, events: Vec<O>) {
     if let Some(outlet) = outlet {
         outlet.emit(events).await;
     }
@@ -198,11 +211,7 @@ pub(crate) async fn run_processor<P: ProducerConsumer>(
                 }
             }
             Some(Control::Subscribe(subscriber, reply)) = control.recv() => {
-                let result = match &mut outlet {
-                    Some(outlet) => outlet.subscribe(subscriber),
-                    None => Err(format!("stage '{stage_id}' is a consumer: it has no events to subscribe to")),
-                };
-                let _ = reply.send(result);
+                let _ = reply.send(subscribe(&mut outlet, subscriber, &stage_id));
             }
             _ = shutdown_requested(&mut shutdown), if !shutting_down && inlet.waits_for_shutdown() => shutting_down = true,
             message = inlet.inbox.recv(), if inbox_open => match message {
@@ -227,7 +236,7 @@ pub(crate) async fn run_processor<P: ProducerConsumer>(
     let flushed = supervised.flush().await?;
     if let Some(outlet) = &mut outlet {
         outlet.emit(flushed).await;
-        outlet.drain().await;
+        outlet.drain(&mut control).await;
         outlet.finish(EndReason::Normal).await;
     }
     Ok(())

@@ -1,30 +1,106 @@
 //! The producer task: calls `produce` as credits allow and dispatches what it emits.
+//!
+//! A call that returns `Flow::Continue` having emitted nothing makes the
+//! producer quiet: it is not called again until new credits arrive or its
+//! `Wakeup` is woken (GenStage calls `handle_demand` only for new demand), so
+//! a source with nothing to give costs nothing instead of spinning.
 
 use std::panic::AssertUnwindSafe;
 use std::time::Instant;
 
 use futures::FutureExt;
 use futures::future::BoxFuture;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 use super::outlet::Outlet;
 use super::{Control, Factory, TaskContext, panic_message, shutdown_requested};
 use crate::StageError;
 use crate::link::EndReason;
 use crate::metrics;
-use crate::stage::{Emitter, Flow, Producer};
+use crate::stage::{Emitter, Flow, Producer, Wakeup};
 use crate::supervisor::RestartTracker;
 
-type Production<P> = (P, Emitter<<P as Producer>::Out>, Result<Flow, String>);
+/// How one `produce` call ended.
+enum Outcome {
+    Returned(Flow),
+    /// Cancelled at an `.await` because the producer is stopping.
+    Stopped,
+    Panicked(String),
+}
 
-fn start_production<P: Producer>(mut producer: P, demand: usize) -> BoxFuture<'static, Production<P>> {
+type Production<P> = (P, Emitter<<P as Producer>::Out>, Outcome);
+
+/// One `produce` call that owns the producer and gives it back when it
+/// ends, also when it is cancelled by `stop`, so what it emitted is kept.
+fn start_production<P: Producer>(
+    mut producer: P,
+    demand: usize,
+    mut stop: watch::Receiver<bool>,
+) -> BoxFuture<'static, Production<P>> {
     Box::pin(async move {
         let mut out = Emitter::with_capacity(demand.min(65_536));
-        let started =
-            AssertUnwindSafe(async { producer.produce(demand, &mut out).await }).catch_unwind().await;
-        let result = started.map_err(|payload| panic_message(payload.as_ref()));
-        (producer, out, result)
+        let call = AssertUnwindSafe(async {
+            tokio::select! {
+                biased;
+                flow = producer.produce(demand, &mut out) => Outcome::Returned(flow),
+                _ = stop.wait_for(|stopped| *stopped) => Outcome::Stopped,
+            }
+        });
+        let outcome = call
+            .catch_unwind()
+            .await
+            .unwrap_or_else(|payload| Outcome::Panicked(panic_message(payload.as_ref())));
+        (producer, out, outcome)
     })
+}
+
+/// What the task loop keeps between `produce` calls.
+struct State<P: Producer> {
+    factory: Factory<P>,
+    wakeup: Wakeup,
+    idle: Option<P>,
+    tracker: RestartTracker,
+    exhausted: bool,
+    quiet: bool,
+}
+
+impl<P: Producer> State<P> {
+    fn fresh(&self) -> P {
+        let mut producer = (self.factory)();
+        producer.handle_wakeup(self.wakeup.clone());
+        producer
+    }
+
+    /// Delivers what a `produce` call emitted and supervises its outcome.
+    async fn settle(
+        &mut self,
+        (producer, mut out, outcome): Production<P>,
+        outlet: &mut Outlet<P::Out>,
+        context: &TaskContext,
+    ) -> Result<(), StageError> {
+        let emitted = out.take();
+        let nothing = emitted.is_empty();
+        outlet.emit(emitted).await;
+        match outcome {
+            Outcome::Returned(flow) => {
+                self.idle = Some(producer);
+                self.exhausted = flow == Flow::Done;
+                self.quiet = nothing;
+            }
+            Outcome::Stopped => self.idle = Some(producer),
+            Outcome::Panicked(panic) => {
+                drop(producer);
+                metrics::add(&context.metrics.restarts, 1);
+                if let Err(escalation) = self.tracker.record(Instant::now()) {
+                    let error = StageError::new(&context.stage, format!("{escalation}; last panic: {panic}"));
+                    outlet.finish(EndReason::Failed(error.message.clone())).await;
+                    return Err(error);
+                }
+                self.quiet = false;
+            }
+        }
+        Ok(())
+    }
 }
 
 pub(crate) async fn run_producer<P: Producer>(
@@ -33,92 +109,67 @@ pub(crate) async fn run_producer<P: Producer>(
     mut control: mpsc::Receiver<Control<P::Out>>,
     mut context: TaskContext,
 ) -> Result<(), StageError> {
-    let mut idle: Option<P> = Some(factory());
-    let mut producing: Option<BoxFuture<'static, Production<P>>> = None;
-    let mut tracker = RestartTracker::new(context.restart);
-    let mut exhausted = false;
+    let mut state = State {
+        factory,
+        wakeup: Wakeup::new(),
+        idle: None,
+        tracker: RestartTracker::new(context.restart),
+        exhausted: false,
+        quiet: false,
+    };
+    state.idle = Some(state.fresh());
+    let wakeup = state.wakeup.notify.clone();
     let wake = outlet.wake.clone();
+    let (stop, stopped) = watch::channel(false);
+    let mut producing: Option<BoxFuture<'static, Production<P>>> = None;
     loop {
-        outlet.collect_asks();
+        if outlet.collect_asks() > 0 {
+            state.quiet = false;
+        }
         outlet.pump().await;
-        if exhausted {
+        if state.exhausted || *context.shutdown.borrow() {
             break;
         }
-        if producing.is_none() {
+        if producing.is_none() && !state.quiet {
             let demand = outlet.production_demand();
             if demand > 0 || P::PUSH {
-                let producer = idle.take().unwrap_or_else(|| factory());
-                producing = Some(start_production(producer, demand));
+                let producer = state.idle.take().unwrap_or_else(|| state.fresh());
+                producing = Some(start_production(producer, demand, stopped.clone()));
             }
         }
         // Fast path: a source that has its events at hand returns on the
-        // first poll; only a waiting source needs the select below.
-        let ready = match (&mut producing, *context.shutdown.borrow()) {
-            (Some(production), false) => production.now_or_never(),
-            _ => None,
-        };
-        if let Some(finished) = ready {
+        // first poll; only a waiting source needs the select below. The
+        // budget check makes a busy source yield now and then, so it cannot
+        // hold a current-thread runtime (and its timers) to itself.
+        if let Some(finished) = producing.as_mut().and_then(|production| production.now_or_never()) {
             producing = None;
-            match finish_production(finished, &mut tracker, &mut outlet, &context).await? {
-                Some((producer, flow)) => {
-                    idle = Some(producer);
-                    exhausted = flow == Flow::Done;
-                }
-                None => idle = Some(factory()),
-            }
+            state.settle(finished, &mut outlet, &context).await?;
+            tokio::task::consume_budget().await;
             continue;
         }
         tokio::select! {
             biased;
-            finished = async { producing.as_mut().expect("guarded").await }, if producing.is_some() => {
-                producing = None;
-                match finish_production(finished, &mut tracker, &mut outlet, &context).await? {
-                    Some((producer, flow)) => {
-                        idle = Some(producer);
-                        exhausted = flow == Flow::Done;
-                    }
-                    None => idle = Some(factory()),
-                }
-            }
-            _ = wake.notified() => {}
+            // First, so a source that is always ready cannot starve shutdown.
+            _ = shutdown_requested(&mut context.shutdown) => break,
             Some(Control::Subscribe(subscriber, reply)) = control.recv() => {
                 let _ = reply.send(outlet.subscribe(subscriber));
             }
-            _ = shutdown_requested(&mut context.shutdown) => {
-                // Stop the source: an unfinished `produce` call is dropped,
-                // so nothing more is accepted; what was emitted is delivered.
+            finished = async { producing.as_mut().expect("guarded").await }, if producing.is_some() => {
                 producing = None;
-                break;
+                state.settle(finished, &mut outlet, &context).await?;
             }
+            _ = wake.notified() => {}
+            _ = wakeup.notified() => state.quiet = false,
         }
     }
-    drop(producing);
-    outlet.drain().await;
+    // Stop the source: a call in progress is cancelled at its next `.await`,
+    // so nothing more is accepted; what it emitted is delivered.
+    if let Some(production) = producing.take() {
+        let _ = stop.send(true);
+        let finished = production.await;
+        state.settle(finished, &mut outlet, &context).await?;
+    }
+    outlet.drain(&mut control).await;
     outlet.finish(EndReason::Normal).await;
     Ok(())
-}
-
-/// Delivers what a `produce` call emitted and supervises its outcome:
-/// the producer back with its flow, `None` after a panic (restart it), or
-/// the escalated failure.
-async fn finish_production<P: Producer>(
-    (producer, mut out, result): Production<P>,
-    tracker: &mut RestartTracker,
-    outlet: &mut Outlet<P::Out>,
-    context: &TaskContext,
-) -> Result<Option<(P, Flow)>, StageError> {
-    outlet.emit(out.take()).await;
-    match result {
-        Ok(flow) => Ok(Some((producer, flow))),
-        Err(panic) => {
-            drop(producer);
-            metrics::add(&context.metrics.restarts, 1);
-            if let Err(escalation) = tracker.record(Instant::now()) {
-                let error = StageError::new(&context.stage, format!("{escalation}; last panic: {panic}"));
-                outlet.finish(EndReason::Failed(error.message.clone())).await;
-                return Err(error);
-            }
-            Ok(None)
-        }
-    }
 }

@@ -193,10 +193,8 @@ async fn the_flow_scores_every_tweet_and_extracted_original_once_and_skips_kills
         .producer_consumer("tweets", || TweetsHub::new(true))
         .subscribe_to("source", SubscribeOptions::default())
         .dispatcher(BroadcastDispatcher::new());
-    let only_tweets = SubscribeOptions {
-        selector: Some(tweet_flow_selector("tweets").unwrap()),
-        ..SubscribeOptions::default()
-    };
+    let mut only_tweets = SubscribeOptions::default();
+    only_tweets.selector = Some(tweet_flow_selector("tweets").unwrap());
     pipeline
         .producer_consumer("sentiment", move || Sentiment::new(lexicon.clone()))
         .subscribe_to("tweets", only_tweets)

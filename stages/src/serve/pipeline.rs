@@ -700,7 +700,7 @@ mod tests {
         let hub = file.stages.iter().find(|stage| stage.id == "tweets").unwrap();
         let producers: Vec<&str> = hub.subscribe_to.iter().map(|s| s.producer.as_str()).collect();
         assert_eq!(producers, ["stream1", "stream2", "stream3"]);
-        assert!(hub.subscribe_to.iter().all(|s| s.bounds.max_demand == 200), "bounds copied");
+        assert!(hub.subscribe_to.iter().all(|s| s.bounds.max_demand() == 200), "bounds copied");
         registry.check(&file).expect("still a valid file");
         set_streams(&mut file, "http://h:1/tweets", 1).unwrap();
         assert_eq!(file.stages.iter().filter(|stage| stage.kind == "sse").count(), 1);

@@ -185,7 +185,7 @@ fn one_batch_at_a_time(stage: &StageDecl) -> StageDecl {
     let mut stage = stage.clone();
     for subscription in &mut stage.subscribe_to {
         if subscription.bounds == DemandBounds::default() {
-            subscription.bounds = DemandBounds { max_demand: 1, min_demand: 0 };
+            subscription.bounds = DemandBounds::new(1, 0).expect("1 / 0 are valid bounds");
         }
     }
     stage
