@@ -174,6 +174,7 @@ mod run;
 mod stage;
 mod subscription;
 mod supervisor;
+mod tap;
 pub mod window;
 
 pub use buffer::{Buffer, BufferKeep};
@@ -182,12 +183,13 @@ pub use dispatcher::{BroadcastDispatcher, DemandDispatcher, Dispatcher, Partitio
 pub use error::{PipelineError, StageError};
 pub use graph::closest;
 pub use link::{CancelMode, DemandHandle, EndReason, SubscribeOptions};
-pub use metrics::{Percentiles, StageKind, StageMetrics, StageSnapshot};
+pub use metrics::{PROCESSING_BUCKETS_US, Percentiles, StageKind, StageMetrics, StageSnapshot};
 pub use pipeline::{
     DEFAULT_BUFFER_SIZE, DEFAULT_DRAIN_TIMEOUT, MetricsReader, Pipeline, PipelineHandle, PipelineSummary,
-    ShutdownTrigger, StageConfig,
+    ShutdownTrigger, StageConfig, Taps,
 };
 pub use pool::{Autoscale, PoolConfig, Routing, autoscale_target};
 pub use stage::{Consumer, Emitter, Events, Flow, Nothing, Producer, ProducerConsumer, Wakeup};
 pub use subscription::Subscription;
 pub use supervisor::{Escalation, RestartPolicy, RestartTracker};
+pub use tap::{Sampler, TapOptions, TapStream};

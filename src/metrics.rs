@@ -100,11 +100,32 @@ impl StageMetrics {
     }
 }
 
+/// Upper bounds, in microseconds, of the processing-time buckets a snapshot
+/// counts (for Prometheus histograms); the last bucket is everything.
+pub const PROCESSING_BUCKETS_US: [f64; 12] = [
+    1.0,
+    5.0,
+    25.0,
+    100.0,
+    250.0,
+    1_000.0,
+    5_000.0,
+    25_000.0,
+    100_000.0,
+    500_000.0,
+    2_500_000.0,
+    10_000_000.0,
+];
+
 /// Processing time per event, in microseconds.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct Percentiles {
     /// Events recorded.
     pub count: u64,
+    /// Sum of every recorded time (from the histogram's mean, so within its 1% precision).
+    pub sum_us: f64,
+    /// Events that took at most each bound of [`PROCESSING_BUCKETS_US`] (cumulative).
+    pub buckets: [u64; PROCESSING_BUCKETS_US.len()],
     /// Median.
     pub p50_us: f64,
     /// 75th percentile.
@@ -122,8 +143,14 @@ pub struct Percentiles {
 impl Percentiles {
     fn of(histogram: &Histogram<u64>) -> Self {
         let us = |ns: u64| ns as f64 / 1000.0;
+        let mut buckets = [0; PROCESSING_BUCKETS_US.len()];
+        for (bucket, bound_us) in buckets.iter_mut().zip(PROCESSING_BUCKETS_US) {
+            *bucket = histogram.count_between(0, (bound_us * 1000.0) as u64);
+        }
         Percentiles {
             count: histogram.len(),
+            sum_us: histogram.mean() * histogram.len() as f64 / 1000.0,
+            buckets,
             p50_us: us(histogram.value_at_quantile(0.50)),
             p75_us: us(histogram.value_at_quantile(0.75)),
             p85_us: us(histogram.value_at_quantile(0.85)),
@@ -181,5 +208,22 @@ mod tests {
         metrics.record_processing(Duration::from_millis(5), 1);
         let snapshot = metrics.snapshot("s", StageKind::Consumer);
         assert!((snapshot.processing.max_us - 5000.0).abs() < 50.0);
+    }
+
+    #[test]
+    fn buckets_count_events_at_or_under_each_bound_cumulatively() {
+        let metrics = StageMetrics::default();
+        metrics.record_processing(Duration::from_micros(3), 2);
+        metrics.record_processing(Duration::from_micros(200), 1);
+        metrics.record_processing(Duration::from_secs(20), 1);
+        let processing = metrics.snapshot("s", StageKind::Consumer).processing;
+        let at = |bound: f64| {
+            let index = PROCESSING_BUCKETS_US.iter().position(|b| *b == bound).expect("a bound");
+            processing.buckets[index]
+        };
+        assert_eq!((at(1.0), at(5.0), at(100.0), at(250.0), at(10_000_000.0)), (0, 2, 2, 3, 3));
+        assert_eq!(processing.count, 4, "the 20 s event is counted, in no bucket but +Inf");
+        let expected_us = 2.0 * 3.0 + 200.0 + 20_000_000.0;
+        assert!((processing.sum_us - expected_us).abs() / expected_us < 0.01, "sum {}", processing.sum_us);
     }
 }

@@ -21,6 +21,10 @@ use crate::run::{Control, ErasedControl, Factory, TaskContext, control_channel};
 use crate::stage::{AsProcessor, Consumer, Nothing, Producer, ProducerConsumer};
 use crate::subscription::Subscription;
 use crate::supervisor::RestartPolicy;
+use crate::tap::{TapOptions, TapSlot, TapStream};
+
+/// A stage's [`TapSlot`], its event type erased.
+type ErasedTap = Arc<dyn Any + Send + Sync>;
 
 /// GenStage's default producer buffer size.
 pub const DEFAULT_BUFFER_SIZE: usize = 10_000;
@@ -105,6 +109,7 @@ trait StageSpec: Send + Any {
     fn prepare(&mut self);
     fn wake(&self) -> Arc<Notify>;
     fn metrics(&self) -> Arc<StageMetrics>;
+    fn tap(&self) -> Option<ErasedTap>;
     fn link_upstream(&mut self, index: usize, link: Arc<Link>) -> Box<dyn Any + Send>;
     fn accept(&mut self, subscriber: Box<dyn Any + Send>) -> Result<(), String>;
     fn start(self: Box<Self>, shutdown: watch::Receiver<bool>) -> Started;
@@ -187,6 +192,9 @@ impl<P: Producer> StageSpec for ProducerSpec<P> {
     }
     fn metrics(&self) -> Arc<StageMetrics> {
         self.metrics.clone()
+    }
+    fn tap(&self) -> Option<ErasedTap> {
+        self.outlet.as_ref().map(|outlet| outlet.tap_slot() as ErasedTap)
     }
     fn link_upstream(&mut self, _: usize, _: Arc<Link>) -> Box<dyn Any + Send> {
         Box::new(())
@@ -274,6 +282,9 @@ impl<P: ProducerConsumer> StageSpec for ProcessorSpec<P> {
     }
     fn metrics(&self) -> Arc<StageMetrics> {
         self.metrics.clone()
+    }
+    fn tap(&self) -> Option<ErasedTap> {
+        self.outlet.as_ref().map(|outlet| outlet.tap_slot() as ErasedTap)
     }
     fn link_upstream(&mut self, index: usize, link: Arc<Link>) -> Box<dyn Any + Send> {
         let options = &self.config.subscriptions[index].1;
@@ -484,6 +495,8 @@ impl Pipeline {
                 kind: spec.kind(),
                 metrics: spec.metrics(),
                 wake: spec.wake(),
+                tap: spec.tap(),
+                output: spec.output(),
             };
             let started = spec.start(shutdown_rx.clone());
             let id = info.id.clone();
@@ -524,6 +537,8 @@ struct StageInfo {
     kind: StageKind,
     metrics: Arc<StageMetrics>,
     wake: Arc<Notify>,
+    tap: Option<ErasedTap>,
+    output: Option<(TypeId, &'static str)>,
 }
 
 /// Reads the metrics of a running pipeline from anywhere (cheap to clone).
@@ -541,6 +556,44 @@ impl MetricsReader {
     /// The snapshot of one stage.
     pub fn stage(&self, id: &str) -> Option<StageSnapshot> {
         self.stages.iter().find(|s| s.id == id).map(|s| s.metrics.snapshot(&s.id, s.kind))
+    }
+}
+
+/// Attaches taps to the stages of a running pipeline from anywhere (cheap to clone).
+#[derive(Clone)]
+pub struct Taps {
+    stages: Arc<Vec<StageInfo>>,
+}
+
+impl Taps {
+    /// The type of the events `stage` emits (`None` for a consumer or an unknown stage).
+    pub fn output_type(&self, stage: &str) -> Option<TypeId> {
+        self.stages.iter().find(|s| s.id == stage)?.output.map(|(id, _)| id)
+    }
+
+    /// Starts sampling the events `stage` emits, each rendered by `render`.
+    /// The stage pays one atomic load per batch while no tap is attached.
+    pub fn attach<T: Send + 'static>(
+        &self,
+        stage: &str,
+        render: impl Fn(&T) -> String + Send + Sync + 'static,
+        options: TapOptions,
+    ) -> Result<TapStream, String> {
+        let info = self
+            .stages
+            .iter()
+            .find(|s| s.id == stage)
+            .ok_or_else(|| format!("no stage '{stage}' in this pipeline"))?;
+        let tap =
+            info.tap.clone().ok_or_else(|| format!("stage '{stage}' is a consumer: it emits no events"))?;
+        let slot = tap.downcast::<TapSlot<T>>().map_err(|_| {
+            format!(
+                "stage '{stage}' emits {}, not {}",
+                info.output.map_or("?", |(_, name)| name),
+                type_name::<T>()
+            )
+        })?;
+        slot.attach(Arc::new(render), options)
     }
 }
 
@@ -576,6 +629,11 @@ impl PipelineHandle {
     /// A reader for metrics that can live beside `wait`.
     pub fn metrics_reader(&self) -> MetricsReader {
         MetricsReader { stages: self.stages.clone() }
+    }
+
+    /// A handle to tap the stages' events that can live beside `wait`.
+    pub fn taps(&self) -> Taps {
+        Taps { stages: self.stages.clone() }
     }
 
     /// Asks the pipeline to stop: sources stop, everything accepted drains.
@@ -690,5 +748,10 @@ impl ShutdownTrigger {
     /// Asks the pipeline to stop and drain.
     pub fn shutdown(&self) {
         let _ = self.shutdown.send(true);
+    }
+
+    /// Whether a shutdown was asked for (the pipeline is draining or has ended).
+    pub fn is_requested(&self) -> bool {
+        *self.shutdown.borrow()
     }
 }

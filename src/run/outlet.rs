@@ -9,6 +9,7 @@ use crate::buffer::Buffer;
 use crate::dispatcher::{Deliveries, Dispatcher};
 use crate::link::{EndReason, Inbox, Subscriber};
 use crate::metrics::{self, StageMetrics};
+use crate::tap::TapSlot;
 
 pub(crate) struct Outlet<T> {
     dispatcher: Box<dyn Dispatcher<T>>,
@@ -17,6 +18,13 @@ pub(crate) struct Outlet<T> {
     pub(crate) wake: Arc<Notify>,
     metrics: Arc<StageMetrics>,
     deliveries: Deliveries<T>,
+    tap: Arc<TapSlot<T>>,
+}
+
+impl<T> Drop for Outlet<T> {
+    fn drop(&mut self) {
+        self.tap.end();
+    }
 }
 
 impl<T: Send + 'static> Outlet<T> {
@@ -26,7 +34,20 @@ impl<T: Send + 'static> Outlet<T> {
         wake: Arc<Notify>,
         metrics: Arc<StageMetrics>,
     ) -> Self {
-        Outlet { dispatcher, subscribers: Vec::new(), buffer, wake, metrics, deliveries: Vec::new() }
+        Outlet {
+            dispatcher,
+            subscribers: Vec::new(),
+            buffer,
+            wake,
+            metrics,
+            deliveries: Vec::new(),
+            tap: Arc::default(),
+        }
+    }
+
+    /// Where taps attach to this stage's events.
+    pub(crate) fn tap_slot(&self) -> Arc<TapSlot<T>> {
+        self.tap.clone()
     }
 
     pub(crate) fn subscribe(&mut self, subscriber: Subscriber<T>) -> Result<(), String> {
@@ -86,6 +107,7 @@ impl<T: Send + 'static> Outlet<T> {
         if events.is_empty() {
             return;
         }
+        self.tap.offer(&events);
         if self.buffer.is_empty() {
             let leftover = self.dispatcher.dispatch(events, &mut self.deliveries);
             self.send_deliveries().await;
