@@ -160,6 +160,8 @@ pub struct RunOptions {
     pub data_dir: PathBuf,
     /// How long a shutdown may take to drain before the run fails.
     pub drain_timeout: Duration,
+    /// Where to serve the HTTP endpoints (`--http`), if anywhere.
+    pub http: Option<std::net::SocketAddr>,
 }
 
 /// `stageflow run`: starts the embedded emulator if the file asks for one
@@ -206,6 +208,13 @@ pub async fn run(registry: &Registry, file: PipelineFile, options: RunOptions) -
     let mut pipeline = registry.build(&file, &context).map_err(|errors| errors.to_string())?;
     pipeline.drain_timeout(options.drain_timeout);
     let mut running = pipeline.start().map_err(|error| format!("{}: {error}", file.path.display()))?;
+    let _http = match options.http {
+        Some(addr) => {
+            let view = crate::http::PipelineView::new(&file, registry, &running);
+            Some(crate::http::start_http(addr, crate::http::Observed::pipeline(view)).await?)
+        }
+        None => None,
+    };
     let trigger = running.shutdown_trigger();
     let started = Instant::now();
     tokio::spawn(async move {

@@ -10,6 +10,7 @@ pub mod broker_stages;
 pub mod cli;
 pub mod csv_source;
 pub mod emulator;
+pub mod http;
 pub mod kinds;
 pub mod line_reader;
 pub mod scored;

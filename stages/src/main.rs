@@ -16,6 +16,18 @@ use stageflow_stages::kinds::registry;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// How log lines are written to stderr: text for people, json for machines (one object per line).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+}
+
+/// How log lines are written.
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    /// Readable lines.
+    Text,
+    /// One JSON object per line (tracing-subscriber's JSON format).
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -39,6 +51,9 @@ enum Command {
         /// Overrides a stage setting: stage.key=value (value read as TOML, else as text). Repeatable.
         #[arg(long = "set", value_name = "STAGE.KEY=VALUE")]
         overrides: Vec<String>,
+        /// Serves the live page, /metrics, /healthz, /readyz, /api and /tap at this address (PORT means 127.0.0.1:PORT).
+        #[arg(long, value_name = "ADDR", value_parser = stageflow_stages::http::parse_addr)]
+        http: Option<std::net::SocketAddr>,
     },
     /// Checks a pipeline file without running it: every problem, with file, line, column and stage.
     #[command(after_help = "Example:\n  stageflow check pipelines/demo.toml")]
@@ -69,6 +84,11 @@ enum Command {
     Emulate(stageflow_stages::emulator::EmulateArgs),
     /// Runs the telnet server: `twitter` watches the live tweet pipeline, shared by every session.
     Serve(stageflow_stages::serve::ServeArgs),
+    /// Prints a sample of the events a stage of a running pipeline emits, as JSON lines (needs `run --http`).
+    #[command(
+        after_help = "Examples:\n  stageflow run pipelines/tweets.toml --http 9090 &\n  stageflow tap http://127.0.0.1:9090 tweets --limit 5\n  stageflow tap http://127.0.0.1:9090 aggregator --sample 0.01"
+    )]
+    Tap(stageflow_stages::http::tap::TapArgs),
 }
 
 /// How `graph` writes the graph.
@@ -82,13 +102,15 @@ enum GraphFormat {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+        .with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Text => logs.with_ansi(std::io::stderr().is_terminal()).init(),
+        LogFormat::Json => logs.json().init(),
+    }
     // A stage that panics is restarted by its supervisor (and counted); one
     // log line says so, instead of the default hook's report on stderr.
     std::panic::set_hook(Box::new(|info| {
@@ -103,9 +125,14 @@ fn main() -> ExitCode {
     };
     let registry = registry();
     let result = match cli.command {
-        Command::Run { file, duration, data_dir, drain_timeout, overrides } => runtime.block_on(
-            cli::run_file(&registry, &file, &overrides, RunOptions { duration, data_dir, drain_timeout }),
-        ),
+        Command::Run { file, duration, data_dir, drain_timeout, overrides, http } => {
+            runtime.block_on(cli::run_file(
+                &registry,
+                &file,
+                &overrides,
+                RunOptions { duration, data_dir, drain_timeout, http },
+            ))
+        }
         Command::Check { file } => cli::load(&registry, &file, &[], &Default::default())
             .map(|file| println!("{}", cli::check_report(&file))),
         Command::Graph { file, format } => {
@@ -121,6 +148,7 @@ fn main() -> ExitCode {
         Command::Broker(args) => runtime.block_on(stageflow_stages::broker::run_broker(args)),
         Command::Emulate(args) => runtime.block_on(stageflow_stages::emulator::run_emulate(args)),
         Command::Serve(args) => runtime.block_on(stageflow_stages::serve::run_serve(args)),
+        Command::Tap(args) => runtime.block_on(stageflow_stages::http::tap::run_tap(args, std::io::stdout())),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -262,6 +262,11 @@ impl StatsHub {
         lock(&self.sources).insert(stage.to_string(), stats);
     }
 
+    /// The SSE sources watched, by stage id, with their counters now.
+    pub fn sources(&self) -> Vec<(String, crate::sse::SseStatsSnapshot)> {
+        lock(&self.sources).iter().map(|(stage, stats)| (stage.clone(), stats.snapshot())).collect()
+    }
+
     /// Hands over the running pipeline's metrics: crashes, losses and engine drops come from them.
     pub fn attach_metrics(&self, reader: MetricsReader) {
         *lock(&self.metrics) = Some(reader);

@@ -407,6 +407,23 @@ impl Broker {
             .collect())
     }
 
+    /// Every subscription of every topic, with its backlog and window use (for `/metrics`).
+    pub fn subscriber_figures(&self) -> Vec<crate::http::metrics::SubscriberFigures> {
+        let topics: Vec<Arc<Topic>> = lock(&self.inner.topics).values().cloned().collect();
+        let mut figures = Vec::new();
+        for topic in topics {
+            for s in topic.subscriptions() {
+                figures.push(crate::http::metrics::SubscriberFigures {
+                    topic: topic.name.to_string(),
+                    subscriber: s.key.clone(),
+                    pending: s.queued.load(Ordering::Relaxed) as u64 + s.spilled.load(Ordering::Relaxed),
+                    in_flight: s.in_flight.load(Ordering::Relaxed) as u64,
+                });
+            }
+        }
+        figures
+    }
+
     /// Compacts every topic's closed log segments now.
     pub async fn compact_all(&self) -> CompactionReport {
         let topics: Vec<Arc<Topic>> = lock(&self.inner.topics).values().cloned().collect();

@@ -3,4 +3,5 @@
 #![allow(dead_code)]
 
 pub mod broker_process;
+pub mod http_process;
 pub mod secantus;

@@ -1,0 +1,530 @@
+//! `GET /metrics`: the Prometheus text format, rendered at scrape time from
+//! snapshots the engine, the sinks and the broker already keep (the hot path
+//! pays nothing for being scraped), through the `prometheus-client` crate.
+
+use hdrhistogram::Histogram;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric, NoLabelSet};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::registry::{Registry, Unit};
+use stageflow::{PROCESSING_BUCKETS_US, StageSnapshot};
+
+use crate::broker::TopicStats;
+use crate::storage::{InsertTimes, SinkCounters};
+
+/// The content type of the text format `render` writes.
+pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// Upper bounds, in seconds, of the sink insert-time buckets.
+const INSERT_BUCKETS_S: [f64; 13] =
+    [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+
+/// One sink's figures at scrape time.
+#[derive(Debug, Clone)]
+pub struct SinkFigures {
+    /// The sink stage's id.
+    pub stage: String,
+    /// Its counters since it started.
+    pub counters: SinkCounters,
+    /// Every insert time since it started, in microseconds.
+    pub inserts: InsertTimes,
+}
+
+/// One broker subscription's figures at scrape time.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct SubscriberFigures {
+    /// The topic.
+    pub topic: String,
+    /// The subscriber's name (durable) or connection key.
+    pub subscriber: String,
+    /// Events waiting for it (in memory and spilled to the log).
+    pub pending: u64,
+    /// Deliveries awaiting its ack: how much of its window it uses.
+    pub in_flight: u64,
+}
+
+/// Everything one scrape reports.
+#[derive(Debug, Clone, Default)]
+pub struct Scrape {
+    /// The pipeline's name, when a pipeline runs in this process.
+    pub pipeline: Option<String>,
+    /// One snapshot per stage.
+    pub stages: Vec<StageSnapshot>,
+    /// The sinks of the pipeline.
+    pub sinks: Vec<SinkFigures>,
+    /// The broker's topics, when this process is a broker.
+    pub topics: Vec<TopicStats>,
+    /// The broker's subscriptions.
+    pub subscribers: Vec<SubscriberFigures>,
+}
+
+/// The scrape in the Prometheus text format (0.0.4).
+pub fn render(scrape: Scrape) -> String {
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(ScrapeCollector(scrape)));
+    let mut text = String::new();
+    prometheus_client::encoding::prometheus_text::encode(&mut text, &registry)
+        .expect("writing to a String cannot fail");
+    text
+}
+
+/// Cumulative `(upper bound in seconds, count)` buckets of a microsecond histogram, ending with +Inf.
+pub fn buckets_of(histogram: &Histogram<u64>, bounds_s: &[f64]) -> Vec<(f64, u64)> {
+    let mut buckets: Vec<(f64, u64)> =
+        bounds_s.iter().map(|&bound| (bound, histogram.count_between(0, (bound * 1e6) as u64))).collect();
+    buckets.push((f64::INFINITY, histogram.len()));
+    buckets
+}
+
+#[derive(Debug)]
+struct ScrapeCollector(Scrape);
+
+type Labels = Vec<(&'static str, String)>;
+
+fn counter<T>(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    items: &[T],
+    labels: impl Fn(&T) -> Labels,
+    value: impl Fn(&T) -> u64,
+) -> Result<(), std::fmt::Error> {
+    if items.is_empty() {
+        return Ok(());
+    }
+    let mut metric = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+    for item in items {
+        let labels = labels(item);
+        ConstCounter::new(value(item)).encode(metric.encode_family(&labels)?)?;
+    }
+    Ok(())
+}
+
+fn gauge<T>(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    unit: Option<&Unit>,
+    items: &[T],
+    labels: impl Fn(&T) -> Labels,
+    value: impl Fn(&T) -> i64,
+) -> Result<(), std::fmt::Error> {
+    if items.is_empty() {
+        return Ok(());
+    }
+    let mut metric = encoder.encode_descriptor(name, help, unit, MetricType::Gauge)?;
+    for item in items {
+        let labels = labels(item);
+        ConstGauge::new(value(item)).encode(metric.encode_family(&labels)?)?;
+    }
+    Ok(())
+}
+
+fn saturating(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+impl Collector for ScrapeCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let scrape = &self.0;
+        let pipeline = scrape.pipeline.as_deref().unwrap_or("");
+        let stage = |s: &StageSnapshot| -> Labels {
+            vec![("pipeline", pipeline.to_string()), ("stage", s.stage.clone())]
+        };
+        let stages = &scrape.stages;
+        let e = &mut encoder;
+        counter(e, "stageflow_events_in", "Events a stage received from upstream.", stages, stage, |s| {
+            s.events_in
+        })?;
+        counter(e, "stageflow_events_out", "Events a stage delivered downstream.", stages, stage, |s| {
+            s.events_out
+        })?;
+        counter(
+            e,
+            "stageflow_events_dropped",
+            "Events dropped by a full buffer, a vanished subscriber or left untaken.",
+            stages,
+            stage,
+            |s| s.dropped,
+        )?;
+        counter(
+            e,
+            "stageflow_events_lost",
+            "Events lost to panics (the one each panic held).",
+            stages,
+            stage,
+            |s| s.lost,
+        )?;
+        counter(
+            e,
+            "stageflow_restarts",
+            "Restarts of a stage or its workers after a panic.",
+            stages,
+            stage,
+            |s| s.restarts,
+        )?;
+        counter(
+            e,
+            "stageflow_credit_violations",
+            "Events received beyond the credits granted (0 unless the protocol is broken).",
+            stages,
+            stage,
+            |s| s.credit_violations,
+        )?;
+        gauge(
+            e,
+            "stageflow_workers",
+            "Workers running (1 unless the stage runs a pool).",
+            None,
+            stages,
+            stage,
+            |s| saturating(s.workers),
+        )?;
+        gauge(
+            e,
+            "stageflow_buffer_events",
+            "Events waiting in the stage's producer buffer.",
+            None,
+            stages,
+            stage,
+            |s| saturating(s.buffer_fill),
+        )?;
+        gauge(
+            e,
+            "stageflow_demand_held",
+            "Credits held from downstream subscribers, not yet used.",
+            None,
+            stages,
+            stage,
+            |s| saturating(s.demand_held),
+        )?;
+        gauge(
+            e,
+            "stageflow_demand_asked",
+            "Credits granted to upstream producers, not yet filled (outstanding demand).",
+            None,
+            stages,
+            stage,
+            |s| saturating(s.demand_asked),
+        )?;
+        if !stages.is_empty() {
+            let mut metric = e.encode_descriptor(
+                "stageflow_processing",
+                "Time a stage's callbacks took per event.",
+                Some(&Unit::Seconds),
+                MetricType::Histogram,
+            )?;
+            for s in stages {
+                let p = &s.processing;
+                let mut buckets: Vec<(f64, u64)> = PROCESSING_BUCKETS_US
+                    .iter()
+                    .zip(p.buckets)
+                    .map(|(bound, count)| (bound / 1e6, count))
+                    .collect();
+                buckets.push((f64::INFINITY, p.count));
+                let labels = stage(s);
+                metric.encode_family(&labels)?.encode_histogram::<NoLabelSet>(
+                    p.sum_us / 1e6,
+                    p.count,
+                    &buckets,
+                    None,
+                )?;
+            }
+        }
+        self.encode_sinks(e, pipeline)?;
+        self.encode_broker(e)
+    }
+}
+
+impl ScrapeCollector {
+    fn encode_sinks(&self, e: &mut DescriptorEncoder, pipeline: &str) -> Result<(), std::fmt::Error> {
+        let sinks = &self.0.sinks;
+        let sink = |s: &SinkFigures| -> Labels {
+            vec![("pipeline", pipeline.to_string()), ("stage", s.stage.clone())]
+        };
+        counter(
+            e,
+            "stageflow_sink_tweets_stored",
+            "Tweets a sink stored that were new.",
+            sinks,
+            sink,
+            |s| s.counters.tweets_inserted,
+        )?;
+        counter(
+            e,
+            "stageflow_sink_tweets_duplicate",
+            "Tweets a sink found already stored (replays).",
+            sinks,
+            sink,
+            |s| s.counters.tweets_duplicate,
+        )?;
+        counter(e, "stageflow_sink_users_stored", "Users a sink stored that were new.", sinks, sink, |s| {
+            s.counters.users_inserted
+        })?;
+        counter(e, "stageflow_sink_batches", "Batches a sink wrote.", sinks, sink, |s| s.counters.batches)?;
+        counter(
+            e,
+            "stageflow_sink_retries",
+            "Writes tried again after a transient failure.",
+            sinks,
+            sink,
+            |s| s.counters.retries,
+        )?;
+        if !sinks.is_empty() {
+            let mut metric = e.encode_descriptor(
+                "stageflow_sink_insert",
+                "Time of one bulk insert, by collection.",
+                Some(&Unit::Seconds),
+                MetricType::Histogram,
+            )?;
+            for s in sinks {
+                for (collection, histogram) in [("tweets", &s.inserts.tweets), ("users", &s.inserts.users)] {
+                    let labels =
+                        vec![("pipeline", pipeline), ("stage", s.stage.as_str()), ("collection", collection)];
+                    let sum = histogram.mean() * histogram.len() as f64 / 1e6;
+                    let buckets = buckets_of(histogram, &INSERT_BUCKETS_S);
+                    metric.encode_family(&labels)?.encode_histogram::<NoLabelSet>(
+                        sum,
+                        histogram.len(),
+                        &buckets,
+                        None,
+                    )?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn encode_broker(&self, e: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let topics = &self.0.topics;
+        let topic = |t: &TopicStats| -> Labels { vec![("topic", t.topic.clone())] };
+        counter(
+            e,
+            "stageflow_broker_published",
+            "Events published to a topic since the broker started.",
+            topics,
+            topic,
+            |t| t.published,
+        )?;
+        counter(
+            e,
+            "stageflow_broker_acked",
+            "Acks on a topic since the broker started.",
+            topics,
+            topic,
+            |t| t.acked,
+        )?;
+        gauge(
+            e,
+            "stageflow_broker_pending",
+            "Events waiting for a topic's subscribers.",
+            None,
+            topics,
+            topic,
+            |t| saturating(t.pending),
+        )?;
+        gauge(
+            e,
+            "stageflow_broker_in_flight",
+            "Deliveries on a topic awaiting an ack.",
+            None,
+            topics,
+            topic,
+            |t| saturating(t.in_flight),
+        )?;
+        gauge(
+            e,
+            "stageflow_broker_log",
+            "Size of a topic's log on disk.",
+            Some(&Unit::Bytes),
+            topics,
+            topic,
+            |t| saturating(t.log_bytes),
+        )?;
+        gauge(e, "stageflow_broker_subscribers", "Subscriptions of a topic.", None, topics, topic, |t| {
+            saturating(t.subscribers as u64)
+        })?;
+        let subscribers = &self.0.subscribers;
+        let subscriber = |s: &SubscriberFigures| -> Labels {
+            vec![("topic", s.topic.clone()), ("subscriber", s.subscriber.clone())]
+        };
+        gauge(
+            e,
+            "stageflow_broker_subscriber_pending",
+            "Events waiting for one subscriber.",
+            None,
+            subscribers,
+            subscriber,
+            |s| saturating(s.pending),
+        )?;
+        gauge(
+            e,
+            "stageflow_broker_subscriber_in_flight",
+            "Deliveries to one subscriber awaiting its ack (its window in use).",
+            None,
+            subscribers,
+            subscriber,
+            |s| saturating(s.in_flight),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use stageflow::{StageKind, StageMetrics};
+
+    use super::*;
+
+    /// The value of the sample line `name{labels}`, where `labels` is the exact label text.
+    fn sample(text: &str, series: &str) -> Option<f64> {
+        text.lines()
+            .filter(|line| !line.starts_with('#'))
+            .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+    }
+
+    fn stage(id: &str, events_out: u64) -> StageSnapshot {
+        let mut snapshot = StageMetrics::default().snapshot(id, StageKind::ProducerConsumer);
+        snapshot.events_out = events_out;
+        snapshot.events_in = events_out + 1;
+        snapshot.workers = 3;
+        snapshot.demand_asked = 400;
+        snapshot
+    }
+
+    #[test]
+    fn stage_counters_and_gauges_carry_pipeline_and_stage_labels() {
+        let scrape = Scrape {
+            pipeline: Some("tweets".into()),
+            stages: vec![stage("tweets", 120), stage("logger", 7)],
+            ..Default::default()
+        };
+        let text = render(scrape);
+        assert_eq!(
+            sample(&text, r#"stageflow_events_out_total{pipeline="tweets",stage="tweets"}"#),
+            Some(120.0)
+        );
+        assert_eq!(
+            sample(&text, r#"stageflow_events_in_total{pipeline="tweets",stage="logger"}"#),
+            Some(8.0)
+        );
+        assert_eq!(sample(&text, r#"stageflow_workers{pipeline="tweets",stage="logger"}"#), Some(3.0));
+        assert_eq!(sample(&text, r#"stageflow_demand_asked{pipeline="tweets",stage="tweets"}"#), Some(400.0));
+        assert!(text.contains("# TYPE stageflow_events_out_total counter\n"), "{text}");
+        assert!(text.contains("# TYPE stageflow_buffer_events gauge\n"), "{text}");
+        assert_eq!(text.matches("# TYPE stageflow_events_out_total").count(), 1, "one family, two series");
+        assert!(!text.contains("broker"), "no broker in this process: {text}");
+    }
+
+    #[test]
+    fn processing_time_is_a_histogram_in_seconds_from_the_engine_buckets() {
+        let mut snapshot = stage("logger", 4);
+        // Three events at 50 µs and one at 2 ms, as the engine counts them per bound.
+        snapshot.processing.buckets = [0, 0, 0, 3, 3, 3, 4, 4, 4, 4, 4, 4];
+        snapshot.processing.count = 4;
+        snapshot.processing.sum_us = 2150.0;
+        let text =
+            render(Scrape { pipeline: Some("p".into()), stages: vec![snapshot], ..Default::default() });
+        assert!(text.contains("# TYPE stageflow_processing_seconds histogram\n"), "{text}");
+        let bucket = |le: &str| {
+            sample(
+                &text,
+                &format!(r#"stageflow_processing_seconds_bucket{{pipeline="p",stage="logger",le="{le}"}}"#),
+            )
+        };
+        assert_eq!(bucket("0.000025"), Some(0.0), "{text}");
+        assert_eq!(bucket("0.0001"), Some(3.0), "{text}");
+        assert_eq!(bucket("0.005"), Some(4.0), "{text}");
+        assert_eq!(bucket("+Inf"), Some(4.0), "{text}");
+        assert_eq!(
+            sample(&text, r#"stageflow_processing_seconds_count{pipeline="p",stage="logger"}"#),
+            Some(4.0)
+        );
+        let sum =
+            sample(&text, r#"stageflow_processing_seconds_sum{pipeline="p",stage="logger"}"#).expect("sum");
+        assert!((sum - 0.00215).abs() < 1e-9, "sum {sum}");
+    }
+
+    #[test]
+    fn sinks_report_stored_counts_and_insert_time_by_collection() {
+        let mut inserts = InsertTimes::default();
+        inserts.tweets.record(3_000).expect("in range");
+        inserts.tweets.record(40_000).expect("in range");
+        inserts.users.record(700).expect("in range");
+        let counters =
+            SinkCounters { batches: 2, tweets_inserted: 390, users_inserted: 250, ..Default::default() };
+        let scrape = Scrape {
+            pipeline: Some("tweets".into()),
+            sinks: vec![SinkFigures { stage: "store".into(), counters, inserts }],
+            ..Default::default()
+        };
+        let text = render(scrape);
+        let labels = r#"{pipeline="tweets",stage="store"}"#;
+        assert_eq!(sample(&text, &format!("stageflow_sink_tweets_stored_total{labels}")), Some(390.0));
+        assert_eq!(sample(&text, &format!("stageflow_sink_users_stored_total{labels}")), Some(250.0));
+        let tweets = r#"{pipeline="tweets",stage="store",collection="tweets"}"#;
+        assert_eq!(
+            sample(&text, &format!("stageflow_sink_insert_seconds_count{tweets}")),
+            Some(2.0),
+            "{text}"
+        );
+        let users = r#"{pipeline="tweets",stage="store",collection="users"}"#;
+        assert_eq!(
+            sample(&text, &format!("stageflow_sink_insert_seconds_count{users}")),
+            Some(1.0),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn buckets_of_a_histogram_are_cumulative_and_end_at_infinity() {
+        let mut histogram = InsertTimes::default().tweets;
+        for micros in [500, 2_000, 2_000, 30_000_000] {
+            histogram.record(micros).expect("in range");
+        }
+        let buckets = buckets_of(&histogram, &[0.001, 0.01, 1.0]);
+        assert_eq!(buckets, vec![(0.001, 1), (0.01, 3), (1.0, 3), (f64::INFINITY, 4)]);
+    }
+
+    #[test]
+    fn broker_topics_and_subscribers_have_their_own_labels_and_units() {
+        let topic = TopicStats {
+            topic: "tweets".into(),
+            subscribers: 2,
+            pending: 5,
+            in_flight: 3,
+            published: 1000,
+            acked: 990,
+            log_bytes: 65536,
+        };
+        let subscriber = SubscriberFigures {
+            topic: "tweets".into(),
+            subscriber: "archive".into(),
+            pending: 5,
+            in_flight: 3,
+        };
+        let text =
+            render(Scrape { topics: vec![topic], subscribers: vec![subscriber], ..Default::default() });
+        assert_eq!(
+            sample(&text, r#"stageflow_broker_published_total{topic="tweets"}"#),
+            Some(1000.0),
+            "{text}"
+        );
+        assert_eq!(sample(&text, r#"stageflow_broker_log_bytes{topic="tweets"}"#), Some(65536.0), "{text}");
+        let series = r#"stageflow_broker_subscriber_in_flight{topic="tweets",subscriber="archive"}"#;
+        assert_eq!(sample(&text, series), Some(3.0));
+        assert!(!text.contains("stageflow_events_in"), "no pipeline in this process");
+    }
+
+    #[test]
+    fn label_values_are_escaped() {
+        let scrape = Scrape {
+            pipeline: Some("a \"quoted\"\\name".into()),
+            stages: vec![stage("s", 1)],
+            ..Default::default()
+        };
+        let text = render(scrape);
+        assert!(text.contains(r#"pipeline="a \"quoted\"\\name""#), "{text}");
+    }
+}
