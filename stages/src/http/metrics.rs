@@ -78,6 +78,19 @@ pub fn buckets_of(histogram: &Histogram<u64>, bounds_s: &[f64]) -> Vec<(f64, u64
     buckets
 }
 
+/// Per-bucket counts from cumulative ones: what `prometheus-client` sums back up as it writes.
+fn increments(cumulative: &[(f64, u64)]) -> Vec<(f64, u64)> {
+    let mut below = 0;
+    cumulative
+        .iter()
+        .map(|&(bound, count)| {
+            let increment = count.saturating_sub(below);
+            below = below.max(count);
+            (bound, increment)
+        })
+        .collect()
+}
+
 #[derive(Debug)]
 struct ScrapeCollector(Scrape);
 
@@ -228,7 +241,7 @@ impl Collector for ScrapeCollector {
                 metric.encode_family(&labels)?.encode_histogram::<NoLabelSet>(
                     p.sum_us / 1e6,
                     p.count,
-                    &buckets,
+                    &increments(&buckets),
                     None,
                 )?;
             }
@@ -284,7 +297,7 @@ impl ScrapeCollector {
                     let labels =
                         vec![("pipeline", pipeline), ("stage", s.stage.as_str()), ("collection", collection)];
                     let sum = histogram.mean() * histogram.len() as f64 / 1e6;
-                    let buckets = buckets_of(histogram, &INSERT_BUCKETS_S);
+                    let buckets = increments(&buckets_of(histogram, &INSERT_BUCKETS_S));
                     metric.encode_family(&labels)?.encode_histogram::<NoLabelSet>(
                         sum,
                         histogram.len(),
@@ -433,7 +446,7 @@ mod tests {
                 &format!(r#"stageflow_processing_seconds_bucket{{pipeline="p",stage="logger",le="{le}"}}"#),
             )
         };
-        assert_eq!(bucket("0.000025"), Some(0.0), "{text}");
+        assert_eq!(bucket("2.5e-05"), Some(0.0), "{text}");
         assert_eq!(bucket("0.0001"), Some(3.0), "{text}");
         assert_eq!(bucket("0.005"), Some(4.0), "{text}");
         assert_eq!(bucket("+Inf"), Some(4.0), "{text}");

@@ -39,7 +39,9 @@ pub fn parse_query(query: &HashMap<String, String>) -> Result<TapOptions, String
             "limit" => match value.parse::<u64>() {
                 Ok(limit) if limit > 0 => options.limit = Some(limit),
                 _ => {
-                    return Err(format!("limit must be a whole number of events, at least 1 (got {value:?})"));
+                    return Err(format!(
+                        "limit must be a whole number of events, at least 1 (got {value:?})"
+                    ));
                 }
             },
             "sample" => match value.parse::<f64>() {
