@@ -29,10 +29,10 @@ impl EmulatorProcess {
         let stdout = child.stdout.take().expect("piped stdout");
         let (lines, received) = mpsc::channel();
         std::thread::spawn(move || {
+            // Read to the end even after the address was found: a closed pipe
+            // would make the emulator's next line fail (and the process end).
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if lines.send(line).is_err() {
-                    break;
-                }
+                let _ = lines.send(line);
             }
         });
         let mut process = EmulatorProcess { child, base_url: String::new() };

@@ -105,7 +105,7 @@ impl Graph {
                     to: stage.id.clone(),
                     selector: subscription.selector.clone(),
                     partition: subscription.partition,
-                    max_demand: subscription.bounds.max_demand,
+                    max_demand: subscription.bounds.max_demand(),
                 })
             })
             .collect();
