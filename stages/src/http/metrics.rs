@@ -531,6 +531,50 @@ mod tests {
     }
 
     #[test]
+    fn every_metric_the_grafana_dashboard_queries_is_served() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/grafana-dashboard.json");
+        let dashboard = std::fs::read_to_string(path).expect("the dashboard");
+        let scrape = Scrape {
+            pipeline: Some("tweets".into()),
+            stages: vec![stage("tweets", 1)],
+            sinks: vec![SinkFigures {
+                stage: "store".into(),
+                counters: SinkCounters::default(),
+                inserts: InsertTimes::default(),
+            }],
+            topics: vec![TopicStats {
+                topic: "t".into(),
+                subscribers: 1,
+                pending: 0,
+                in_flight: 0,
+                published: 0,
+                acked: 0,
+                log_bytes: 0,
+            }],
+            subscribers: vec![SubscriberFigures {
+                topic: "t".into(),
+                subscriber: "s".into(),
+                pending: 0,
+                in_flight: 0,
+            }],
+        };
+        let served = render(scrape);
+        let names = regex::Regex::new(r"stageflow_[a-z_]+").expect("a regex");
+        let queried: std::collections::BTreeSet<&str> = names
+            .find_iter(&dashboard)
+            .map(|m| m.as_str())
+            .filter(|name| *name != "stageflow_main")
+            .collect();
+        assert!(queried.len() > 10, "{queried:?}");
+        for name in queried {
+            assert!(
+                served.contains(&format!("\n{name}{{")),
+                "the dashboard queries {name}, which /metrics does not serve"
+            );
+        }
+    }
+
+    #[test]
     fn label_values_are_escaped() {
         let scrape = Scrape {
             pipeline: Some("a \"quoted\"\\name".into()),

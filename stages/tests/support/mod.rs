@@ -5,3 +5,4 @@
 pub mod broker_process;
 pub mod http_process;
 pub mod secantus;
+pub mod tools;
