@@ -64,12 +64,32 @@
 //! slowest, with an optional per-subscriber selector) and
 //! [`PartitionDispatcher`] (each event to the subscriber of its partition).
 //!
-//! ## Ending and draining
+//! ## Lifecycle
 //!
-//! A producer ends when `produce` returns [`Flow::Done`] or at shutdown (a
-//! call in progress is cancelled at its next `.await`; what it emitted is
-//! kept). Either way it first drains: its buffered events go out as
-//! subscribers grant credits. While it drains it still answers subscribe
+//! A run ends when its data ends. Stages end from the sources downstream:
+//!
+//! 1. A producer ends when `produce` returns [`Flow::Done`] (a CSV file read
+//!    to its end, a stream closed, `--limit` reached) or at shutdown.
+//! 2. A consumer or producer-consumer ends once every producer it subscribes
+//!    to has ended ([`CancelMode::Permanent`], the default): it takes what is
+//!    in flight, `flush`es what it holds back (a window's last partial
+//!    window, a batcher's last batch), delivers that, and ends.
+//! 3. A producer that *follows the data* ([`Producer::FOLLOWS_SOURCES`]:
+//!    statistics, periodic reports, anything timer-only with no upstream)
+//!    would otherwise run forever. It ends once every stage that is neither
+//!    a follower nor fed by one has ended — so after the sinks have stored
+//!    the tail: its `produce` call in progress is cancelled, its
+//!    [`Producer::flush`] emits a final frame covering that tail, the frame
+//!    is delivered, and the stages it feeds end after it as in 2. A pipeline
+//!    made of followers only has no data to follow: they run until shutdown.
+//! 4. When every stage has ended, [`PipelineHandle::wait`] returns the
+//!    summary. A process that runs part of a pipeline exits the same way
+//!    when its part's sources end, so a batch job can be scripted.
+//!
+//! Shutdown ([`PipelineHandle::stop`]) ends every producer at once (a call in
+//! progress is cancelled at its next `.await`; what it emitted is kept, and
+//! `flush` runs), and the rest ends as in 2. However a producer ends, it
+//! first drains: its buffered events go out as subscribers grant credits. While it drains it still answers subscribe
 //! requests, so a late subscriber — say, of the partition the buffered events
 //! belong to — is served what waits for it; a subscribe to a stage that has
 //! finished is refused with an error saying it has ended. A subscriber that
@@ -121,7 +141,7 @@
 //! cursor one at a time and put results into an [`Emitter`]; both belong to
 //! the engine, which is how it knows which event a panic interrupted and
 //! keeps what was emitted before it. Timers use `tick_interval` and
-//! `handle_tick`; `flush` runs once when every producer has ended. Rules:
+//! `handle_tick`; `flush` runs once at the end (see Lifecycle). Rules:
 //! - take every event you are given (untaken ones are dropped and counted);
 //! - a producer emits at most `demand` events unless it is a push source
 //!   (`const PUSH: bool = true`), whose excess goes to the bounded buffer;

@@ -15,6 +15,7 @@ use crate::error::{PipelineError, StageError};
 use crate::link::{INBOX_BATCHES, Inbox, Link, SubscribeOptions, Subscriber};
 use crate::metrics::{StageKind, StageMetrics, StageSnapshot};
 use crate::pool::PoolConfig;
+use crate::run::follow::{DataEnd, waited_for};
 use crate::run::inlet::Inlet;
 use crate::run::outlet::Outlet;
 use crate::run::{Control, ErasedControl, Factory, TaskContext, control_channel};
@@ -112,7 +113,13 @@ trait StageSpec: Send + Any {
     fn tap(&self) -> Option<ErasedTap>;
     fn link_upstream(&mut self, index: usize, link: Arc<Link>) -> Box<dyn Any + Send>;
     fn accept(&mut self, subscriber: Box<dyn Any + Send>) -> Result<(), String>;
-    fn start(self: Box<Self>, shutdown: watch::Receiver<bool>) -> Started;
+    fn follows_sources(&self) -> bool;
+    /// Starts the stage's task; `follows` is set for a producer that ends with the pipeline's data.
+    fn start(
+        self: Box<Self>,
+        shutdown: watch::Receiver<bool>,
+        follows: Option<watch::Receiver<bool>>,
+    ) -> Started;
     fn as_any_mut(&mut self) -> &mut dyn Any;
 }
 
@@ -202,7 +209,14 @@ impl<P: Producer> StageSpec for ProducerSpec<P> {
     fn accept(&mut self, subscriber: Box<dyn Any + Send>) -> Result<(), String> {
         accept_into(self.outlet.as_mut(), subscriber)
     }
-    fn start(self: Box<Self>, shutdown: watch::Receiver<bool>) -> Started {
+    fn follows_sources(&self) -> bool {
+        P::FOLLOWS_SOURCES
+    }
+    fn start(
+        self: Box<Self>,
+        shutdown: watch::Receiver<bool>,
+        follows: Option<watch::Receiver<bool>>,
+    ) -> Started {
         let this = *self;
         let (control, control_rx) = control_channel::<P::Out>();
         let context = TaskContext {
@@ -213,7 +227,13 @@ impl<P: Producer> StageSpec for ProducerSpec<P> {
         };
         let outlet = this.outlet.expect("prepared before start");
         Started {
-            task: Box::pin(crate::run::producer::run_producer(this.factory, outlet, control_rx, context)),
+            task: Box::pin(crate::run::producer::run_producer(
+                this.factory,
+                outlet,
+                control_rx,
+                context,
+                follows,
+            )),
             control: Box::new(control),
         }
     }
@@ -296,7 +316,10 @@ impl<P: ProducerConsumer> StageSpec for ProcessorSpec<P> {
     fn accept(&mut self, subscriber: Box<dyn Any + Send>) -> Result<(), String> {
         accept_into(self.outlet.as_mut(), subscriber)
     }
-    fn start(self: Box<Self>, shutdown: watch::Receiver<bool>) -> Started {
+    fn follows_sources(&self) -> bool {
+        false
+    }
+    fn start(self: Box<Self>, shutdown: watch::Receiver<bool>, _: Option<watch::Receiver<bool>>) -> Started {
         let this = *self;
         drop(this.inbox);
         let (control, control_rx) = control_channel::<P::Out>();
@@ -486,10 +509,17 @@ impl Pipeline {
         if !problems.is_empty() {
             return Err(PipelineError::Invalid(problems));
         }
+        let followers: Vec<bool> = self.specs.iter().map(|spec| spec.follows_sources()).collect();
+        let upstreams = |index: usize| -> Vec<usize> {
+            self.specs[index].subscriptions().iter().map(|producer| by_id[producer]).collect()
+        };
+        let waited = waited_for(&followers, &upstreams);
+        let waited_count = waited.iter().filter(|waited| **waited).count();
+        let data_end = DataEnd::new(waited_count);
         let (shutdown, shutdown_rx) = watch::channel(false);
         let mut tasks = JoinSet::new();
         let mut stages = Vec::new();
-        for spec in self.specs {
+        for (index, spec) in self.specs.into_iter().enumerate() {
             let info = StageInfo {
                 id: spec.id().to_string(),
                 kind: spec.kind(),
@@ -498,10 +528,19 @@ impl Pipeline {
                 tap: spec.tap(),
                 output: spec.output(),
             };
-            let started = spec.start(shutdown_rx.clone());
+            // With nothing to wait for, a follower runs until shutdown.
+            let follows = (followers[index] && waited_count > 0).then(|| data_end.watch());
+            let started = spec.start(shutdown_rx.clone(), follows);
             let id = info.id.clone();
             let task = started.task;
-            tasks.spawn(async move { (id, task.await) });
+            let countdown = waited[index].then(|| data_end.clone());
+            tasks.spawn(async move {
+                let result = task.await;
+                if let Some(countdown) = countdown {
+                    countdown.stage_ended();
+                }
+                (id, result)
+            });
             stages.push((info, started.control));
         }
         let (infos, controls): (Vec<StageInfo>, Vec<ErasedControl>) = stages.into_iter().unzip();

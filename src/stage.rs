@@ -213,8 +213,26 @@ pub trait Producer: Send + 'static {
     /// (events beyond demand go to the bounded buffer, dropped by its policy).
     const PUSH: bool = false;
 
+    /// Ends with the pipeline's data instead of running until shutdown: for
+    /// auxiliary producers (statistics, periodic reports, anything timer-only).
+    /// Once every stage that is not a follower, and not fed by one, has
+    /// ended, the producer is stopped: a `produce` call in progress is
+    /// cancelled, `flush` emits its last word, that is delivered, and it
+    /// ends. In a pipeline of followers only, it runs until shutdown.
+    const FOLLOWS_SOURCES: bool = false;
+
     /// Emits up to `demand` events into `out`; `Flow::Done` when exhausted.
     fn produce(&mut self, demand: usize, out: &mut Emitter<Self::Out>) -> impl Future<Output = Flow> + Send;
+
+    /// Runs once when the producer is stopped before it returned `Flow::Done`
+    /// (at shutdown, or when the data it follows has ended): emit a final
+    /// frame covering the tail. `demand` is the credits it holds not covered
+    /// by its buffer; what it emits beyond them waits in the buffer while
+    /// the producer drains.
+    fn flush(&mut self, demand: usize, out: &mut Emitter<Self::Out>) -> impl Future<Output = ()> + Send {
+        let _ = (demand, out);
+        async {}
+    }
 
     /// Hands over the handle that ends quiet (called before the first
     /// `produce`, and again after every restart): keep it if events can

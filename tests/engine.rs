@@ -1363,3 +1363,103 @@ fn a_late_subscriber_of_a_draining_broadcast_is_answered_and_a_stalled_one_is_na
         }
     });
 }
+
+// ---- followers: producers that end with the pipeline's data --------------
+
+/// Every `period`, emits the running total a data consumer keeps; ends with
+/// the data, emitting the total once more from `flush`.
+struct Pulse {
+    period: Duration,
+    total: Arc<AtomicU64>,
+    flushes: Arc<AtomicUsize>,
+}
+
+impl Producer for Pulse {
+    type Out = u64;
+    const FOLLOWS_SOURCES: bool = true;
+
+    async fn produce(&mut self, _demand: usize, out: &mut Emitter<u64>) -> Flow {
+        tokio::time::sleep(self.period).await;
+        out.emit(self.total.load(Ordering::Relaxed));
+        Flow::Continue
+    }
+
+    async fn flush(&mut self, _demand: usize, out: &mut Emitter<u64>) {
+        self.flushes.fetch_add(1, Ordering::Relaxed);
+        out.emit(self.total.load(Ordering::Relaxed));
+    }
+}
+
+/// Adds what it takes to `total`, a millisecond per event.
+fn slow_sum(total: &Arc<AtomicU64>) -> impl Fn() -> SlowSum + Send + Sync + 'static {
+    let total = total.clone();
+    move || SlowSum { total: total.clone() }
+}
+
+struct SlowSum {
+    total: Arc<AtomicU64>,
+}
+
+impl Consumer for SlowSum {
+    type In = u64;
+
+    async fn handle_events(&mut self, events: &mut Events<u64>) {
+        for event in events {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+            self.total.fetch_add(event, Ordering::Relaxed);
+        }
+    }
+}
+
+#[test]
+fn a_follower_ends_after_the_data_with_a_final_flush_covering_the_tail() {
+    on_both_runtimes(|| async {
+        let (total, flushes, pulses) =
+            (Arc::new(AtomicU64::new(0)), Arc::new(AtomicUsize::new(0)), Received::default());
+        let mut pipeline = Pipeline::new();
+        pipeline.producer("numbers", || FromIter::new(0..100u64));
+        pipeline.consumer("sum", slow_sum(&total)).subscribe_to("numbers", SubscribeOptions::default());
+        let (summed, flushed) = (total.clone(), flushes.clone());
+        pipeline.producer("pulse", move || Pulse {
+            period: Duration::from_millis(20),
+            total: summed.clone(),
+            flushes: flushed.clone(),
+        });
+        // What a follower feeds ends after it, as usual.
+        pipeline
+            .producer_consumer("relay", || Map::new(|x: u64| x))
+            .subscribe_to("pulse", SubscribeOptions::default());
+        pipeline.consumer("pulses", recorder(&pulses)).subscribe_to("relay", SubscribeOptions::default());
+        pipeline.start().unwrap().wait_owned().await.expect("ends by itself once the data has");
+        assert_eq!(flushes.load(Ordering::Relaxed), 1);
+        let pulses = taken(&pulses);
+        assert_eq!(
+            pulses.last(),
+            Some(&4950),
+            "the last pulse, from flush, covers everything summed: {pulses:?}"
+        );
+        assert!(pulses.windows(2).all(|pair| pair[0] <= pair[1]), "{pulses:?}");
+    });
+}
+
+#[test]
+fn followers_without_data_to_follow_run_until_shutdown_and_flush_then() {
+    on_both_runtimes(|| async {
+        let (total, flushes, pulses) =
+            (Arc::new(AtomicU64::new(7)), Arc::new(AtomicUsize::new(0)), Received::default());
+        let mut pipeline = Pipeline::new();
+        let flushed = flushes.clone();
+        pipeline.producer("pulse", move || Pulse {
+            period: Duration::from_millis(10),
+            total: total.clone(),
+            flushes: flushed.clone(),
+        });
+        pipeline.consumer("pulses", recorder(&pulses)).subscribe_to("pulse", SubscribeOptions::default());
+        let running = pipeline.start().unwrap();
+        until(|| taken(&pulses).len() >= 3).await;
+        assert_eq!(flushes.load(Ordering::Relaxed), 0, "still running: nothing to follow");
+        running.stop().await.unwrap();
+        assert_eq!(flushes.load(Ordering::Relaxed), 1, "flushed once at shutdown");
+        assert!(taken(&pulses).iter().all(|pulse| *pulse == 7));
+    });
+}

@@ -1,6 +1,7 @@
 //! The tasks that run stages: one per producer, producer-consumer and
 //! consumer, plus one per pool worker.
 
+pub(crate) mod follow;
 pub(crate) mod inlet;
 pub(crate) mod outlet;
 pub(crate) mod pool;

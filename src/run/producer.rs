@@ -4,6 +4,9 @@
 //! producer quiet: it is not called again until new credits arrive or its
 //! `Wakeup` is woken (GenStage calls `handle_demand` only for new demand), so
 //! a source with nothing to give costs nothing instead of spinning.
+//!
+//! A producer that follows the pipeline's data is stopped like at shutdown
+//! once the data has ended; either way `flush` then has its say.
 
 use std::panic::AssertUnwindSafe;
 use std::time::Instant;
@@ -12,6 +15,7 @@ use futures::FutureExt;
 use futures::future::BoxFuture;
 use tokio::sync::{mpsc, watch};
 
+use super::follow::data_ended;
 use super::outlet::Outlet;
 use super::{Control, Factory, TaskContext, panic_message, shutdown_requested};
 use crate::StageError;
@@ -71,6 +75,19 @@ impl<P: Producer> State<P> {
         producer
     }
 
+    /// Runs `flush` once, delivering what it emits; a panic in it counts as a crash.
+    async fn flush(&mut self, outlet: &mut Outlet<P::Out>, context: &TaskContext) -> Result<(), StageError> {
+        let mut producer = self.idle.take().unwrap_or_else(|| self.fresh());
+        let demand = outlet.production_demand();
+        let mut out = Emitter::default();
+        let flushed = AssertUnwindSafe(producer.flush(demand, &mut out)).catch_unwind().await;
+        let outcome = match flushed {
+            Ok(()) => Outcome::Returned(Flow::Done),
+            Err(payload) => Outcome::Panicked(panic_message(payload.as_ref())),
+        };
+        self.settle((producer, out, outcome), outlet, context).await
+    }
+
     /// Delivers what a `produce` call emitted and supervises its outcome.
     async fn settle(
         &mut self,
@@ -103,11 +120,13 @@ impl<P: Producer> State<P> {
     }
 }
 
+/// Runs a producer; `follows` is set when it ends with the pipeline's data.
 pub(crate) async fn run_producer<P: Producer>(
     factory: Factory<P>,
     mut outlet: Outlet<P::Out>,
     mut control: mpsc::Receiver<Control<P::Out>>,
     mut context: TaskContext,
+    mut follows: Option<watch::Receiver<bool>>,
 ) -> Result<(), StageError> {
     let mut state = State {
         factory,
@@ -127,7 +146,8 @@ pub(crate) async fn run_producer<P: Producer>(
             state.quiet = false;
         }
         outlet.pump().await;
-        if state.exhausted || *context.shutdown.borrow() {
+        let data_gone = follows.as_ref().is_some_and(|ended| *ended.borrow());
+        if state.exhausted || data_gone || *context.shutdown.borrow() {
             break;
         }
         if producing.is_none() && !state.quiet {
@@ -151,6 +171,7 @@ pub(crate) async fn run_producer<P: Producer>(
             biased;
             // First, so a source that is always ready cannot starve shutdown.
             _ = shutdown_requested(&mut context.shutdown) => break,
+            _ = data_ended(&mut follows) => break,
             Some(Control::Subscribe(subscriber, reply)) = control.recv() => {
                 let _ = reply.send(outlet.subscribe(subscriber));
             }
@@ -168,6 +189,9 @@ pub(crate) async fn run_producer<P: Producer>(
         let _ = stop.send(true);
         let finished = production.await;
         state.settle(finished, &mut outlet, &context).await?;
+    }
+    if !state.exhausted {
+        state.flush(&mut outlet, &context).await?;
     }
     outlet.drain(&mut control).await;
     outlet.finish(EndReason::Normal).await;

@@ -468,7 +468,10 @@ async fn statistics_frames_carry_per_frame_percentiles_totals_and_engine_crashes
     let (frames_out, mut frames) = mpsc::channel::<StatsFrame>(8);
     let sequence = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let mut pipeline = Pipeline::new();
-    pipeline.producer("source", || FromIter::new(vec![TweetFlow::Kill, flow("after the crash")].into_iter()));
+    // The source stays open: statistics follow the data and would end with it.
+    let events = Mutex::new(Some(vec![TweetFlow::Kill, flow("after the crash")]));
+    pipeline
+        .producer("source", move || StaysOpen { events: events.lock().unwrap().take().unwrap_or_default() });
     pipeline
         .consumer("logger", move || Logger::new(logger.clone()))
         .subscribe_to("source", SubscribeOptions::default());
@@ -520,6 +523,119 @@ async fn statistics_frames_carry_per_frame_percentiles_totals_and_engine_crashes
     assert!((second.tweets_insert.p75_ms - 80.0).abs() < 1.0);
     assert_eq!(second.tweets_ingested, 220, "counts are totals");
     running.stop().await.unwrap();
+}
+
+/// Emits its events, then stays open with nothing more (a quiet producer).
+struct StaysOpen {
+    events: Vec<TweetFlow>,
+}
+
+impl Producer for StaysOpen {
+    type Out = TweetFlow;
+
+    async fn produce(&mut self, _demand: usize, out: &mut Emitter<TweetFlow>) -> Flow {
+        out.emit_batch(std::mem::take(&mut self.events));
+        Flow::Continue
+    }
+}
+
+/// A sink stand-in: records one insert per tweet into the hub, `pause` each.
+fn recording_sink(
+    hub: &Arc<StatsHub>,
+    pause: Duration,
+) -> impl Fn() -> RecordingSink + Send + Sync + 'static {
+    let inserts = hub.insert_timings();
+    move || RecordingSink { inserts: inserts.clone(), pause }
+}
+
+struct RecordingSink {
+    inserts: Arc<stageflow_stages::analysis::InsertTimings>,
+    pause: Duration,
+}
+
+impl stageflow::Consumer for RecordingSink {
+    type In = u64;
+
+    async fn handle_events(&mut self, events: &mut stageflow::Events<u64>) {
+        for _ in events {
+            tokio::time::sleep(self.pause).await;
+            self.inserts.record_tweets(self.pause, 1);
+        }
+    }
+}
+
+/// A statistics stage of `hub` writing nothing, one frame per second.
+fn statistics(hub: &Arc<StatsHub>) -> impl Fn() -> Statistics + Send + Sync + 'static {
+    let (hub, sequence) = (hub.clone(), Arc::new(std::sync::atomic::AtomicU64::new(0)));
+    move || {
+        Statistics::new(
+            hub.clone(),
+            "statistics",
+            Duration::from_secs(1),
+            StatsOutput::Quiet,
+            sequence.clone(),
+        )
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn statistics_end_with_the_data_after_a_final_frame_covering_the_tail() {
+    let hub = StatsHub::new("stats-final-frame");
+    let (frames_out, mut frames) = mpsc::channel::<StatsFrame>(64);
+    let mut pipeline = Pipeline::new();
+    pipeline.producer("source", || FromIter::new(0..25u64));
+    // 25 tweets at 100 ms each: 2.5 s, so two whole frames and a tail of half a second.
+    pipeline
+        .consumer("sink", recording_sink(&hub, Duration::from_millis(100)))
+        .subscribe_to("source", SubscribeOptions::default());
+    pipeline.producer("statistics", statistics(&hub));
+    pipeline
+        .consumer("publish", move || {
+            let frames_out = frames_out.clone();
+            ForEach::new(move |frame: StatsFrame| {
+                let _ = frames_out.try_send(frame);
+            })
+        })
+        .subscribe_to("statistics", SubscribeOptions::default());
+    let summary = finish(pipeline).await.expect("ends by itself once the sink has ended");
+    let mut received = Vec::new();
+    while let Ok(frame) = frames.try_recv() {
+        received.push(frame);
+    }
+    let sequences: Vec<u64> = received.iter().map(|frame| frame.sequence).collect();
+    assert_eq!(sequences, vec![1, 2, 3], "two whole frames and the final one");
+    let last = received.last().unwrap();
+    assert_eq!(last.tweets_ingested, 25, "the final frame covers the tail");
+    assert_eq!(last.frame_ms, 500, "the final frame is as long as the tail");
+    let stats = summary.stages.iter().find(|stage| stage.stage == "statistics").unwrap();
+    assert_eq!((stats.events_out, stats.dropped), (3, 0));
+}
+
+#[tokio::test(start_paused = true)]
+async fn statistics_nobody_subscribes_to_write_their_frames_but_buffer_none() {
+    let hub = StatsHub::new("stats-unsubscribed");
+    let mut published = hub.subscribe();
+    let mut pipeline = Pipeline::new();
+    pipeline.producer("source", || FromIter::new(0..25u64));
+    pipeline
+        .consumer("sink", recording_sink(&hub, Duration::from_millis(100)))
+        .subscribe_to("source", SubscribeOptions::default());
+    pipeline.producer("statistics", statistics(&hub));
+    let mut running = pipeline.start().unwrap();
+    let reader = running.metrics_reader();
+    let mut frames = 0;
+    // Every frame is still written (here: published) while nobody subscribes.
+    while frames < 2 {
+        within(published.changed()).await.unwrap();
+        frames += 1;
+        let stats = reader.stage("statistics").unwrap();
+        assert_eq!((stats.buffer_fill, stats.dropped), (0, 0), "frame {frames} went into no buffer");
+    }
+    let summary = within(running.wait()).await.expect("ends by itself");
+    let last = published.borrow_and_update().clone().expect("a final frame");
+    assert_eq!((last.sequence, last.tweets_ingested), (3, 25));
+    let stats = summary.stages.iter().find(|stage| stage.stage == "statistics").unwrap();
+    assert_eq!((stats.events_out, stats.buffer_fill, stats.dropped), (0, 0, 0));
 }
 
 /// A test-only kind that collects scored tweets: the storage half's place.

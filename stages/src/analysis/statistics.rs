@@ -36,7 +36,7 @@ use std::time::{Duration, SystemTime};
 
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
-use stageflow::{Emitter, Flow, MetricsReader, Producer};
+use stageflow::{Emitter, Flow, MetricsReader, Producer, Wakeup};
 use tokio::sync::watch;
 
 use super::aggregator::JoinStats;
@@ -335,8 +335,11 @@ pub enum StatsOutput {
     Quiet,
 }
 
-/// The statistics stage: a producer emitting one [`StatsFrame`] per frame,
-/// with or without subscribers (they may join at run time, e.g. a broker sink).
+/// The statistics stage: a producer writing one [`StatsFrame`] per frame,
+/// and emitting it to subscribers that asked (they may join at run time,
+/// e.g. a broker sink); with nobody asking, frames go to the output only and
+/// fill no buffer (the latest one is kept for whoever asks next). It follows the pipeline's data: once every other stage
+/// has ended it writes a final frame covering the tail, and ends.
 #[derive(Debug)]
 pub struct Statistics {
     hub: Arc<StatsHub>,
@@ -345,6 +348,11 @@ pub struct Statistics {
     output: StatsOutput,
     ticker: Option<tokio::time::Interval>,
     sequence: Arc<AtomicU64>,
+    /// When the last frame closed, or the first opened (the final frame is shorter than the others).
+    closed: Option<tokio::time::Instant>,
+    /// The latest frame closed while nobody asked for one.
+    unsent: Option<StatsFrame>,
+    wakeup: Option<Wakeup>,
 }
 
 impl Statistics {
@@ -356,26 +364,28 @@ impl Statistics {
         output: StatsOutput,
         sequence: Arc<AtomicU64>,
     ) -> Self {
-        Statistics { hub, stage: stage.to_string(), frame, output, ticker: None, sequence }
+        Statistics {
+            hub,
+            stage: stage.to_string(),
+            frame,
+            output,
+            ticker: None,
+            sequence,
+            closed: None,
+            unsent: None,
+            wakeup: None,
+        }
     }
-}
 
-impl Producer for Statistics {
-    type Out = StatsFrame;
+    fn period(&self) -> Duration {
+        self.frame.clamp(Duration::from_millis(1), Duration::from_secs(86_400))
+    }
 
-    /// Frames come every period whether or not anyone asked; unread ones wait in the bounded buffer.
-    const PUSH: bool = true;
-
-    async fn produce(&mut self, _demand: usize, out: &mut Emitter<StatsFrame>) -> Flow {
-        let period = self.frame.clamp(Duration::from_millis(1), Duration::from_secs(86_400));
-        let ticker = self.ticker.get_or_insert_with(|| {
-            let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
-            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            ticker
-        });
-        ticker.tick().await;
+    /// Closes a frame of length `length`, writes it to the output and returns it.
+    fn close_frame(&mut self, length: Duration) -> StatsFrame {
+        self.closed = Some(tokio::time::Instant::now());
         let sequence = self.sequence.fetch_add(1, Ordering::Relaxed) + 1;
-        let frame = self.hub.frame(sequence, period, &self.stage);
+        let frame = self.hub.frame(sequence, length, &self.stage);
         match self.output {
             StatsOutput::Log => tracing::info!(pipeline = %frame.pipeline, "{frame}"),
             StatsOutput::Stdout => {
@@ -384,8 +394,62 @@ impl Producer for Statistics {
             }
             StatsOutput::Quiet => {}
         }
-        out.emit(frame);
+        frame
+    }
+}
+
+impl Producer for Statistics {
+    type Out = StatsFrame;
+
+    /// Frames come every period whether or not anyone asked.
+    const PUSH: bool = true;
+    const FOLLOWS_SOURCES: bool = true;
+
+    async fn produce(&mut self, demand: usize, out: &mut Emitter<StatsFrame>) -> Flow {
+        let period = self.period();
+        if self.ticker.is_none() {
+            self.closed = Some(tokio::time::Instant::now());
+        }
+        let ticker = self.ticker.get_or_insert_with(|| {
+            let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            ticker
+        });
+        if demand > 0
+            && let Some(frame) = self.unsent.take()
+        {
+            out.emit(frame);
+            return Flow::Continue;
+        }
+        ticker.tick().await;
+        let frame = self.close_frame(period);
+        if demand > 0 {
+            out.emit(frame);
+        } else {
+            // Nobody had asked when this call began (at start, the
+            // subscribers' first credits may still be on their way): the
+            // frame went to the output, and only the latest is kept for
+            // whoever asks next. Emitting nothing makes the engine wait for
+            // demand, so ask to be called again: with demand, or for the next frame.
+            self.unsent = Some(frame);
+            if let Some(wakeup) = &self.wakeup {
+                wakeup.wake();
+            }
+        }
         Flow::Continue
+    }
+
+    async fn flush(&mut self, demand: usize, out: &mut Emitter<StatsFrame>) {
+        let length = self.closed.map_or(self.period(), |closed| closed.elapsed());
+        let frame = self.close_frame(length);
+        if demand > 0 {
+            out.extend(self.unsent.take());
+            out.emit(frame);
+        }
+    }
+
+    fn handle_wakeup(&mut self, wakeup: Wakeup) {
+        self.wakeup = Some(wakeup);
     }
 }
 
