@@ -8,9 +8,15 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use stageflow_stages::analysis::HashtagWindow;
 use stageflow_stages::cli::embedded_emulator;
 use stageflow_stages::emulator::generator::{GeneratedEvent, TweetGenerator, Vocabulary};
+use stageflow_stages::emulator::{EmulatorConfig, EmulatorHandle, Rate, start_emulator};
 use stageflow_stages::tweet::Tweet;
+
+mod support;
+use support::broker_process::BrokerProcess;
+use support::secantus::Secantus;
 
 fn repository() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("stages/ is inside the repository").to_path_buf()
@@ -37,12 +43,18 @@ fn drain(mut pipe: impl Read + Send + 'static) -> PipeReader {
 
 impl Running {
     fn start(args: &[&str], data_dir: &Path) -> Running {
+        Running::start_with(args, data_dir, &[])
+    }
+
+    /// As `start`, with these environment variables set.
+    fn start_with(args: &[&str], data_dir: &Path, env: &[(&str, &str)]) -> Running {
         let mut child = Command::new(env!("CARGO_BIN_EXE_stageflow"))
             .current_dir(repository())
             .args(args)
             .arg("--data-dir")
             .arg(data_dir)
             .env_remove("EMULATOR_URL")
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -80,14 +92,19 @@ impl Drop for Running {
     }
 }
 
-/// The `out` column of a stage's row in the summary table.
-fn events_out(stdout: &str, stage: &str) -> u64 {
+/// Column `column` (1: stage, 2: in, 3: out, ...) of a stage's row in the summary table.
+fn summary_cell(stdout: &str, stage: &str, column: usize) -> u64 {
     let row = stdout
         .lines()
         .find(|line| line.starts_with(&format!("| {stage} ")))
         .unwrap_or_else(|| panic!("no summary row for {stage} in:\n{stdout}"));
     let cells: Vec<&str> = row.split('|').map(str::trim).collect();
-    cells[3].parse().unwrap_or_else(|_| panic!("bad out cell in {row}"))
+    cells[column].parse().unwrap_or_else(|_| panic!("bad cell {column} in {row}"))
+}
+
+/// The `out` column of a stage's row in the summary table.
+fn events_out(stdout: &str, stage: &str) -> u64 {
+    summary_cell(stdout, stage, 3)
 }
 
 /// Tweet ids and user ids of the first `count` events of `stream`, with the
@@ -123,11 +140,17 @@ fn stored_ids(database: &Path, table: &str) -> BTreeSet<String> {
         .collect()
 }
 
-/// Checks the store holds exactly what the two receivers delivered.
-fn assert_store_matches_delivered(stdout: &str, data_dir: &Path) {
+/// The emulator `tweets.toml` embeds (its seed and kill ratio).
+fn shipped_emulator() -> EmulatorConfig {
     let path = repository().join("pipelines/tweets.toml");
     let text = std::fs::read_to_string(&path).unwrap();
-    let config = embedded_emulator(&text, &path).unwrap().expect("tweets.toml embeds the emulator");
+    embedded_emulator(&text, &path).unwrap().expect("tweets.toml embeds the emulator")
+}
+
+/// Tweet ids (originals included) and user ids of what the two receivers
+/// delivered, by the summary's `out` counts.
+fn delivered(stdout: &str) -> (BTreeSet<String>, BTreeSet<String>) {
+    let config = shipped_emulator();
     let generator =
         TweetGenerator::new(config.seed, config.kill_ratio, config.malformed_ratio, Vocabulary::shipped());
     let (first, second) = (events_out(stdout, "stream1"), events_out(stdout, "stream2"));
@@ -135,6 +158,12 @@ fn assert_store_matches_delivered(stdout: &str, data_dir: &Path) {
     let (mut tweets, mut users) = (BTreeSet::new(), BTreeSet::new());
     expected(&generator, 1, first, &mut tweets, &mut users);
     expected(&generator, 2, second, &mut tweets, &mut users);
+    (tweets, users)
+}
+
+/// Checks the store holds exactly what the two receivers delivered.
+fn assert_store_matches_delivered(stdout: &str, data_dir: &Path) {
+    let (tweets, users) = delivered(stdout);
     let database = data_dir.join("stageflow.db");
     let stored_tweets = stored_ids(&database, "tweets");
     assert_eq!(
@@ -223,4 +252,108 @@ fn csv_import_stores_the_good_rows_and_names_the_bad_one() {
     let expected: BTreeSet<String> =
         (1001..=1012).filter(|id| *id != 1008).map(|id| id.to_string()).collect();
     assert_eq!(stored, expected, "every good row stored, the bad one skipped");
+}
+
+// ---- a run ends when its data ends ------------------------------------------
+
+/// Events per stream the limited emulator serves.
+const LIMIT: u64 = 500;
+
+/// `stageflow emulate --limit 500` with `tweets.toml`'s seed, as fast as it
+/// goes, on a runtime of the test's (the server lives as long as both).
+fn limited_emulator() -> (tokio::runtime::Runtime, EmulatorHandle, String) {
+    let runtime = tokio::runtime::Runtime::new().expect("a runtime");
+    let config = EmulatorConfig { rate: Rate::Max, limit: Some(LIMIT), ..shipped_emulator() };
+    let emulator = runtime.block_on(start_emulator("127.0.0.1:0", config)).expect("the emulator starts");
+    let url = emulator.url("").trim_end_matches('/').to_string();
+    (runtime, emulator, url)
+}
+
+/// `ingested N tweets, M users` of the last statistics frame written to stderr.
+fn final_frame_ingested(stderr: &str) -> (u64, u64) {
+    let line = stderr
+        .lines()
+        .rfind(|line| line.contains("stats #"))
+        .unwrap_or_else(|| panic!("no frame in:\n{stderr}"));
+    let counts = line.split("ingested ").nth(1).expect("the frame names what was ingested");
+    let numbers: Vec<u64> = counts.split([' ', ',']).filter_map(|word| word.parse().ok()).take(2).collect();
+    (numbers[0], numbers[1])
+}
+
+/// Runs `file` against the limited emulator until it ends by itself (within
+/// two minutes) and checks what every finite run must leave: exit 0, the
+/// summary, every event of both streams read, a final statistics frame that
+/// counts everything stored, and a final hashtag window (the only one: the
+/// window is set longer than the run) that counts every tweet.
+fn run_to_its_end(file: &str, data_dir: &Path, env: &[(&str, &str)]) -> (String, (u64, u64)) {
+    let (_runtime, _emulator, url) = limited_emulator();
+    let mut env = env.to_vec();
+    env.push(("EMULATOR_URL", &url));
+    let run = Running::start_with(&["run", file, "--set", "hashtags.every_ms=3600000"], data_dir, &env);
+    let (status, stdout, stderr) = run.finish(Duration::from_secs(120));
+    assert!(status.success(), "{file}: exit {status:?}\n{stderr}");
+    assert!(stdout.contains("finished in"), "{file}: the summary is printed: {stdout}");
+    assert_eq!((events_out(&stdout, "stream1"), events_out(&stdout, "stream2")), (LIMIT, LIMIT), "{file}");
+    let window: HashtagWindow = serde_json::from_slice(
+        &std::fs::read(data_dir.join("hashtags.json")).expect("the last window is written"),
+    )
+    .expect("a whole window");
+    assert_eq!(
+        window.tweets,
+        summary_cell(&stdout, "hashtags", 2),
+        "{file}: the last window counts every tweet"
+    );
+    (stdout, final_frame_ingested(&stderr))
+}
+
+#[test]
+fn tweets_toml_with_a_finite_source_ends_by_itself_with_the_store_complete() {
+    let data = tempfile::tempdir().unwrap();
+    let (stdout, ingested) = run_to_its_end("pipelines/tweets.toml", data.path(), &[]);
+    assert_store_matches_delivered(&stdout, data.path());
+    let (tweets, users) = delivered(&stdout);
+    assert_eq!(ingested, (tweets.len() as u64, users.len() as u64), "the final frame covers the tail");
+}
+
+#[test]
+fn tweets_mongo_toml_with_a_finite_source_ends_by_itself_with_the_store_complete() {
+    let runtime = tokio::runtime::Runtime::new().expect("a runtime");
+    let Some(server) = runtime.block_on(Secantus::start(false)) else { return };
+    let uri = server.uri("finite");
+    let data = tempfile::tempdir().unwrap();
+    let (stdout, ingested) =
+        run_to_its_end("pipelines/tweets-mongo.toml", data.path(), &[("MONGODB_URI", uri.as_str())]);
+    let (tweets, users) = delivered(&stdout);
+    let stored = runtime.block_on(async {
+        let client = mongodb::Client::with_uri_str(&uri).await.expect("a client");
+        let database = client.database("finite");
+        let count = |name: &str| {
+            let collection = database.collection::<mongodb::bson::Document>(name);
+            async move { collection.count_documents(mongodb::bson::doc! {}).await.expect("countable") }
+        };
+        (count("tweets").await, count("users").await)
+    });
+    assert_eq!(
+        stored,
+        (tweets.len() as u64, users.len() as u64),
+        "every delivered tweet and user stored once"
+    );
+    assert_eq!(ingested, stored, "the final frame covers the tail");
+}
+
+#[test]
+fn tweets_broker_toml_with_a_finite_source_ends_by_itself_with_the_store_complete() {
+    let broker_data = tempfile::tempdir().unwrap();
+    let broker = BrokerProcess::start(broker_data.path(), "127.0.0.1:0", &[]);
+    let addr = broker.addr.to_string();
+    let data = tempfile::tempdir().unwrap();
+    let (stdout, ingested) =
+        run_to_its_end("pipelines/tweets-broker.toml", data.path(), &[("BROKER_ADDR", addr.as_str())]);
+    assert_store_matches_delivered(&stdout, data.path());
+    let (tweets, users) = delivered(&stdout);
+    assert_eq!(ingested, (tweets.len() as u64, users.len() as u64), "the final frame covers the tail");
+    assert!(
+        summary_cell(&stdout, "publish_stats", 2) >= 1,
+        "the final frame reached the broker sink: {stdout}"
+    );
 }
