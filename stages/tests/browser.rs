@@ -3,7 +3,8 @@
 //! test reads the DOM through the DevTools protocol: every stage of the file
 //! is drawn, and the "out total" counter shown for `tweets` increases
 //! between two reads. It saves a screenshot of the page (the README's) to
-//! `$STAGEFLOW_SCREENSHOT`, or to the test's target temp directory.
+//! `$STAGEFLOW_SCREENSHOT`, or to the test's target temp directory. A
+//! broker's page lists its topics with their subscribers.
 
 mod support;
 
@@ -16,6 +17,7 @@ use std::time::{Duration, Instant};
 use base64::Engine;
 use futures::{SinkExt, StreamExt};
 use serde_json::{Value, json};
+use support::broker_process::LineClient;
 use support::http_process::{HttpProcess, repository};
 use support::tools::tool;
 use tokio_tungstenite::tungstenite::Message;
@@ -230,4 +232,47 @@ async fn the_live_page_draws_every_stage_of_tweets_toml_and_its_counters_move() 
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("live-page.png"));
     std::fs::write(&path, png).expect("the screenshot is written");
     println!("screenshot: {}", path.display());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_broker_page_lists_topics_with_their_subscribers() {
+    let Some(chromium) = tool("chromium", "STAGEFLOW_CHROMIUM", "broker page test") else { return };
+    let data = tempfile::tempdir().expect("a temp dir");
+    let broker = HttpProcess::start(&[
+        "broker",
+        "--addr",
+        "127.0.0.1:0",
+        "--data-dir",
+        data.path().to_str().expect("utf-8"),
+    ]);
+    let deadline = Instant::now() + PATIENCE;
+    let addr = loop {
+        let output = broker.output();
+        let found = output
+            .split_once("broker listening on ")
+            .and_then(|(_, rest)| rest.split_whitespace().next()?.parse().ok());
+        if let Some(addr) = found {
+            break addr;
+        }
+        assert!(Instant::now() < deadline, "the broker did not say where it listens: {output}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let mut client = LineClient::connect(addr);
+    assert!(client.ask(r#"pub alerts {"id":"a","priority":1,"msg":"x"}"#).starts_with("ok"));
+    assert!(client.ask("sub alerts").starts_with("ok"));
+    let url = format!("{}/", broker.url);
+    let browser = Browser::open(&chromium, &url);
+    let mut page = Page::attach(&browser, &url).await;
+    let read = r#"JSON.stringify([...document.querySelectorAll(".topic")].map(t =>
+        [t.dataset.topic, t.querySelectorAll(".subscriber").length, t.querySelector('[data-field="published"]').textContent]))"#;
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let shown: Vec<(String, usize, String)> =
+            serde_json::from_str(page.evaluate(read).await.as_str().expect("a string")).expect("triples");
+        if shown == [("alerts".to_string(), 1, "1".to_string())] {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the page shows {shown:?}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
 }

@@ -9,6 +9,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
+use support::broker_process::LineClient;
 use support::http_process::{HttpProcess, repository};
 
 /// Generous bound for anything a test waits for.
@@ -260,4 +261,48 @@ fn json_logs_are_one_object_per_line() {
             serde_json::from_str(line).unwrap_or_else(|error| panic!("not JSON ({error}): {line}"));
         assert!(record["level"].is_string() && record["fields"]["message"].is_string(), "{line}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_serves_its_topics_and_subscribers_over_http() {
+    let data = tempfile::tempdir().expect("a temp dir");
+    let broker = HttpProcess::start(&[
+        "broker",
+        "--addr",
+        "127.0.0.1:0",
+        "--data-dir",
+        data.path().to_str().expect("utf-8"),
+    ]);
+    let url = broker.url.clone();
+    let addr = eventually("the broker's address", || async {
+        let output = broker.output();
+        let rest = output.split_once("broker listening on ")?.1;
+        rest.split_whitespace().next()?.parse::<std::net::SocketAddr>().ok()
+    })
+    .await;
+    let mut publisher = LineClient::connect(addr);
+    for id in ["a", "b"] {
+        let reply = publisher.ask(&format!(r#"pub news {{"id":"{id}","priority":1,"msg":"x"}}"#));
+        assert!(reply.starts_with("ok"), "{reply}");
+    }
+    let mut subscriber = LineClient::connect(addr);
+    assert!(subscriber.ask("sub news").starts_with("ok"));
+
+    let text = eventually("the topic's figures", || async {
+        let text = get(&format!("{url}/metrics")).await.1;
+        (sample(&text, r#"stageflow_broker_subscribers{topic="news"}"#) == Some(1.0)).then_some(text)
+    })
+    .await;
+    assert_eq!(sample(&text, r#"stageflow_broker_published_total{topic="news"}"#), Some(2.0), "{text}");
+    assert!(text.contains(r#"stageflow_broker_subscriber_in_flight{topic="news",subscriber=""#), "{text}");
+    assert!(!text.contains("stageflow_events_in_total"), "no pipeline in a broker process");
+
+    let graph: serde_json::Value =
+        serde_json::from_str(&get(&format!("{url}/api/graph")).await.1).expect("JSON");
+    assert_eq!((&graph["broker"], &graph["pipeline"]), (&serde_json::json!(true), &serde_json::Value::Null));
+    let frames = sse_events(&format!("{url}/api/metrics/stream"), 1).await;
+    let frame: serde_json::Value = serde_json::from_str(&frames[0].1).expect("JSON");
+    assert_eq!(frame["topics"][0]["topic"], "news", "{frame}");
+    assert_eq!(get(&format!("{url}/readyz")).await.0, 200);
+    assert_eq!(get(&format!("{url}/tap/news")).await.0, 404, "no pipeline to tap");
 }

@@ -463,3 +463,54 @@ async fn streams_sets_how_many_sse_connections_the_pipeline_opens() {
     server.stop().await;
     emulator.stop().await;
 }
+
+/// GETs `url` (within [`DEADLINE`]) and returns the status and body.
+async fn http_get(url: &str) -> (u16, String) {
+    let client = reqwest::Client::builder().timeout(DEADLINE).build().expect("a client");
+    let response = client.get(url).send().await.expect("answers");
+    (response.status().as_u16(), response.text().await.expect("a body"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_shows_the_shared_pipeline_while_someone_watches() {
+    let dir = tempfile::tempdir().unwrap();
+    let emulator = emulator(300.0, 0.0).await;
+    let server = server(dir.path(), "serve-http", &emulator, |config| {
+        config.http = Some("127.0.0.1:0".parse().unwrap())
+    })
+    .await;
+    let url = server.http_url().expect("--http was set");
+    let graph = |body: String| serde_json::from_str::<serde_json::Value>(&body).expect("JSON");
+    assert_eq!(graph(http_get(&format!("{url}/api/graph")).await.1)["pipeline"], serde_json::Value::Null);
+    assert_eq!(http_get(&format!("{url}/readyz")).await, (200, "ready\n".to_string()), "idle is ready");
+
+    let mut watcher = Client::connect(server.local_addr()).await;
+    assert!(watcher.ask("twitter").await.starts_with("ok started pipeline 'serve-http'"));
+    assert_eq!(watcher.tweets(5).await.len(), 5);
+    let shown = graph(http_get(&format!("{url}/api/graph")).await.1);
+    assert_eq!(shown["pipeline"], "serve-http");
+    let edges = shown["edges"].as_array().expect("edges");
+    assert!(edges.iter().any(|e| e["from"] == "logger" && e["to"] == "log_lines"), "{shown}");
+    let series = r#"stageflow_events_out_total{pipeline="serve-http",stage="log_lines"} "#;
+    let started = Instant::now();
+    loop {
+        let metrics = http_get(&format!("{url}/metrics")).await.1;
+        let out = metrics.lines().find_map(|line| line.strip_prefix(series)?.parse::<f64>().ok());
+        if out.is_some_and(|out| out > 0.0) {
+            break;
+        }
+        assert!(started.elapsed() < DEADLINE, "no log lines counted in\n{metrics}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // The last watcher leaves: the pipeline drains, and the page shows none again.
+    assert_eq!(watcher.ask("stop").await, "ok stopped watching");
+    eventually("idle after stop", || server.status().stages_running == 0).await;
+    let started = Instant::now();
+    while graph(http_get(&format!("{url}/api/graph")).await.1)["pipeline"] != serde_json::Value::Null {
+        assert!(started.elapsed() < DEADLINE, "the stopped pipeline is still shown");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    server.stop().await;
+    emulator.stop().await;
+}

@@ -164,6 +164,9 @@ pub struct BrokerArgs {
     /// Seconds between compactions of closed segments. Example: --compact-secs 60
     #[arg(long, default_value_t = 10)]
     pub compact_secs: u64,
+    /// Serves a live page of the topics, /metrics, /healthz and /readyz here (PORT means 127.0.0.1:PORT).
+    #[arg(long, value_name = "ADDR", value_parser = crate::http::parse_addr)]
+    pub http: Option<SocketAddr>,
 }
 
 impl BrokerArgs {
@@ -197,6 +200,12 @@ pub async fn run_broker(args: BrokerArgs) -> Result<(), String> {
     let server = serve(broker.clone(), args.server_config())
         .await
         .map_err(|error| format!("cannot listen on {}: {error}", args.addr))?;
+    let _http = match args.http {
+        Some(addr) => {
+            Some(crate::http::start_http(addr, crate::http::Observed::broker(broker.clone())).await?)
+        }
+        None => None,
+    };
     println!("broker listening on {} (data in {})", server.local_addr(), args.data_dir.display());
     use std::io::Write;
     let _ = std::io::stdout().flush();

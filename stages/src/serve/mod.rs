@@ -79,6 +79,9 @@ pub struct ServeArgs {
     /// How long the pipeline may take to drain after the last watcher leaves. Example: --drain-timeout 10s
     #[arg(long, value_parser = humantime::parse_duration, default_value = "30s")]
     pub drain_timeout: Duration,
+    /// Serves the live page of the shared pipeline, /metrics, /healthz, /readyz, /api and /tap here (PORT means 127.0.0.1:PORT).
+    #[arg(long, value_name = "ADDR", value_parser = crate::http::parse_addr)]
+    pub http: Option<SocketAddr>,
 }
 
 impl ServeArgs {
@@ -97,6 +100,7 @@ impl ServeArgs {
             outbox_lines: self.outbox_lines.max(1),
             outbox_bytes: self.outbox_bytes.max(1),
             drain_timeout: self.drain_timeout,
+            http: self.http,
         }
     }
 }
@@ -128,6 +132,8 @@ pub struct ServeConfig {
     pub outbox_bytes: usize,
     /// How long the pipeline may take to drain.
     pub drain_timeout: Duration,
+    /// Where to serve the HTTP endpoints, if anywhere.
+    pub http: Option<SocketAddr>,
 }
 
 impl ServeConfig {
@@ -146,6 +152,7 @@ impl ServeConfig {
             outbox_lines: 1000,
             outbox_bytes: 256 * 1024,
             drain_timeout: Duration::from_secs(30),
+            http: None,
         }
     }
 }
@@ -248,12 +255,18 @@ pub struct ServeHandle {
     local_addr: SocketAddr,
     server: Arc<Server>,
     accept: JoinHandle<()>,
+    http: Option<crate::http::HttpServer>,
 }
 
 impl ServeHandle {
     /// The address it listens on (with the real port when asked for port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The base URL of its HTTP endpoints, when `http` was set.
+    pub fn http_url(&self) -> Option<String> {
+        self.http.as_ref().map(crate::http::HttpServer::url)
     }
 
     /// Sessions, watchers, running stages and outboxes now.
@@ -288,16 +301,21 @@ pub async fn start_serve(config: ServeConfig) -> Result<ServeHandle, String> {
     let local_addr = listener
         .local_addr()
         .map_err(|error| format!("cannot read the address of {}: {error}", config.addr))?;
+    let observed = crate::http::Observed::new();
+    let http = match config.http {
+        Some(addr) => Some(crate::http::start_http(addr, observed.clone()).await?),
+        None => None,
+    };
     let config = Arc::new(config);
     let server = Arc::new(Server {
-        hub: Hub::new(config.clone()),
+        hub: Hub::new(config.clone(), observed.clone()),
         config,
         sessions: Mutex::default(),
         next_session: AtomicU64::new(1),
         skipped_closed: AtomicU64::new(0),
     });
     let accept = tokio::spawn(accept_loop(listener, server.clone()));
-    Ok(ServeHandle { local_addr, server, accept })
+    Ok(ServeHandle { local_addr, server, accept, http })
 }
 
 /// Accepts connections; each session lives in a `JoinSet`, so aborting this task closes them all.

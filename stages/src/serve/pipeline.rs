@@ -365,13 +365,15 @@ struct Counters {
 /// Starts, shares and stops the pipeline.
 pub(crate) struct Hub {
     config: Arc<ServeConfig>,
+    /// What `--http` shows: the pipeline while it runs.
+    observed: crate::http::Observed,
     state: tokio::sync::Mutex<Option<Running>>,
     counters: Arc<Counters>,
 }
 
 impl Hub {
-    pub(crate) fn new(config: Arc<ServeConfig>) -> Hub {
-        Hub { config, state: tokio::sync::Mutex::new(None), counters: Arc::default() }
+    pub(crate) fn new(config: Arc<ServeConfig>, observed: crate::http::Observed) -> Hub {
+        Hub { config, observed, state: tokio::sync::Mutex::new(None), counters: Arc::default() }
     }
 
     /// Adds a watcher: starts the pipeline if none runs (after the previous
@@ -444,8 +446,22 @@ impl Hub {
         let sampler = tokio::spawn(sample(reader.clone(), file.name.clone(), samples.clone()));
         let counters = self.counters.clone();
         let name = file.name.clone();
+        let mut view = crate::http::PipelineView::new(&file, &crate::kinds::registry(), &handle);
+        let lines = crate::http::api::GraphStage {
+            id: LINES_STAGE.to_string(),
+            kind: "log lines".to_string(),
+            role: "producer",
+            dispatcher: Some("broadcast".to_string()),
+            workers: None,
+        };
+        let loggers: Vec<&str> =
+            file.stages.iter().filter(|s| s.kind == LoggerKind.name()).map(|s| s.id.as_str()).collect();
+        view.graph.add_stage(lines, &loggers);
+        self.observed.show(view);
+        let observed = self.observed.clone();
         let owner = tokio::spawn(async move {
             own(handle, inbox, &name).await;
+            observed.hide();
             sampler.abort();
             counters.stages_running.fetch_sub(stage_count, Ordering::Relaxed);
         });

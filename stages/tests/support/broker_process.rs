@@ -90,3 +90,27 @@ impl Drop for BrokerProcess {
         self.kill();
     }
 }
+
+/// A line connection to a broker: one reply line read per command sent.
+pub struct LineClient {
+    reader: BufReader<std::net::TcpStream>,
+    writer: std::net::TcpStream,
+}
+
+impl LineClient {
+    /// Connects to the broker at `addr` (replies time out after [`DEADLINE`]).
+    pub fn connect(addr: SocketAddr) -> LineClient {
+        let stream = std::net::TcpStream::connect(addr).expect("connects to the broker");
+        stream.set_read_timeout(Some(DEADLINE)).expect("a read timeout");
+        LineClient { reader: BufReader::new(stream.try_clone().expect("a clone")), writer: stream }
+    }
+
+    /// Sends `command` and returns the broker's reply line.
+    pub fn ask(&mut self, command: &str) -> String {
+        use std::io::Write;
+        self.writer.write_all(format!("{command}\n").as_bytes()).expect("sends");
+        let mut reply = String::new();
+        self.reader.read_line(&mut reply).expect("a reply");
+        reply.trim_end().to_string()
+    }
+}
