@@ -94,8 +94,17 @@ fn stage_ids_of_tweets_toml() -> Vec<String> {
 async fn a_running_pipeline_serves_metrics_health_graph_stream_and_taps() {
     let data = tempfile::tempdir().expect("a temp dir");
     let data_dir = data.path().to_str().expect("utf-8");
-    let mut run =
-        HttpProcess::start(&["run", "pipelines/tweets.toml", "--for", "300s", "--data-dir", data_dir]);
+    // Slow logger work (about 1 s a tweet) makes the drain after Ctrl-C last long enough to be seen.
+    let mut run = HttpProcess::start(&[
+        "run",
+        "pipelines/tweets.toml",
+        "--for",
+        "300s",
+        "--data-dir",
+        data_dir,
+        "--set",
+        "logger.sleep_mean_ms=1000",
+    ]);
     let url = run.url.clone();
 
     let (status, body) = get(&format!("{url}/healthz")).await;
@@ -196,7 +205,15 @@ async fn a_running_pipeline_serves_metrics_health_graph_stream_and_taps() {
     assert_eq!(status, 200);
     assert!(page.contains("api/metrics/stream"));
 
+    // Ctrl-C: while the pipeline drains, it is alive but not ready.
     run.interrupt();
+    let (status, body) = eventually("/readyz to see the drain", || async {
+        let (status, body) = get(&format!("{url}/readyz")).await;
+        (status != 200).then_some((status, body))
+    })
+    .await;
+    assert_eq!((status, body.as_str()), (503, "not ready: pipeline 'tweets' is draining\n"));
+    assert_eq!(get(&format!("{url}/healthz")).await.0, 200);
     assert!(run.wait(PATIENCE), "a drained interrupt exits 0: {}", run.output());
 }
 
