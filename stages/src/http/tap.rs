@@ -4,8 +4,9 @@
 //!
 //! The engine's tap holds a small bounded buffer and drops (and counts) what
 //! the watcher is too slow for, so a tap never slows the stage. Each event is
-//! a `data:` line of JSON; an `event: dropped` says how many were dropped so
-//! far, and `event: end` closes the stream (limit reached or stage ended).
+//! a `data:` line of JSON; an `event: dropped` (at most once a second) says
+//! how many were dropped so far, and `event: end` closes the stream (limit
+//! reached or stage ended) with the final count.
 
 use std::any::TypeId;
 use std::collections::HashMap;
@@ -27,6 +28,9 @@ use crate::storage::batcher::Batch;
 
 /// Rendered events a tap holds for a slow watcher before it drops.
 const TAP_CAPACITY: usize = 256;
+
+/// Least time between two `dropped` notices of one tap.
+const DROP_NOTICE_PERIOD: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// The keys `/tap/<stage>` takes.
 const QUERY_KEYS: [&str; 2] = ["limit", "sample"];
@@ -149,24 +153,27 @@ pub async fn tap(
     }
 }
 
-/// The SSE events of one tap: data, drop notices, and an end notice.
+/// The SSE events of one tap: data, drop notices (at most one per [`DROP_NOTICE_PERIOD`]), and an end notice.
 fn events(stream: TapStream) -> impl Stream<Item = Result<Event, Infallible>> {
-    futures::stream::unfold((Some(stream), 0u64), |(stream, reported)| async move {
+    let start = (Some(stream), 0u64, std::time::Instant::now());
+    futures::stream::unfold(start, |(stream, reported, noticed)| async move {
         let mut stream = stream?;
         let next = stream.next().await;
         let dropped = stream.dropped();
         let mut batch = Vec::new();
-        if dropped > reported {
+        let mut state = (reported, noticed);
+        if dropped > reported && (next.is_none() || noticed.elapsed() >= DROP_NOTICE_PERIOD) {
             batch.push(Event::default().event("dropped").data(json!({ "dropped": dropped }).to_string()));
+            state = (dropped, std::time::Instant::now());
         }
         match next {
             Some(data) => {
                 batch.push(Event::default().data(data));
-                Some((batch, (Some(stream), dropped)))
+                Some((batch, (Some(stream), state.0, state.1)))
             }
             None => {
                 batch.push(Event::default().event("end").data(json!({ "dropped": dropped }).to_string()));
-                Some((batch, (None, dropped)))
+                Some((batch, (None, state.0, state.1)))
             }
         }
     })
