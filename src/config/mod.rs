@@ -22,16 +22,20 @@
 //! [`Registry::build`] turns a checked file into a pipeline.
 
 mod env;
+mod kind;
 mod parse;
 mod registry;
 mod render;
+mod resources;
 
 pub use env::expand_env;
+pub use kind::{Event, Kind, Settings, settings};
 pub use parse::parse_pipeline;
 pub use registry::{
     BuildContext, DispatcherChoices, EventType, Registry, Role, SettingDoc, StageKind, configure,
 };
 pub use render::{to_dot, to_mermaid};
+pub use resources::Resources;
 
 use std::fmt;
 use std::path::PathBuf;

@@ -5,7 +5,9 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use super::kind::{Event, Kind, KindOf};
 use super::parse::COMMON_KEYS;
+use super::resources::Resources;
 use super::{ConfigError, ConfigErrors, DispatcherDecl, Location, PipelineFile, StageDecl};
 use crate::dispatcher::{BroadcastDispatcher, DemandDispatcher, Dispatcher, PartitionDispatcher, Selector};
 use crate::graph::{closest, find_cycle};
@@ -33,9 +35,9 @@ pub struct EventType {
 }
 
 impl EventType {
-    /// The event type `T`, named `name` in errors.
-    pub fn of<T: 'static>(name: &'static str) -> Self {
-        EventType { id: TypeId::of::<T>(), name }
+    /// The event type `T`, named by its [`Event::NAME`].
+    pub fn of<T: Event>() -> Self {
+        EventType { id: TypeId::of::<T>(), name: T::NAME }
     }
 }
 
@@ -50,7 +52,8 @@ pub struct SettingDoc {
     pub help: &'static str,
 }
 
-/// What kinds may use while building: where to write, and the pipeline's settings.
+/// What kinds may use while building: where to write, the pipeline's
+/// settings, and the resources its stages share.
 #[derive(Debug, Clone)]
 pub struct BuildContext {
     /// Directory for embedded stores and output files (default `./stageflow-data`).
@@ -59,9 +62,25 @@ pub struct BuildContext {
     pub pipeline: String,
     /// `[pipeline.settings]`.
     pub settings: toml::Table,
+    /// Things the stages of this one pipeline share (a statistics hub, sink
+    /// metrics, an output channel), by type; clones of the context share them.
+    pub resources: Resources,
 }
 
-/// A kind of stage that pipeline files can name in `kind = "..."`.
+impl BuildContext {
+    /// The context for building `file`, writing under `data_dir`, with no resources yet.
+    pub fn for_file(file: &PipelineFile, data_dir: impl Into<PathBuf>) -> Self {
+        BuildContext {
+            data_dir: data_dir.into(),
+            pipeline: file.name.clone(),
+            settings: file.settings.clone(),
+            resources: Resources::default(),
+        }
+    }
+}
+
+/// A kind of stage that pipeline files can name in `kind = "..."`: the
+/// registry's view of a [`Kind`], which is how kinds are written.
 pub trait StageKind: Send + Sync + 'static {
     /// The name used in `kind = "..."`.
     fn name(&self) -> &'static str;
@@ -74,11 +93,9 @@ pub trait StageKind: Send + Sync + 'static {
     /// The events it emits (`None` for a consumer).
     fn output(&self) -> Option<EventType>;
     /// Its kind-specific settings.
-    fn settings(&self) -> &'static [SettingDoc];
+    fn settings(&self) -> Vec<SettingDoc>;
     /// Whether subscribers may join at run time, so no subscriber in the file is fine.
-    fn accepts_external_subscribers(&self) -> bool {
-        false
-    }
+    fn accepts_external_subscribers(&self) -> bool;
     /// Checks the values of its settings (types, ranges) without building anything.
     fn check_settings(&self, stage: &StageDecl) -> Result<(), String>;
     /// Adds the stage to `pipeline` (usually through [`configure`] for the common keys).
@@ -179,9 +196,9 @@ impl Registry {
         Self::default()
     }
 
-    /// Adds a kind (a later one with the same name replaces it).
-    pub fn register(&mut self, kind: impl StageKind) -> &mut Self {
-        self.kinds.insert(kind.name(), Box::new(kind));
+    /// Adds the kind `K` (a later one with the same name replaces it).
+    pub fn add<K: Kind>(&mut self) -> &mut Self {
+        self.kinds.insert(K::NAME, Box::new(KindOf::<K>::new()));
         self
     }
 

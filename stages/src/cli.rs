@@ -200,11 +200,7 @@ pub async fn run(registry: &Registry, file: PipelineFile, options: RunOptions) -
     std::fs::create_dir_all(&options.data_dir).map_err(|error| {
         format!("cannot create the data directory {}: {error}", options.data_dir.display())
     })?;
-    let context = BuildContext {
-        data_dir: options.data_dir.clone(),
-        pipeline: file.name.clone(),
-        settings: file.settings.clone(),
-    };
+    let context = BuildContext::for_file(&file, options.data_dir.clone());
     let mut pipeline = registry.build(&file, &context).map_err(|errors| errors.to_string())?;
     pipeline.drain_timeout(options.drain_timeout);
     let mut running = pipeline.start().map_err(|error| format!("{}: {error}", file.path.display()))?;

@@ -10,14 +10,12 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use serde::Deserialize;
-use stageflow::config::{
-    BuildContext, DispatcherChoices, EventType, Registry, Role, SettingDoc, StageDecl, StageKind, configure,
-};
 use stageflow::{Emitter, Flow, Pipeline, Producer};
 
 use crate::sse::{SseEvent, TweetMessage};
 use crate::tweet::{Entities, Hashtag, Tweet, User};
+use stageflow::Nothing;
+use stageflow::config::{BuildContext, DispatcherChoices, Kind, StageDecl, configure, settings};
 
 /// Columns a tweet CSV file must have.
 pub const REQUIRED_COLUMNS: [&str; 3] = ["id_str", "text", "user_id_str"];
@@ -222,52 +220,28 @@ pub fn expand_files(patterns: &[String]) -> Result<Vec<PathBuf>, String> {
     Ok(files)
 }
 
-/// `kind = "csv_tweets"`: tweets from CSV files, read only against demand.
-pub struct CsvTweetsKind;
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct CsvSettings {
+/// reads tweets from CSV files as demand allows; bad rows are counted and logged with file and line
+#[settings]
+pub struct CsvTweetsKind {
+    /// glob patterns of CSV files with a header row (id_str, text, user_id_str required; created_at, favorite_count, retweet_count, lang, hashtags, screen_name, user_name, followers_count, friends_count optional)
     files: Vec<String>,
 }
 
-impl StageKind for CsvTweetsKind {
-    fn name(&self) -> &'static str {
-        "csv_tweets"
+impl Kind for CsvTweetsKind {
+    const NAME: &'static str = "csv_tweets";
+    type In = Nothing;
+    type Out = SseEvent;
+
+    fn check(&self, _: &StageDecl) -> Result<(), String> {
+        expand_files(&self.files).map(|_| ())
     }
-    fn summary(&self) -> &'static str {
-        "reads tweets from CSV files as demand allows; bad rows are counted and logged with file and line"
-    }
-    fn role(&self) -> Role {
-        Role::Producer
-    }
-    fn input(&self) -> Option<EventType> {
-        None
-    }
-    fn output(&self) -> Option<EventType> {
-        Some(EventType::of::<SseEvent>("SSE tweet"))
-    }
-    fn settings(&self) -> &'static [SettingDoc] {
-        &[SettingDoc {
-            name: "files",
-            required: true,
-            help: "glob patterns of CSV files with a header row (id_str, text, user_id_str required; created_at, favorite_count, retweet_count, lang, hashtags, screen_name, user_name, followers_count, friends_count optional)",
-        }]
-    }
-    fn check_settings(&self, stage: &StageDecl) -> Result<(), String> {
-        expand_files(&stage.settings_as::<CsvSettings>()?.files).map(|_| ())
-    }
-    fn build(&self, stage: &StageDecl, pipeline: &mut Pipeline, _: &BuildContext) -> Result<(), String> {
-        let files = expand_files(&stage.settings_as::<CsvSettings>()?.files)?;
+
+    fn build(self, stage: &StageDecl, pipeline: &mut Pipeline, _: &BuildContext) -> Result<(), String> {
+        let files = expand_files(&self.files)?;
         let stats = Arc::new(CsvStats::default());
         let config = pipeline.producer(&stage.id, move || CsvTweets::new(files.clone(), stats.clone()));
         configure(stage, config, &DispatcherChoices::cloneable(), None)
     }
-}
-
-/// Adds the CSV source kind.
-pub fn register(registry: &mut Registry) {
-    registry.register(CsvTweetsKind);
 }
 
 #[cfg(test)]

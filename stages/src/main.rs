@@ -8,7 +8,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand, ValueEnum};
 use stageflow::config::{to_dot, to_mermaid};
 use stageflow_stages::cli::{self, RunOptions};
-use stageflow_stages::kinds::registry;
+use stageflow_stages::registry;
 
 /// stageflow: demand-driven dataflow pipelines, in the style of GenStage.
 #[derive(Parser)]

@@ -41,6 +41,12 @@ use reqwest_eventsource::{Error as SourceError, Event, EventSource};
 use stageflow::{Emitter, Flow, Producer};
 
 use crate::tweet::{ParsedData, Tweet, parse_sse_data};
+use stageflow::config::{BuildContext, DispatcherChoices, Kind, StageDecl, configure, settings};
+use stageflow::{Nothing, Pipeline};
+
+use crate::analysis::StatsHub;
+use crate::analysis::flow::partition_of_id;
+use crate::settings::at_least_one;
 
 /// The first wait after a failed attempt, by default.
 pub const DEFAULT_INITIAL_BACKOFF: Duration = Duration::from_millis(100);
@@ -401,6 +407,64 @@ impl Producer for SseReceiver {
             self.handle(item, out);
         }
         Flow::Continue
+    }
+}
+
+/// reads an SSE stream of tweets (and kill messages) only as fast as downstream asks; reconnects with backoff
+#[settings]
+pub struct SseKind {
+    /// the stream, e.g. "http://localhost:4000/tweets/1"
+    url: String,
+    /// wait after the first failed attempt, doubling (default 100)
+    #[default(DEFAULT_INITIAL_BACKOFF.as_millis() as u64)]
+    initial_backoff_ms: u64,
+    /// longest wait between attempts (default 5000)
+    #[default(DEFAULT_MAX_BACKOFF.as_millis() as u64)]
+    max_backoff_ms: u64,
+    /// end after this many failed attempts in a row (default: retry forever)
+    give_up_after: Option<u32>,
+}
+
+impl SseKind {
+    fn source(&self) -> Result<SseSourceConfig, String> {
+        at_least_one("initial_backoff_ms", self.initial_backoff_ms)?;
+        if self.max_backoff_ms < self.initial_backoff_ms {
+            return Err(format!(
+                "`max_backoff_ms` ({}) must not be below `initial_backoff_ms` ({})",
+                self.max_backoff_ms, self.initial_backoff_ms
+            ));
+        }
+        let mut source = SseSourceConfig::new(&self.url)?.backoff(
+            Duration::from_millis(self.initial_backoff_ms),
+            Duration::from_millis(self.max_backoff_ms),
+        );
+        if let Some(attempts) = self.give_up_after {
+            at_least_one("give_up_after", attempts.into())?;
+            source = source.give_up_after(attempts);
+        }
+        Ok(source)
+    }
+}
+
+impl Kind for SseKind {
+    const NAME: &'static str = "sse";
+    type In = Nothing;
+    type Out = SseEvent;
+
+    fn check(&self, _: &StageDecl) -> Result<(), String> {
+        self.source().map(|_| ())
+    }
+
+    fn build(self, stage: &StageDecl, pipeline: &mut Pipeline, context: &BuildContext) -> Result<(), String> {
+        let source = self.source()?;
+        StatsHub::for_pipeline(&context.pipeline).watch_source(&stage.id, source.stats());
+        let config = pipeline.producer(&stage.id, move || SseReceiver::new(&source));
+        let choices =
+            DispatcherChoices::cloneable().with_partition(|event: &SseEvent| match &event.message {
+                TweetMessage::Tweet(tweet) => partition_of_id(&tweet.id_str),
+                TweetMessage::Kill => 0,
+            });
+        configure(stage, config, &choices, None)
     }
 }
 

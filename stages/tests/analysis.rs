@@ -9,12 +9,13 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use stageflow::config::{
-    BuildContext, DispatcherChoices, EventType, Role, SettingDoc, StageDecl, StageKind, configure,
-    parse_pipeline,
+    BuildContext, DispatcherChoices, Kind, StageDecl, configure, parse_pipeline, settings,
 };
 use stageflow::ops::{ForEach, FromIter};
 use stageflow::window::top_n;
-use stageflow::{BroadcastDispatcher, Emitter, Flow, Pipeline, PoolConfig, Producer, SubscribeOptions};
+use stageflow::{
+    BroadcastDispatcher, Emitter, Flow, Nothing, Pipeline, PoolConfig, Producer, SubscribeOptions,
+};
 use stageflow_stages::analysis::aggregator::JoinStats;
 use stageflow_stages::analysis::engagement::engagement_of;
 use stageflow_stages::analysis::hashtags::hashtags_of;
@@ -638,33 +639,22 @@ async fn statistics_nobody_subscribes_to_write_their_frames_but_buffer_none() {
     assert_eq!((stats.events_out, stats.buffer_fill, stats.dropped), (0, 0, 0));
 }
 
-/// A test-only kind that collects scored tweets: the storage half's place.
-struct CollectKind(Arc<Mutex<Vec<ScoredTweet>>>);
+/// Where the `collect` stage puts the scored tweets it takes.
+#[derive(Default)]
+struct Collected(Arc<Mutex<Vec<ScoredTweet>>>);
 
-impl StageKind for CollectKind {
-    fn name(&self) -> &'static str {
-        "collect"
-    }
-    fn summary(&self) -> &'static str {
-        "collects scored tweets (tests)"
-    }
-    fn role(&self) -> Role {
-        Role::Consumer
-    }
-    fn input(&self) -> Option<EventType> {
-        Some(stageflow_stages::analysis::kinds::scored_tweet_events())
-    }
-    fn output(&self) -> Option<EventType> {
-        None
-    }
-    fn settings(&self) -> &'static [SettingDoc] {
-        &[]
-    }
-    fn check_settings(&self, _: &StageDecl) -> Result<(), String> {
-        Ok(())
-    }
-    fn build(&self, stage: &StageDecl, pipeline: &mut Pipeline, _: &BuildContext) -> Result<(), String> {
-        let config = pipeline.consumer(&stage.id, collector(self.0.clone()));
+/// collects scored tweets (tests) into the [`Collected`] of the build context
+#[settings]
+struct CollectKind {}
+
+impl Kind for CollectKind {
+    const NAME: &'static str = "collect";
+    type In = ScoredTweet;
+    type Out = Nothing;
+
+    fn build(self, stage: &StageDecl, pipeline: &mut Pipeline, context: &BuildContext) -> Result<(), String> {
+        let collected = context.resources.get_or_default::<Collected>();
+        let config = pipeline.consumer(&stage.id, collector(collected.0.clone()));
         configure(stage, config, &DispatcherChoices::demand_only(), None)
     }
 }
@@ -741,14 +731,14 @@ fn analysis_file(text: &str, variables: &[(&str, &str)]) -> stageflow::config::P
 
 fn check(text: &str) -> Result<(), String> {
     let file = analysis_file(text, &[("NAME", "checked"), ("EMULATOR", "http://127.0.0.1:4000")]);
-    let mut registry = stageflow_stages::kinds::registry();
-    registry.register(CollectKind(Arc::default()));
+    let mut registry = stageflow_stages::registry();
+    registry.add::<CollectKind>();
     registry.check(&file).map_err(|errors| errors.to_string())
 }
 
 #[test]
 fn every_analysis_kind_is_registered() {
-    let registry = stageflow_stages::kinds::registry();
+    let registry = stageflow_stages::registry();
     for kind in ["sse", "tweets", "logger", "sentiment", "engagement", "aggregator", "hashtags", "statistics"]
     {
         let found = registry.kind(kind).unwrap_or_else(|| panic!("kind {kind} is not registered"));
@@ -892,15 +882,14 @@ async fn from_the_emulator_every_tweet_and_original_is_scored_once_and_hashtags_
     let name = "analysis-e2e";
     let text = ANALYSIS_PIPELINE
         .replace("[[stage]]\nid = \"statistics\"\nkind = \"statistics\"\noutput = \"none\"\n", "");
-    let file = analysis_file(&text, &[("NAME", name), ("EMULATOR", base)]);
+    let mut file = analysis_file(&text, &[("NAME", name), ("EMULATOR", base)]);
+    // `${NAME}` is expanded in stage settings only.
+    file.name = name.into();
     let scored = Arc::new(Mutex::new(Vec::new()));
-    let mut registry = stageflow_stages::kinds::registry();
-    registry.register(CollectKind(scored.clone()));
-    let context = BuildContext {
-        data_dir: data.path().to_path_buf(),
-        pipeline: name.into(),
-        settings: Default::default(),
-    };
+    let mut registry = stageflow_stages::registry();
+    registry.add::<CollectKind>();
+    let context = BuildContext::for_file(&file, data.path().to_path_buf());
+    context.resources.insert(Collected(scored.clone()));
     let pipeline = registry.build(&file, &context).map_err(|errors| errors.to_string()).unwrap();
     let running = pipeline.start().unwrap();
     let hub = StatsHub::for_pipeline(name);

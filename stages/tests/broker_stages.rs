@@ -18,12 +18,11 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use stageflow::config::{
-    BuildContext, DispatcherChoices, EventType, Registry, Role, SettingDoc, StageDecl, StageKind, configure,
-    parse_pipeline,
+    BuildContext, DispatcherChoices, Kind, Registry, Resources, StageDecl, configure, parse_pipeline,
+    settings,
 };
 use stageflow::ops::FromIter;
-use stageflow::{Consumer, Events, Pipeline, PipelineHandle};
-use stageflow_stages::kinds::registry;
+use stageflow::{Consumer, Events, Nothing, Pipeline, PipelineHandle};
 use stageflow_stages::scored::ScoredTweet;
 use stageflow_stages::tweet::{Tweet, User};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -143,101 +142,80 @@ impl Deadline {
 
 // ---------------------------------------------------------------- test stage kinds
 
-fn text_events() -> EventType {
-    EventType::of::<String>("text")
-}
-
-/// `kind = "gated"`: takes one permit per line before recording it.
-struct GatedKind {
-    gate: Arc<Semaphore>,
+/// What the `gated` stages of one test share: the permits and what they recorded.
+#[derive(Clone)]
+struct Gate {
+    permits: Arc<Semaphore>,
     seen: Arc<Mutex<Vec<String>>>,
 }
 
-struct Gated {
-    gate: Arc<Semaphore>,
-    seen: Arc<Mutex<Vec<String>>>,
-}
+/// records lines, one permit each (the [`Gate`] comes from the build context)
+#[settings]
+struct GatedKind {}
+
+/// Takes one permit per line before recording it.
+struct Gated(Gate);
 
 impl Consumer for Gated {
     type In = String;
 
     async fn handle_events(&mut self, events: &mut Events<String>) {
         for line in events {
-            self.gate.acquire().await.expect("the gate stays open").forget();
-            self.seen.lock().unwrap().push(line);
+            self.0.permits.acquire().await.expect("the gate stays open").forget();
+            self.0.seen.lock().unwrap().push(line);
         }
     }
 }
 
-impl StageKind for GatedKind {
-    fn name(&self) -> &'static str {
-        "gated"
-    }
-    fn summary(&self) -> &'static str {
-        "records lines, one permit each"
-    }
-    fn role(&self) -> Role {
-        Role::Consumer
-    }
-    fn input(&self) -> Option<EventType> {
-        Some(text_events())
-    }
-    fn output(&self) -> Option<EventType> {
-        None
-    }
-    fn settings(&self) -> &'static [SettingDoc] {
-        &[]
-    }
-    fn check_settings(&self, _: &StageDecl) -> Result<(), String> {
-        Ok(())
-    }
-    fn build(&self, stage: &StageDecl, pipeline: &mut Pipeline, _: &BuildContext) -> Result<(), String> {
-        let (gate, seen) = (self.gate.clone(), self.seen.clone());
-        let config = pipeline.consumer(&stage.id, move || Gated { gate: gate.clone(), seen: seen.clone() });
+impl Kind for GatedKind {
+    const NAME: &'static str = "gated";
+    type In = String;
+    type Out = Nothing;
+
+    fn build(self, stage: &StageDecl, pipeline: &mut Pipeline, context: &BuildContext) -> Result<(), String> {
+        let gate = context.resources.get::<Gate>().ok_or("the test puts a Gate in the context")?;
+        let config = pipeline.consumer(&stage.id, move || Gated((*gate).clone()));
         configure(stage, config, &DispatcherChoices::demand_only(), None)
     }
 }
 
-/// `kind = "test_tweets"`: emits the given scored tweets, then ends.
-struct TestTweetsKind(Vec<ScoredTweet>);
+/// The scored tweets `test_tweets` emits.
+struct FixedTweets(Vec<ScoredTweet>);
 
-impl StageKind for TestTweetsKind {
-    fn name(&self) -> &'static str {
-        "test_tweets"
-    }
-    fn summary(&self) -> &'static str {
-        "emits fixed scored tweets"
-    }
-    fn role(&self) -> Role {
-        Role::Producer
-    }
-    fn input(&self) -> Option<EventType> {
-        None
-    }
-    fn output(&self) -> Option<EventType> {
-        Some(EventType::of::<ScoredTweet>("scored tweet"))
-    }
-    fn settings(&self) -> &'static [SettingDoc] {
-        &[]
-    }
-    fn check_settings(&self, _: &StageDecl) -> Result<(), String> {
-        Ok(())
-    }
-    fn build(&self, stage: &StageDecl, pipeline: &mut Pipeline, _: &BuildContext) -> Result<(), String> {
-        let tweets = self.0.clone();
-        let config = pipeline.producer(&stage.id, move || FromIter::new(tweets.clone().into_iter()));
+/// emits fixed scored tweets (the [`FixedTweets`] in the build context), then ends
+#[settings]
+struct TestTweetsKind {}
+
+impl Kind for TestTweetsKind {
+    const NAME: &'static str = "test_tweets";
+    type In = Nothing;
+    type Out = ScoredTweet;
+
+    fn build(self, stage: &StageDecl, pipeline: &mut Pipeline, context: &BuildContext) -> Result<(), String> {
+        let tweets =
+            context.resources.get::<FixedTweets>().ok_or("the test puts FixedTweets in the context")?;
+        let config = pipeline.producer(&stage.id, move || FromIter::new(tweets.0.clone().into_iter()));
         configure(stage, config, &DispatcherChoices::demand_only(), None)
     }
+}
+
+/// Every kind, with the test kinds `gated` and `test_tweets`.
+fn registry() -> Registry {
+    let mut registry = stageflow_stages::registry();
+    registry.add::<GatedKind>().add::<TestTweetsKind>();
+    registry
 }
 
 /// Builds and starts the pipeline in `text` with `registry`.
 fn start(registry: &Registry, text: &str, data_dir: &Path) -> PipelineHandle {
+    start_with(registry, text, data_dir, Resources::default())
+}
+
+/// Builds and starts the pipeline in `text` with `registry`, its stages sharing `resources`.
+fn start_with(registry: &Registry, text: &str, data_dir: &Path, resources: Resources) -> PipelineHandle {
     let file = parse_pipeline(Path::new("test.toml"), text, &|_| None).unwrap_or_else(|e| panic!("{e}"));
-    let context = BuildContext {
-        data_dir: data_dir.to_path_buf(),
-        pipeline: file.name.clone(),
-        settings: file.settings.clone(),
-    };
+    let mut context = BuildContext::for_file(&file, data_dir.to_path_buf());
+    context.resources = resources;
     let pipeline = registry.build(&file, &context).unwrap_or_else(|errors| panic!("{errors}"));
     pipeline.start().expect("a valid pipeline")
 }
@@ -444,8 +422,9 @@ async fn broker_subscribe_acks_as_a_slow_consumer_progresses_within_the_window()
 
     let gate = Arc::new(Semaphore::new(0));
     let seen = Arc::new(Mutex::new(Vec::new()));
-    let mut kinds = registry();
-    kinds.register(GatedKind { gate: gate.clone(), seen: seen.clone() });
+    let kinds = registry();
+    let resources = Resources::default();
+    resources.insert(Gate { permits: gate.clone(), seen: seen.clone() });
     let pipeline = format!(
         r#"
         [pipeline]
@@ -466,7 +445,7 @@ async fn broker_subscribe_acks_as_a_slow_consumer_progresses_within_the_window()
         "#,
         addr = broker.addr
     );
-    let running = start(&kinds, &pipeline, data.path());
+    let running = start_with(&kinds, &pipeline, data.path(), resources.clone());
     let deadline = Deadline::new("the source to subscribe");
     loop {
         let stats = publisher.stats("jobs").await;
@@ -529,8 +508,9 @@ async fn a_named_broker_subscribe_survives_a_broker_crash_without_losing_or_repe
     // by the pipeline but not acked, delivered but not taken, and pending.
     let gate = Arc::new(Semaphore::new(10));
     let seen = Arc::new(Mutex::new(Vec::new()));
-    let mut kinds = registry();
-    kinds.register(GatedKind { gate: gate.clone(), seen: seen.clone() });
+    let kinds = registry();
+    let resources = Resources::default();
+    resources.insert(Gate { permits: gate.clone(), seen: seen.clone() });
     let pipeline = format!(
         r#"
         [pipeline]
@@ -553,7 +533,7 @@ async fn a_named_broker_subscribe_survives_a_broker_crash_without_losing_or_repe
         subscribe_to = [{{ id = "jobs", max_demand = 2, min_demand = 1 }}]
         "#
     );
-    let running = start(&kinds, &pipeline, data.path());
+    let running = start_with(&kinds, &pipeline, data.path(), resources.clone());
     let deadline = Deadline::new("the source to subscribe");
     loop {
         let stats = publisher.stats("jobs").await;
@@ -660,8 +640,9 @@ async fn broker_tweets_publishes_tweet_and_user_documents_under_their_id_str() {
         subscriber.publish(topic, "warm-up", json!(null)).await;
         subscriber.ok(&format!("sub {topic}")).await;
     }
-    let mut kinds = registry();
-    kinds.register(TestTweetsKind(tweets.clone()));
+    let kinds = registry();
+    let resources = Resources::default();
+    resources.insert(FixedTweets(tweets.clone()));
     let pipeline = format!(
         r#"
         [pipeline]
@@ -685,7 +666,7 @@ async fn broker_tweets_publishes_tweet_and_user_documents_under_their_id_str() {
     // Twice: a replay publishes the same documents under the same ids.
     for _ in 0..2 {
         let before = (control.stats("tweets").await, control.stats("users").await);
-        run_to_end(start(&kinds, &pipeline, data.path())).await;
+        run_to_end(start_with(&kinds, &pipeline, data.path(), resources.clone())).await;
         let after = (control.stats("tweets").await, control.stats("users").await);
         let count = |before: &Value, after: &Value| {
             (after["published"].as_u64().unwrap() - before["published"].as_u64().unwrap()) as usize

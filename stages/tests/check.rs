@@ -6,7 +6,7 @@ use std::process::Command;
 
 use stageflow::config::parse_pipeline;
 use stageflow_stages::cli::EMULATOR_URL;
-use stageflow_stages::kinds::registry;
+use stageflow_stages::registry;
 
 fn repository() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("stages/ is inside the repository").to_path_buf()
@@ -135,4 +135,28 @@ fn graph_prints_mermaid_and_dot() {
         .unwrap();
     let dot = String::from_utf8_lossy(&dot.stdout);
     assert!(dot.contains("\"double\" -> \"sum\""), "{dot}");
+}
+
+/// `stageflow kinds` prints what tests/kinds.txt holds: every kind, its role,
+/// event types, summary and settings (from the settings structs' doc
+/// comments). After an intended change: `stageflow kinds > stages/tests/kinds.txt`.
+#[test]
+fn the_kinds_command_lists_every_kind_with_its_settings() {
+    let output = Command::new(env!("CARGO_BIN_EXE_stageflow")).arg("kinds").output().unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let listed = String::from_utf8(output.stdout).expect("UTF-8");
+    let expected_path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/kinds.txt");
+    let expected = std::fs::read_to_string(&expected_path).expect("tests/kinds.txt");
+    for (line, (got, want)) in listed.lines().zip(expected.lines()).enumerate() {
+        assert_eq!(
+            got,
+            want,
+            "line {} of `stageflow kinds` differs from {}",
+            line + 1,
+            expected_path.display()
+        );
+    }
+    assert_eq!(listed.lines().count(), expected.lines().count(), "`stageflow kinds` lists other kinds");
+    let kinds = listed.lines().filter(|line| !line.starts_with(' ')).count();
+    assert_eq!(kinds, registry().kinds().count(), "one entry per registered kind");
 }

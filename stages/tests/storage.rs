@@ -27,17 +27,14 @@ use futures::TryStreamExt;
 use mongodb::Client;
 use mongodb::bson::{Document, doc};
 use stageflow::config::{
-    BuildContext, DispatcherChoices, EventType, Role, SettingDoc, StageDecl, StageKind, configure,
-    parse_pipeline,
+    BuildContext, DispatcherChoices, Kind, StageDecl, configure, parse_pipeline, settings,
 };
 use stageflow::ops::FromIter;
-use stageflow::{DemandBounds, Emitter, Flow, Pipeline, Producer, SubscribeOptions};
+use stageflow::{DemandBounds, Emitter, Flow, Nothing, Pipeline, Producer, SubscribeOptions};
 use stageflow_stages::analysis::StatsHub;
-use stageflow_stages::kinds::registry;
 use stageflow_stages::scored::ScoredTweet;
 use stageflow_stages::storage::batcher::{Batch, Batcher};
 use stageflow_stages::storage::documents::{EngagementDelta, SplitBatch, split_batch};
-use stageflow_stages::storage::kinds::scored_tweet_events;
 use stageflow_stages::storage::mongo::{MongoConfig, MongoSink};
 use stageflow_stages::storage::sqlite::SqliteSink;
 use stageflow_stages::storage::{
@@ -578,48 +575,30 @@ async fn a_mongo_server_stopped_mid_run_loses_nothing_and_duplicates_nothing() {
 
 // ---------------------------------------------------------------- kinds
 
-/// A test kind emitting `count` distinct tweets (no replays).
-struct TestTweetsKind;
+/// emits `count` distinct scored tweets (tests; no replays)
+#[settings]
+struct TestTweetsKind {
+    /// how many
+    count: u64,
+}
 
-impl StageKind for TestTweetsKind {
-    fn name(&self) -> &'static str {
-        "test_tweets"
-    }
-    fn summary(&self) -> &'static str {
-        "test tweets"
-    }
-    fn role(&self) -> Role {
-        Role::Producer
-    }
-    fn input(&self) -> Option<EventType> {
-        None
-    }
-    fn output(&self) -> Option<EventType> {
-        Some(scored_tweet_events())
-    }
-    fn settings(&self) -> &'static [SettingDoc] {
-        &[SettingDoc { name: "count", required: true, help: "how many" }]
-    }
-    fn check_settings(&self, _: &StageDecl) -> Result<(), String> {
-        Ok(())
-    }
-    fn build(&self, stage: &StageDecl, pipeline: &mut Pipeline, _: &BuildContext) -> Result<(), String> {
-        let count = stage.setting("count").and_then(|s| s.value.as_integer()).ok_or("count")? as u64;
-        let tweets = (1..=count).map(|id| scored(tweet(id, id % 37), false)).collect();
+impl Kind for TestTweetsKind {
+    const NAME: &'static str = "test_tweets";
+    type In = Nothing;
+    type Out = ScoredTweet;
+
+    fn build(self, stage: &StageDecl, pipeline: &mut Pipeline, _: &BuildContext) -> Result<(), String> {
+        let tweets = (1..=self.count).map(|id| scored(tweet(id, id % 37), false)).collect();
         let config = pipeline.producer(&stage.id, from_vec(tweets));
         configure(stage, config, &DispatcherChoices::cloneable(), None)
     }
 }
 
 fn build_file(text: &str, data_dir: &Path) -> Result<Pipeline, String> {
-    let mut registry = registry();
-    registry.register(TestTweetsKind);
+    let mut registry = stageflow_stages::registry();
+    registry.add::<TestTweetsKind>();
     let file = parse_pipeline(Path::new("storage.toml"), text, &|_| None).map_err(|e| e.to_string())?;
-    let context = BuildContext {
-        data_dir: data_dir.to_path_buf(),
-        pipeline: file.name.clone(),
-        settings: file.settings.clone(),
-    };
+    let context = BuildContext::for_file(&file, data_dir.to_path_buf());
     registry.build(&file, &context).map_err(|errors| errors.to_string())
 }
 

@@ -36,16 +36,15 @@ use mongodb::Client;
 use mongodb::bson::{Bson, Document, doc};
 use serde_json::Value;
 use stageflow::config::{
-    BuildContext, DispatcherChoices, EventType, Role, SettingDoc, StageDecl, StageKind, configure,
-    parse_pipeline,
+    BuildContext, DispatcherChoices, Kind, StageDecl, configure, parse_pipeline, settings,
 };
-use stageflow::{Pipeline, PipelineSummary};
+use stageflow::{Nothing, Pipeline, PipelineSummary};
 use stageflow_stages::analysis::engagement::engagement_of;
 use stageflow_stages::analysis::{Lexicon, sentiment_score};
 use stageflow_stages::emulator::generator::{GeneratedEvent, TweetGenerator, Vocabulary};
 use stageflow_stages::emulator::{EmulatorConfig, EmulatorHandle, Rate, start_emulator};
+use stageflow_stages::storage::batcher::Batch;
 use stageflow_stages::storage::documents::{EngagementDelta, SplitBatch};
-use stageflow_stages::storage::kinds::batch_events;
 use stageflow_stages::storage::{
     Inserted, Sink, SinkCounters, SinkError, SinkMetrics, SinkOptions, SinkStage, WriteId, published_sinks,
 };
@@ -152,13 +151,13 @@ kind = "slow_sink"
 subscribe_to = [{ id = "batcher", max_demand = 1, min_demand = 0 }]
 "#;
 
-/// Builds the pipeline file with `sink`, batches of `batch`, `${VAR}`s from `variables`, and the extra kind if any.
+/// Builds the pipeline file with `sink`, batches of `batch`, `${VAR}`s from `variables`, and the slow sink, if any, in its build context.
 fn build(
     sink: &str,
     batch: u64,
     variables: &[(&str, String)],
     data_dir: &Path,
-    extra: Option<SlowSinkKind>,
+    slow_sink: Option<SlowSink>,
 ) -> Pipeline {
     let variables: HashMap<String, String> =
         variables.iter().map(|(name, value)| (name.to_string(), value.clone())).collect();
@@ -169,15 +168,12 @@ fn build(
         .replace("${NAME}", &variables["NAME"]);
     let file = parse_pipeline(Path::new("tweet_pipeline.toml"), &text, &|name| variables.get(name).cloned())
         .unwrap_or_else(|errors| panic!("the pipeline file parses: {errors}"));
-    let mut registry = stageflow_stages::kinds::registry();
-    if let Some(kind) = extra {
-        registry.register(kind);
+    let mut registry = stageflow_stages::registry();
+    registry.add::<SlowSinkKind>();
+    let context = BuildContext::for_file(&file, data_dir.to_path_buf());
+    if let Some(sink) = slow_sink {
+        context.resources.insert(sink);
     }
-    let context = BuildContext {
-        data_dir: data_dir.to_path_buf(),
-        pipeline: file.name.clone(),
-        settings: file.settings.clone(),
-    };
     registry.build(&file, &context).unwrap_or_else(|errors| panic!("the pipeline builds: {errors}"))
 }
 
@@ -626,35 +622,20 @@ impl Sink for SlowSink {
     }
 }
 
-/// `kind = "slow_sink"`, registered only here: a [`SlowSink`] as a stage.
-struct SlowSinkKind(SlowSink);
+/// takes one batch per second (test only); the [`SlowSink`] comes from the build context
+#[settings]
+struct SlowSinkKind {}
 
-impl StageKind for SlowSinkKind {
-    fn name(&self) -> &'static str {
-        "slow_sink"
-    }
-    fn summary(&self) -> &'static str {
-        "takes one batch per second (test only)"
-    }
-    fn role(&self) -> Role {
-        Role::Consumer
-    }
-    fn input(&self) -> Option<EventType> {
-        Some(batch_events())
-    }
-    fn output(&self) -> Option<EventType> {
-        None
-    }
-    fn settings(&self) -> &'static [SettingDoc] {
-        &[]
-    }
-    fn check_settings(&self, _: &StageDecl) -> Result<(), String> {
-        Ok(())
-    }
-    fn build(&self, stage: &StageDecl, pipeline: &mut Pipeline, _: &BuildContext) -> Result<(), String> {
-        let (sink, id, metrics) = (self.0.clone(), stage.id.clone(), SinkMetrics::new());
+impl Kind for SlowSinkKind {
+    const NAME: &'static str = "slow_sink";
+    type In = Batch;
+    type Out = Nothing;
+
+    fn build(self, stage: &StageDecl, pipeline: &mut Pipeline, context: &BuildContext) -> Result<(), String> {
+        let sink = context.resources.get::<SlowSink>().ok_or("the test puts a SlowSink in the context")?;
+        let (id, metrics) = (stage.id.clone(), SinkMetrics::new());
         let config = pipeline.consumer(&stage.id, move || {
-            SinkStage::new(&id, sink.clone(), SinkOptions::default(), metrics.clone())
+            SinkStage::new(&id, (*sink).clone(), SinkOptions::default(), metrics.clone())
         });
         configure(stage, config, &DispatcherChoices::demand_only(), None)
     }
@@ -686,8 +667,7 @@ async fn a_sink_taking_one_batch_a_second_holds_the_emulator_back_and_memory_fla
     let began = Instant::now();
     let data = tempfile::tempdir().expect("a temporary directory");
     let variables = [("NAME", "e2e-backpressure".to_string()), ("EMULATOR", base_url(&emulator))];
-    let running =
-        build(SLOW_SINK, BATCH, &variables, data.path(), Some(SlowSinkKind(sink))).start().expect("valid");
+    let running = build(SLOW_SINK, BATCH, &variables, data.path(), Some(sink)).start().expect("valid");
 
     // Warm up: two batches stored, then the buffers between socket and sink fill.
     let deadline = Instant::now() + Duration::from_secs(30);

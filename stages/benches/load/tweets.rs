@@ -7,10 +7,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use stageflow::config::{
-    BuildContext, DispatcherChoices, EventType, Role, SettingDoc, StageDecl, StageKind, configure,
-};
-use stageflow::{Consumer, Emitter, Events, Flow, Pipeline, Producer, ProducerConsumer};
+use stageflow::config::{BuildContext, Kind, StageDecl, settings};
+use stageflow::{Consumer, Emitter, Events, Flow, Nothing, Pipeline, Producer, ProducerConsumer};
 use stageflow_stages::analysis::sentiment::SharedLexicon;
 use stageflow_stages::analysis::{
     Aggregator, Engagement, Hashtags, JoinStats, Lexicon, Logger, LoggerConfig, OutputTarget, Sentiment,
@@ -21,8 +19,9 @@ use stageflow_stages::scored::ScoredTweet;
 use stageflow_stages::sse::{SseEvent, SseReceiver, SseSourceConfig};
 use stageflow_stages::storage::batcher::Batch;
 use stageflow_stages::storage::documents::{EngagementDelta, SplitBatch};
-use stageflow_stages::storage::kinds::batch_events;
-use stageflow_stages::storage::{Inserted, Sink, SinkError, SinkMetrics, SinkOptions, SinkStage, WriteId};
+use stageflow_stages::storage::{
+    Inserted, Sink, SinkError, SinkMetrics, SinkOptions, SinkStage, WriteId, build_sink,
+};
 use tokio::sync::mpsc;
 
 /// The pipeline file the load suite runs.
@@ -76,39 +75,21 @@ impl Sink for ThrottledSink {
     }
 }
 
-/// `kind = "throttled_sink"`, registered only in this benchmark: a [`ThrottledSink`] as a stage.
+/// stores nothing, at a fixed number of tweets per second (load benchmark only)
+#[settings]
 struct ThrottledSinkKind {
-    sink: ThrottledSink,
-    metrics: Arc<SinkMetrics>,
+    /// tweets stored per second
+    tweets_per_s: f64,
 }
 
-impl StageKind for ThrottledSinkKind {
-    fn name(&self) -> &'static str {
-        "throttled_sink"
-    }
-    fn summary(&self) -> &'static str {
-        "stores nothing, at a fixed number of tweets per second (load benchmark only)"
-    }
-    fn role(&self) -> Role {
-        Role::Consumer
-    }
-    fn input(&self) -> Option<EventType> {
-        Some(batch_events())
-    }
-    fn output(&self) -> Option<EventType> {
-        None
-    }
-    fn settings(&self) -> &'static [SettingDoc] {
-        &[]
-    }
-    fn check_settings(&self, _: &StageDecl) -> Result<(), String> {
-        Ok(())
-    }
-    fn build(&self, stage: &StageDecl, pipeline: &mut Pipeline, _: &BuildContext) -> Result<(), String> {
-        let (sink, id, metrics) = (self.sink, stage.id.clone(), self.metrics.clone());
-        let config = pipeline
-            .consumer(&stage.id, move || SinkStage::new(&id, sink, SinkOptions::default(), metrics.clone()));
-        configure(stage, config, &DispatcherChoices::demand_only(), None)
+impl Kind for ThrottledSinkKind {
+    const NAME: &'static str = "throttled_sink";
+    type In = Batch;
+    type Out = Nothing;
+
+    fn build(self, stage: &StageDecl, pipeline: &mut Pipeline, context: &BuildContext) -> Result<(), String> {
+        let sink = ThrottledSink { tweets_per_s: self.tweets_per_s };
+        build_sink(stage, pipeline, context, Self::NAME, SinkOptions::default(), move || sink)
     }
 }
 
@@ -129,14 +110,8 @@ pub fn tweet_pipeline(
     data_dir: &Path,
     sink: SinkChoice,
 ) -> Result<TweetPipeline, String> {
-    let throttled_metrics = SinkMetrics::new();
-    let mut registry = stageflow_stages::kinds::registry();
-    if let SinkChoice::Throttled(tweets_per_s) = sink {
-        registry.register(ThrottledSinkKind {
-            sink: ThrottledSink { tweets_per_s },
-            metrics: throttled_metrics.clone(),
-        });
-    }
+    let mut registry = stageflow_stages::registry();
+    registry.add::<ThrottledSinkKind>();
     let vars = HashMap::from([(
         stageflow_stages::cli::EMULATOR_URL.to_string(),
         emulator_url.trim_end_matches('/').to_string(),
@@ -154,23 +129,17 @@ pub fn tweet_pipeline(
     }
     .to_string();
     store.settings.clear();
+    if let SinkChoice::Throttled(tweets_per_s) = sink {
+        store.set("tweets_per_s", toml::Value::Float(tweets_per_s));
+    }
     registry.check(&file).map_err(|errors| errors.to_string())?;
-    let context = BuildContext {
-        data_dir: data_dir.to_path_buf(),
-        pipeline: file.name.clone(),
-        settings: file.settings.clone(),
-    };
+    let context = BuildContext::for_file(&file, data_dir.to_path_buf());
     let pipeline = registry.build(&file, &context).map_err(|errors| errors.to_string())?;
-    let sink = match sink {
-        SinkChoice::Throttled(_) => throttled_metrics,
-        SinkChoice::Null | SinkChoice::Sqlite => {
-            stageflow_stages::storage::published_sinks(name)
-                .into_iter()
-                .find(|published| published.stage == "store")
-                .ok_or("the store published no metrics")?
-                .metrics
-        }
-    };
+    let sink = stageflow_stages::storage::published_sinks(name)
+        .into_iter()
+        .find(|published| published.stage == "store")
+        .ok_or("the store published no metrics")?
+        .metrics;
     Ok(TweetPipeline { pipeline, sink })
 }
 

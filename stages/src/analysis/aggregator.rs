@@ -17,6 +17,12 @@ use tokio::time::Instant;
 
 use super::flow::{FlowTweet, Score, TweetScore};
 use crate::scored::ScoredTweet;
+use stageflow::Pipeline;
+use stageflow::config::{BuildContext, DispatcherChoices, Kind, StageDecl, configure, settings};
+
+use super::StatsHub;
+use super::flow::partition_of_id;
+use crate::settings::at_least_one;
 
 /// Counters of a join, shared by the stage, its restarts and the statistics.
 #[derive(Debug, Default)]
@@ -212,6 +218,40 @@ impl ProducerConsumer for Aggregator {
         if abandoned > 0 {
             tracing::warn!(abandoned, "aggregator: half-joined tweets left when its producers ended");
         }
+    }
+}
+
+/// joins each tweet's sentiment and engagement scores into a scored tweet; half-joined tweets wait at most ttl_ms, at most max_pending of them, evictions counted
+#[settings]
+pub struct AggregatorKind {
+    /// how long a tweet with one score waits for the other before it is evicted (default 30000)
+    #[default(30_000)]
+    ttl_ms: u64,
+    /// most half-joined tweets waiting at once; the oldest is evicted past it (default 100000)
+    #[default(100_000)]
+    max_pending: u64,
+}
+
+impl Kind for AggregatorKind {
+    const NAME: &'static str = "aggregator";
+    type In = TweetScore;
+    type Out = ScoredTweet;
+
+    fn check(&self, _: &StageDecl) -> Result<(), String> {
+        at_least_one("ttl_ms", self.ttl_ms)?;
+        at_least_one("max_pending", self.max_pending)
+    }
+
+    fn build(self, stage: &StageDecl, pipeline: &mut Pipeline, context: &BuildContext) -> Result<(), String> {
+        let ttl = Duration::from_millis(self.ttl_ms);
+        let max_pending = usize::try_from(self.max_pending).unwrap_or(usize::MAX);
+        let stats = Arc::new(JoinStats::default());
+        StatsHub::for_pipeline(&context.pipeline).watch_join(&stage.id, stats.clone());
+        let config =
+            pipeline.producer_consumer(&stage.id, move || Aggregator::new(ttl, max_pending, stats.clone()));
+        let choices = DispatcherChoices::cloneable()
+            .with_partition(|scored: &ScoredTweet| partition_of_id(&scored.tweet.user.id_str));
+        configure(stage, config, &choices, None)
     }
 }
 

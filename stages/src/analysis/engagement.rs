@@ -4,6 +4,11 @@ use stageflow::{Emitter, Events, ProducerConsumer};
 
 use super::flow::{Score, TweetFlow, TweetScore};
 use crate::tweet::Tweet;
+use stageflow::config::{BuildContext, DispatcherChoices, Kind, StageDecl, configure, settings};
+use stageflow::{Pipeline, PoolConfig};
+
+use super::flow::{check_selectors, tweet_flow_selector};
+use super::sentiment::DEFAULT_SCORING_WORKERS;
 
 /// `(favorites + retweets) / followers`, with 0 followers counted as 1.
 pub fn engagement_score(favorites: u64, retweets: u64, followers: u64) -> f64 {
@@ -30,6 +35,27 @@ impl ProducerConsumer for Engagement {
                 out.emit(TweetScore { tweet, score });
             }
         }
+    }
+}
+
+/// scores each tweet: (favorites + retweets) / followers, 0 followers counted as 1; skips kill messages
+#[settings]
+pub struct EngagementKind {}
+
+impl Kind for EngagementKind {
+    const NAME: &'static str = "engagement";
+    type In = TweetFlow;
+    type Out = TweetScore;
+
+    fn check(&self, stage: &StageDecl) -> Result<(), String> {
+        check_selectors(stage)
+    }
+
+    fn build(self, stage: &StageDecl, pipeline: &mut Pipeline, _: &BuildContext) -> Result<(), String> {
+        let config = pipeline.producer_consumer(&stage.id, || Engagement);
+        let (min, max) = DEFAULT_SCORING_WORKERS;
+        config.workers(PoolConfig::autoscaled(min, max));
+        configure(stage, config, &DispatcherChoices::cloneable(), Some(&tweet_flow_selector))
     }
 }
 

@@ -8,6 +8,8 @@ use stageflow::{Emitter, Events, ProducerConsumer};
 
 use crate::sse::{SseEvent, TweetMessage};
 use crate::tweet::Tweet;
+use stageflow::Pipeline;
+use stageflow::config::{BuildContext, DispatcherChoices, Kind, StageDecl, configure, settings};
 
 /// Numbers every tweet entering the flow, process-wide, so equal tweet ids
 /// travelling at once (an original retweeted twice) never join each other.
@@ -247,5 +249,45 @@ pub(crate) mod tests {
         assert_eq!(accepts("kills"), [false, false, true]);
         let error = tweet_flow_selector("tweet").err().unwrap();
         assert!(error.contains("did you mean \"tweets\"") && error.contains("received"), "{error}");
+    }
+}
+
+/// A stable partition of a tweet id.
+pub fn partition_of_id(id: &str) -> usize {
+    crc32fast::hash(id.as_bytes()) as usize
+}
+
+/// Checks every `selector` of a stage taking tweet flow events.
+pub fn check_selectors(stage: &StageDecl) -> Result<(), String> {
+    for subscription in &stage.subscribe_to {
+        if let Some(name) = &subscription.selector {
+            tweet_flow_selector(name)
+                .map_err(|why| format!("subscription to '{}': {why}", subscription.producer))?;
+        }
+    }
+    Ok(())
+}
+
+/// the tweet hub: SSE events in; tweets, originals extracted from retweets (flagged) and kill messages out; subscribers may use selector = "tweets" | "received" | "extracted" | "kills" | "all" with dispatcher = "broadcast"
+#[settings]
+pub struct TweetsKind {
+    /// emit each retweet's retweeted_status as a tweet of its own, flagged extracted (default true)
+    #[default(true)]
+    extract_retweets: bool,
+}
+
+impl Kind for TweetsKind {
+    const NAME: &'static str = "tweets";
+    type In = SseEvent;
+    type Out = TweetFlow;
+
+    fn build(self, stage: &StageDecl, pipeline: &mut Pipeline, _: &BuildContext) -> Result<(), String> {
+        let extract = self.extract_retweets;
+        let config = pipeline.producer_consumer(&stage.id, move || TweetsHub::new(extract));
+        let choices = DispatcherChoices::cloneable().with_partition(|event: &TweetFlow| match event {
+            TweetFlow::Tweet(tweet) => partition_of_id(&tweet.tweet.id_str),
+            TweetFlow::Kill => 0,
+        });
+        configure(stage, config, &choices, None)
     }
 }

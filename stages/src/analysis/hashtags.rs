@@ -25,6 +25,11 @@ use stageflow::{Consumer, Events};
 
 use super::flow::TweetFlow;
 use crate::tweet::Tweet;
+use stageflow::config::{BuildContext, DispatcherChoices, Kind, StageDecl, configure, settings};
+use stageflow::{Nothing, Pipeline};
+
+use super::flow::{check_selectors, tweet_flow_selector};
+use crate::settings::{a_period, at_least_one};
 
 /// One hashtag and how often it occurred in the window.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -174,6 +179,49 @@ impl Consumer for Hashtags {
         if self.seen > 0 {
             self.write_window().await;
         }
+    }
+}
+
+/// counts hashtags per window and writes the top ones atomically to a JSON file after each window
+#[settings]
+pub struct HashtagsKind {
+    /// the JSON file, relative to the data directory (default "hashtags.json")
+    #[default("hashtags.json")]
+    path: PathBuf,
+    /// the window, and how often the file is written (default 3000)
+    #[default(3000)]
+    every_ms: u64,
+    /// how many hashtags the file lists (default 25)
+    #[default(25)]
+    top: u64,
+    /// count originals extracted from retweets too (default true)
+    #[default(true)]
+    include_extracted: bool,
+}
+
+impl Kind for HashtagsKind {
+    const NAME: &'static str = "hashtags";
+    type In = TweetFlow;
+    type Out = Nothing;
+
+    fn check(&self, stage: &StageDecl) -> Result<(), String> {
+        a_period("every_ms", self.every_ms)?;
+        at_least_one("top", self.top)?;
+        if self.path.as_os_str().is_empty() || self.path.file_name().is_none() {
+            return Err(format!("`path` must name a file, got \"{}\"", self.path.display()));
+        }
+        check_selectors(stage)
+    }
+
+    fn build(self, stage: &StageDecl, pipeline: &mut Pipeline, context: &BuildContext) -> Result<(), String> {
+        let path = context.data_dir.join(&self.path);
+        let window = Duration::from_millis(self.every_ms);
+        let top = usize::try_from(self.top).unwrap_or(usize::MAX);
+        let name = context.pipeline.clone();
+        let include = self.include_extracted;
+        let config =
+            pipeline.consumer(&stage.id, move || Hashtags::new(&name, path.clone(), window, top, include));
+        configure(stage, config, &DispatcherChoices::demand_only(), Some(&tweet_flow_selector))
     }
 }
 

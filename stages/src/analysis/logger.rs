@@ -15,6 +15,11 @@ use tokio::time::Instant;
 
 use super::flow::TweetFlow;
 use super::statistics::StatsHub;
+use stageflow::config::{BuildContext, DispatcherChoices, Kind, StageDecl, configure, settings};
+use stageflow::{Nothing, Pipeline, PoolConfig, RestartPolicy};
+
+use super::flow::{check_selectors, tweet_flow_selector};
+use crate::settings::a_period;
 
 /// The panic message of a logger that took a kill message.
 pub const KILL_PANIC: &str = "logger: kill message received";
@@ -200,6 +205,77 @@ impl Consumer for Logger {
                 hub.logger_timings().record(started.elapsed());
             }
         }
+    }
+}
+
+/// A build resource: when present, every logger of the pipeline writes here,
+/// whatever its `output` setting says (`stageflow serve` routes the lines to
+/// its sessions this way).
+#[derive(Debug, Clone)]
+pub struct LoggerOutput(pub OutputTarget);
+
+/// The logger's pool when the file sets no `workers`.
+pub const DEFAULT_LOGGER_WORKERS: (usize, usize) = (1, 32);
+
+/// prints each tweet's text, sleeps to emulate work, crashes on a kill message (restarted by its supervisor); an autoscaled pool by default
+#[settings]
+pub struct LoggerKind {
+    /// "stdout" (default), "stderr" or "none"
+    #[default("stdout")]
+    output: String,
+    /// mean emulated work per tweet, normally distributed within ±3σ (default 275; 0 disables)
+    #[default(WorkSleep::default().mean_ms)]
+    sleep_mean_ms: f64,
+    /// its standard deviation (default 75: 50–500 ms)
+    #[default(WorkSleep::default().std_dev_ms)]
+    sleep_std_dev_ms: f64,
+    /// skip kill messages instead of crashing on them (default false)
+    #[serde(default)]
+    ignore_kill_messages: bool,
+    /// crashes a worker may have within restart_window_ms before the pipeline fails (default 100)
+    #[default(100)]
+    max_restarts: usize,
+    /// the window of max_restarts (default 5000)
+    #[default(5000)]
+    restart_window_ms: u64,
+}
+
+impl LoggerKind {
+    fn sleep(&self) -> WorkSleep {
+        WorkSleep { mean_ms: self.sleep_mean_ms, std_dev_ms: self.sleep_std_dev_ms }
+    }
+}
+
+impl Kind for LoggerKind {
+    const NAME: &'static str = "logger";
+    type In = TweetFlow;
+    type Out = Nothing;
+
+    fn check(&self, stage: &StageDecl) -> Result<(), String> {
+        OutputTarget::named(&self.output)?;
+        self.sleep().validate()?;
+        a_period("restart_window_ms", self.restart_window_ms)?;
+        check_selectors(stage)
+    }
+
+    fn build(self, stage: &StageDecl, pipeline: &mut Pipeline, context: &BuildContext) -> Result<(), String> {
+        let output = match context.resources.get::<LoggerOutput>() {
+            Some(routed) => routed.0.clone(),
+            None => OutputTarget::named(&self.output)?,
+        };
+        let logger = LoggerConfig {
+            output,
+            sleep: self.sleep(),
+            ignore_kill_messages: self.ignore_kill_messages,
+            hub: Some(StatsHub::for_pipeline(&context.pipeline)),
+        };
+        let config = pipeline.consumer(&stage.id, move || Logger::new(logger.clone()));
+        let (min, max) = DEFAULT_LOGGER_WORKERS;
+        config.workers(PoolConfig::autoscaled(min, max)).restart(RestartPolicy::intensity(
+            self.max_restarts,
+            Duration::from_millis(self.restart_window_ms),
+        ));
+        configure(stage, config, &DispatcherChoices::demand_only(), Some(&tweet_flow_selector))
     }
 }
 

@@ -11,14 +11,13 @@
 //! Each concern is a set of pure functions with unit tests (tokenising and
 //! scoring, engagement, retweet extraction, the aggregator's join as a state
 //! machine with an explicit clock, percentiles) and a thin stage that wraps
-//! them in the engine's traits. [`kinds::register`] offers them to pipeline
-//! files.
+//! them in the engine's traits; each stage's file also holds its kind, the
+//! settings struct pipeline files name it by.
 
 pub mod aggregator;
 pub mod engagement;
 pub mod flow;
 pub mod hashtags;
-pub mod kinds;
 pub mod logger;
 pub mod sentiment;
 pub mod statistics;

@@ -18,6 +18,10 @@ use stageflow::{Emitter, Events, ProducerConsumer};
 use tokio::sync::OnceCell;
 
 use super::flow::{Score, TweetFlow, TweetScore};
+use stageflow::config::{BuildContext, DispatcherChoices, Kind, StageDecl, configure, settings};
+use stageflow::{Pipeline, PoolConfig};
+
+use super::flow::{check_selectors, tweet_flow_selector};
 
 fn punctuation() -> &'static Regex {
     static PUNCTUATION: OnceLock<Regex> = OnceLock::new();
@@ -233,6 +237,58 @@ impl ProducerConsumer for Sentiment {
                 out.emit(TweetScore { tweet, score });
             }
         }
+    }
+}
+
+/// The sentiment and engagement pools when the file sets no `workers`.
+pub const DEFAULT_SCORING_WORKERS: (usize, usize) = (1, 4);
+
+/// scores each tweet: mean lexicon score of its words (VADER's lexicon unless told otherwise); skips kill messages
+#[settings]
+pub struct SentimentKind {
+    /// a word<TAB>score file to use instead of VADER's (default: VADER, from the vader_sentiment crate)
+    lexicon_file: Option<PathBuf>,
+    /// fetch the lexicon from here, e.g. "http://localhost:4000/emotion_values" (retried until it answers)
+    lexicon_url: Option<String>,
+}
+
+impl SentimentKind {
+    fn source(&self) -> Result<LexiconSource, String> {
+        match (&self.lexicon_file, &self.lexicon_url) {
+            (Some(_), Some(_)) => Err("set `lexicon_file` or `lexicon_url`, not both".into()),
+            (Some(path), None) => Ok(LexiconSource::File(path.clone())),
+            (None, Some(url)) => {
+                let parsed = reqwest::Url::parse(url)
+                    .map_err(|error| format!("invalid `lexicon_url` '{url}': {error}"))?;
+                if !matches!(parsed.scheme(), "http" | "https") {
+                    return Err(format!("invalid `lexicon_url` '{url}': the scheme must be http or https"));
+                }
+                Ok(LexiconSource::Url(url.clone()))
+            }
+            (None, None) => Ok(LexiconSource::Vader),
+        }
+    }
+}
+
+impl Kind for SentimentKind {
+    const NAME: &'static str = "sentiment";
+    type In = TweetFlow;
+    type Out = TweetScore;
+
+    fn check(&self, stage: &StageDecl) -> Result<(), String> {
+        check_selectors(stage)?;
+        match self.source()? {
+            LexiconSource::File(path) => Lexicon::from_file(&path).map(|_| ()),
+            _ => Ok(()),
+        }
+    }
+
+    fn build(self, stage: &StageDecl, pipeline: &mut Pipeline, _: &BuildContext) -> Result<(), String> {
+        let lexicon = SharedLexicon::load(&self.source()?)?;
+        let config = pipeline.producer_consumer(&stage.id, move || Sentiment::new(lexicon.clone()));
+        let (min, max) = DEFAULT_SCORING_WORKERS;
+        config.workers(PoolConfig::autoscaled(min, max));
+        configure(stage, config, &DispatcherChoices::cloneable(), Some(&tweet_flow_selector))
     }
 }
 

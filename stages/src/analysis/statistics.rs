@@ -41,6 +41,10 @@ use tokio::sync::watch;
 
 use super::aggregator::JoinStats;
 use crate::sse::SseStats;
+use stageflow::config::{BuildContext, DispatcherChoices, Kind, StageDecl, configure, settings};
+use stageflow::{BufferKeep, Nothing, Pipeline};
+
+use crate::settings::a_period;
 
 /// Longest duration a recorder keeps apart (longer ones count as this): one hour.
 const MAX_MICROS: u64 = 3_600_000_000;
@@ -450,6 +454,54 @@ impl Producer for Statistics {
 
     fn handle_wakeup(&mut self, wakeup: Wakeup) {
         self.wakeup = Some(wakeup);
+    }
+}
+
+/// Frames kept for subscribers that have not asked yet (the newest win).
+pub const STATISTICS_BUFFER: usize = 64;
+
+/// every frame: p75/p85/p95 of logger and bulk-insert times, crashes, tweets and users ingested, events dropped; logged and emitted as stats frames
+#[settings]
+pub struct StatisticsKind {
+    /// the frame (default 5000)
+    #[default(5000)]
+    frame_ms: u64,
+    /// where each frame is written besides being emitted: "log" (default, stderr), "stdout" or "none"
+    #[default("log")]
+    output: String,
+}
+
+impl StatisticsKind {
+    fn output(&self) -> Result<StatsOutput, String> {
+        match self.output.as_str() {
+            "log" => Ok(StatsOutput::Log),
+            "stdout" => Ok(StatsOutput::Stdout),
+            "none" => Ok(StatsOutput::Quiet),
+            other => Err(format!("`output` must be \"log\", \"stdout\" or \"none\", got \"{other}\"")),
+        }
+    }
+}
+
+impl Kind for StatisticsKind {
+    const NAME: &'static str = "statistics";
+    type In = Nothing;
+    type Out = StatsFrame;
+    const EXTERNAL_SUBSCRIBERS: bool = true;
+
+    fn check(&self, _: &StageDecl) -> Result<(), String> {
+        a_period("frame_ms", self.frame_ms)?;
+        self.output().map(|_| ())
+    }
+
+    fn build(self, stage: &StageDecl, pipeline: &mut Pipeline, context: &BuildContext) -> Result<(), String> {
+        let (frame, output) = (Duration::from_millis(self.frame_ms), self.output()?);
+        let hub = StatsHub::for_pipeline(&context.pipeline);
+        let sequence = Arc::new(AtomicU64::new(0));
+        let id = stage.id.clone();
+        let config = pipeline
+            .producer(&stage.id, move || Statistics::new(hub.clone(), &id, frame, output, sequence.clone()));
+        config.buffer(STATISTICS_BUFFER, BufferKeep::Last);
+        configure(stage, config, &DispatcherChoices::cloneable(), None)
     }
 }
 

@@ -12,6 +12,7 @@
 use std::fmt;
 use std::time::Duration;
 
+use stageflow::config::settings;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader, BufWriter};
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
@@ -243,9 +244,77 @@ async fn read_lines(reader: OwnedReadHalf, lines: mpsc::Sender<Result<Incoming, 
     }
 }
 
+/// Where a broker listens unless `addr` says otherwise.
+pub const DEFAULT_ADDR: &str = "127.0.0.1:8000";
+
+/// The settings every broker kind has: where the broker is and how to reconnect.
+#[settings]
+pub struct ConnectSettings {
+    /// the broker's HOST:PORT (default "127.0.0.1:8000")
+    #[default(DEFAULT_ADDR.into())]
+    pub addr: String,
+    /// shared secret sent with `auth` (when the broker has --token)
+    pub token: Option<String>,
+    /// first wait before reconnecting, doubling each time (default 100)
+    #[default(100)]
+    retry_initial_ms: u64,
+    /// longest wait between reconnects (default 5000)
+    #[default(5000)]
+    retry_max_ms: u64,
+}
+
+impl ConnectSettings {
+    /// Checks the address, token and retry waits without connecting.
+    pub fn check(&self) -> Result<(), String> {
+        check_addr(&self.addr)?;
+        if let Some(token) = &self.token
+            && (token.is_empty() || token.chars().any(|c| c.is_whitespace() || c.is_control()))
+        {
+            return Err("`token` must be one word: no spaces or control characters".into());
+        }
+        if self.retry_initial_ms == 0 {
+            return Err("`retry_initial_ms` must be at least 1".into());
+        }
+        if self.retry_max_ms < self.retry_initial_ms {
+            return Err(format!(
+                "`retry_max_ms` ({}) must be at least `retry_initial_ms` ({})",
+                self.retry_max_ms, self.retry_initial_ms
+            ));
+        }
+        Ok(())
+    }
+
+    /// The first and the longest wait before reconnecting.
+    pub fn retry(&self) -> (Duration, Duration) {
+        (Duration::from_millis(self.retry_initial_ms), Duration::from_millis(self.retry_max_ms))
+    }
+}
+
+/// Checks `HOST:PORT` without resolving anything.
+fn check_addr(addr: &str) -> Result<(), String> {
+    let valid = addr.rsplit_once(':').is_some_and(|(host, port)| {
+        !host.is_empty() && !host.contains(char::is_whitespace) && port.parse::<u16>().is_ok()
+    });
+    if valid {
+        Ok(())
+    } else {
+        Err(format!("`addr` must be HOST:PORT, e.g. \"{DEFAULT_ADDR}\"; got \"{addr}\""))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn addresses_are_host_and_port() {
+        assert!(check_addr("127.0.0.1:8000").is_ok());
+        assert!(check_addr("[::1]:8000").is_ok());
+        assert!(check_addr("broker.local:9000").is_ok());
+        for bad in ["127.0.0.1", ":8000", "host:port", "host:70000", "a b:1"] {
+            assert!(check_addr(bad).unwrap_err().contains("HOST:PORT"), "{bad}");
+        }
+    }
 
     #[test]
     fn lines_are_sorted_into_replies_and_deliveries() {

@@ -18,21 +18,9 @@
 //! keeps the rest. Nothing connects while a file is checked.
 
 pub mod client;
-pub mod kinds;
 pub mod publish;
 pub mod subscribe;
-
-use stageflow::config::Registry;
 
 pub use client::{ClientError, Connection, Incoming};
 pub use publish::{Encode, Outgoing, PublishOptions, PublishStage, PublishStats, Wrap};
 pub use subscribe::{Emit, SubscribeOptions, SubscribeStage, SubscribeStats};
-
-/// Adds `broker_publish`, `broker_tweets`, `broker_stats` and `broker_subscribe` to `registry`.
-pub fn register(registry: &mut Registry) {
-    registry
-        .register(kinds::BrokerPublishKind)
-        .register(kinds::BrokerTweetsKind)
-        .register(kinds::BrokerStatsKind)
-        .register(kinds::BrokerSubscribeKind);
-}

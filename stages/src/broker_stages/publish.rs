@@ -15,6 +15,13 @@ use crate::broker::protocol::parse_event;
 use crate::scored::ScoredTweet;
 use crate::storage::backoff;
 use crate::storage::documents::split_batch;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use stageflow::config::{BuildContext, DispatcherChoices, Kind, StageDecl, configure, settings};
+use stageflow::{Nothing, Pipeline};
+
+use super::client::ConnectSettings;
+use crate::broker::protocol::{MAX_ID_LEN, MAX_PRIORITY, check_name};
 
 /// One event ready to publish: its topic, id and the JSON of the `pub` line.
 #[derive(Debug, Clone, PartialEq)]
@@ -439,6 +446,195 @@ impl Encode for StatsEncoder {
             out.push(Outgoing::new(&self.users_topic, &id, self.priority, &users));
         }
         0
+    }
+}
+
+/// Priority of published events unless `priority` says otherwise.
+pub const DEFAULT_PRIORITY: u8 = 5;
+/// `pub`s awaiting their `ok` at once unless `max_outstanding` says otherwise.
+pub const DEFAULT_MAX_OUTSTANDING: usize = 64;
+/// Most `pub`s awaiting their `ok` at once.
+pub const MAX_OUTSTANDING: usize = 10_000;
+
+/// The settings every publishing broker kind has.
+#[settings]
+pub struct PublishSettings {
+    #[serde(flatten)]
+    connect: ConnectSettings,
+    /// priority of the events published, 0-9 (default 5)
+    #[default(DEFAULT_PRIORITY)]
+    priority: u8,
+    /// pubs sent before their ok came back, at most (default 64)
+    #[default(DEFAULT_MAX_OUTSTANDING)]
+    max_outstanding: usize,
+}
+
+impl PublishSettings {
+    /// Checks the connection, priority and window without connecting.
+    fn check(&self) -> Result<(), String> {
+        self.connect.check()?;
+        if self.priority > MAX_PRIORITY {
+            return Err(format!("`priority` must be from 0 to {MAX_PRIORITY}, got {}", self.priority));
+        }
+        if !(1..=MAX_OUTSTANDING).contains(&self.max_outstanding) {
+            return Err(format!(
+                "`max_outstanding` must be from 1 to {MAX_OUTSTANDING}, got {}",
+                self.max_outstanding
+            ));
+        }
+        Ok(())
+    }
+
+    fn options(&self) -> PublishOptions {
+        let (retry_initial, retry_max) = self.connect.retry();
+        PublishOptions {
+            addr: self.connect.addr.clone(),
+            token: self.connect.token.clone(),
+            max_outstanding: self.max_outstanding,
+            retry_initial,
+            retry_max,
+        }
+    }
+
+    /// Adds a publishing consumer `stage` whose workers encode with `encoder()`.
+    fn build<E: Encode>(
+        &self,
+        stage: &StageDecl,
+        pipeline: &mut Pipeline,
+        encoder: impl Fn() -> E + Send + Sync + 'static,
+    ) -> Result<(), String> {
+        let (id, options) = (stage.id.clone(), self.options());
+        let stats = Arc::new(PublishStats::default());
+        let config = pipeline
+            .consumer(&stage.id, move || PublishStage::new(&id, options.clone(), encoder(), stats.clone()));
+        configure(stage, config, &DispatcherChoices::demand_only(), None)
+    }
+}
+
+/// Checks a topic name given as setting `key`.
+fn check_topic(key: &str, topic: &str) -> Result<(), String> {
+    check_name("topic", topic).map_err(|why| format!("`{key}`: {why}"))
+}
+
+/// When this build happened, in hex milliseconds: keeps generated ids of different runs apart.
+fn run_token() -> String {
+    let millis = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |since| since.as_millis());
+    format!("{millis:x}")
+}
+
+/// publishes lines of text to a broker topic (an event line as is, other lines wrapped); waits for each ok
+#[settings]
+pub struct BrokerPublishKind {
+    #[serde(flatten)]
+    publish: PublishSettings,
+    /// the topic to publish to (created by the first pub)
+    topic: String,
+    /// "auto" (default): a line that is an event {"id","priority","msg"} goes as is,
+    /// others become {"id": <id_prefix>-<n>, "priority", "msg": <the line's JSON, or the line as a string>};
+    /// "always": wrap every line; "never": skip (and log) lines that are not events
+    #[default("auto")]
+    wrap: String,
+    /// ids of wrapped lines are <id_prefix>-<n> (default <stage id>-<start time in hex ms>)
+    id_prefix: Option<String>,
+}
+
+impl Kind for BrokerPublishKind {
+    const NAME: &'static str = "broker_publish";
+    type In = String;
+    type Out = Nothing;
+
+    fn check(&self, _: &StageDecl) -> Result<(), String> {
+        self.publish.check()?;
+        check_topic("topic", &self.topic)?;
+        if let Some(prefix) = &self.id_prefix
+            && (prefix.is_empty()
+                || prefix.len() > MAX_ID_LEN / 2
+                || prefix.chars().any(|c| c.is_whitespace() || c.is_control()))
+        {
+            return Err(format!(
+                "`id_prefix` must be 1 to {} bytes without spaces or control characters",
+                MAX_ID_LEN / 2
+            ));
+        }
+        Wrap::named(&self.wrap).map(|_| ())
+    }
+
+    fn build(self, stage: &StageDecl, pipeline: &mut Pipeline, _: &BuildContext) -> Result<(), String> {
+        let wrap = Wrap::named(&self.wrap)?;
+        let prefix = self.id_prefix.clone().unwrap_or_else(|| format!("{}-{}", stage.id, run_token()));
+        let (id, topic, priority) = (stage.id.clone(), self.topic.clone(), self.publish.priority);
+        let next = Arc::new(AtomicU64::new(0));
+        self.publish.build(stage, pipeline, move || {
+            TextEncoder::new(&id, &topic, priority, wrap, &prefix, next.clone())
+        })
+    }
+}
+
+/// publishes each scored tweet's document to `tweets` and its user's to `users`, ids = id_str
+#[settings]
+pub struct BrokerTweetsKind {
+    #[serde(flatten)]
+    publish: PublishSettings,
+    /// topic of the tweet documents (default "tweets")
+    #[default("tweets")]
+    tweets_topic: String,
+    /// topic of the user documents (default "users")
+    #[default("users")]
+    users_topic: String,
+}
+
+impl Kind for BrokerTweetsKind {
+    const NAME: &'static str = "broker_tweets";
+    type In = ScoredTweet;
+    type Out = Nothing;
+
+    fn check(&self, _: &StageDecl) -> Result<(), String> {
+        self.publish.check()?;
+        check_topic("tweets_topic", &self.tweets_topic)?;
+        check_topic("users_topic", &self.users_topic)
+    }
+
+    fn build(self, stage: &StageDecl, pipeline: &mut Pipeline, _: &BuildContext) -> Result<(), String> {
+        let (tweets, users, priority) =
+            (self.tweets_topic.clone(), self.users_topic.clone(), self.publish.priority);
+        self.publish.build(stage, pipeline, move || TweetEncoder::new(&tweets, &users, priority))
+    }
+}
+
+/// publishes each stats frame to logger_stats, tweets_stats and users_stats
+#[settings]
+pub struct BrokerStatsKind {
+    #[serde(flatten)]
+    publish: PublishSettings,
+    /// topic of logger timings, crashes and drops (default "logger_stats")
+    #[default("logger_stats")]
+    logger_topic: String,
+    /// topic of tweets insert timings and tweets ingested (default "tweets_stats")
+    #[default("tweets_stats")]
+    tweets_topic: String,
+    /// topic of users insert timings and users ingested (default "users_stats")
+    #[default("users_stats")]
+    users_topic: String,
+}
+
+impl Kind for BrokerStatsKind {
+    const NAME: &'static str = "broker_stats";
+    type In = StatsFrame;
+    type Out = Nothing;
+
+    fn check(&self, _: &StageDecl) -> Result<(), String> {
+        self.publish.check()?;
+        check_topic("logger_topic", &self.logger_topic)?;
+        check_topic("tweets_topic", &self.tweets_topic)?;
+        check_topic("users_topic", &self.users_topic)
+    }
+
+    fn build(self, stage: &StageDecl, pipeline: &mut Pipeline, _: &BuildContext) -> Result<(), String> {
+        let topics = [self.logger_topic.clone(), self.tweets_topic.clone(), self.users_topic.clone()];
+        let (priority, run) = (self.publish.priority, run_token());
+        self.publish.build(stage, pipeline, move || {
+            StatsEncoder::new(&topics[0], &topics[1], &topics[2], priority, &run)
+        })
     }
 }
 

@@ -27,6 +27,12 @@ use stageflow::{Emitter, Flow, Producer};
 
 use super::client::{ClientError, Connection, Incoming};
 use crate::storage::backoff;
+use stageflow::config::{BuildContext, DispatcherChoices, Kind, StageDecl, configure, settings};
+use stageflow::{Nothing, Pipeline};
+
+use super::client::ConnectSettings;
+use crate::broker::DEFAULT_WINDOW;
+use crate::broker::protocol::{MAX_WINDOW, check_name};
 
 /// What `broker_subscribe` emits for each event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -354,6 +360,66 @@ impl Producer for SubscribeStage {
                 Err(error) => self.lost(&error),
             }
         }
+    }
+}
+
+/// emits a broker topic's events as text against demand; acks them when the pipeline asks for more
+#[settings]
+pub struct BrokerSubscribeKind {
+    #[serde(flatten)]
+    connect: ConnectSettings,
+    /// the topic to subscribe to (waits until it exists)
+    topic: String,
+    /// durable subscriber name: unacked events wait at the broker across reconnects and restarts (default: anonymous)
+    name: Option<String>,
+    /// deliveries awaiting an ack at once, 1-10000 (default 10)
+    #[default(DEFAULT_WINDOW)]
+    window: usize,
+    /// "msg" (default): the event's msg (a string as is, other JSON as text); "event": the whole event as JSON
+    #[default("msg")]
+    emit: String,
+}
+
+impl BrokerSubscribeKind {
+    fn options(&self) -> Result<SubscribeOptions, String> {
+        self.connect.check()?;
+        check_name("topic", &self.topic).map_err(|why| format!("`topic`: {why}"))?;
+        if let Some(name) = &self.name {
+            check_name("subscriber name", name).map_err(|why| format!("`name`: {why}"))?;
+        }
+        if !(1..=MAX_WINDOW).contains(&self.window) {
+            return Err(format!("`window` must be from 1 to {MAX_WINDOW}, got {}", self.window));
+        }
+        let (retry_initial, retry_max) = self.connect.retry();
+        Ok(SubscribeOptions {
+            addr: self.connect.addr.clone(),
+            token: self.connect.token.clone(),
+            topic: self.topic.clone(),
+            name: self.name.clone(),
+            window: self.window,
+            emit: Emit::named(&self.emit)?,
+            retry_initial,
+            retry_max,
+        })
+    }
+}
+
+impl Kind for BrokerSubscribeKind {
+    const NAME: &'static str = "broker_subscribe";
+    type In = Nothing;
+    type Out = String;
+
+    fn check(&self, _: &StageDecl) -> Result<(), String> {
+        self.options().map(|_| ())
+    }
+
+    fn build(self, stage: &StageDecl, pipeline: &mut Pipeline, _: &BuildContext) -> Result<(), String> {
+        let options = self.options()?;
+        let id = stage.id.clone();
+        let stats = Arc::new(SubscribeStats::default());
+        let config =
+            pipeline.producer(&stage.id, move || SubscribeStage::new(&id, options.clone(), stats.clone()));
+        configure(stage, config, &DispatcherChoices::cloneable(), None)
     }
 }
 

@@ -278,7 +278,7 @@ mod tests {
         let text = std::fs::read_to_string(&path).expect("tweets.toml");
         let lookup = |_: &str| Some("http://127.0.0.1:1".to_string());
         let file = parse_pipeline(&path, &text, &lookup).expect("parses");
-        let graph = Graph::of(&file, &crate::kinds::registry());
+        let graph = Graph::of(&file, &crate::registry());
         let ids: Vec<&str> = graph.stages.iter().map(|s| s.id.as_str()).collect();
         let declared: Vec<&str> = file.stages.iter().map(|s| s.id.as_str()).collect();
         assert_eq!(ids, declared);

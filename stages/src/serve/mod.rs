@@ -291,10 +291,7 @@ impl Drop for ServeHandle {
 /// Checks the pipeline file, binds `config.addr` and serves until the handle is stopped.
 pub async fn start_serve(config: ServeConfig) -> Result<ServeHandle, String> {
     // Fail before listening if the file cannot be served (a logger, ids, settings).
-    let (probe, _) = tokio::sync::mpsc::channel(1);
-    let mut registry = crate::kinds::registry();
-    registry.register(pipeline::ChannelLoggerKind::new(probe));
-    pipeline::prepare_file(&config, &registry)?;
+    pipeline::prepare_file(&config, &crate::registry())?;
     let listener = TcpListener::bind(config.addr)
         .await
         .map_err(|error| format!("cannot listen on {}: {error}", config.addr))?;

@@ -14,23 +14,21 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use serde::Deserialize;
 use stageflow::config::{
-    BuildContext, DispatcherChoices, DispatcherDecl, EventType, Location, PipelineFile, Registry, Role,
-    Setting, SettingDoc, StageDecl, StageKind, SubscriptionDecl, configure,
+    BuildContext, DispatcherDecl, Kind, Location, PipelineFile, Registry, Setting, StageDecl,
+    SubscriptionDecl,
 };
 use stageflow::{
-    BroadcastDispatcher, BufferKeep, CancelMode, DemandBounds, Emitter, Flow, MetricsReader, Pipeline,
-    PipelineError, PipelineHandle, PoolConfig, Producer, RestartPolicy, ShutdownTrigger, StageSnapshot,
-    SubscribeOptions, Subscription,
+    BroadcastDispatcher, BufferKeep, CancelMode, DemandBounds, Emitter, Flow, MetricsReader, PipelineError,
+    PipelineHandle, Producer, ShutdownTrigger, StageSnapshot, SubscribeOptions, Subscription,
 };
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use super::ServeConfig;
 use super::protocol::TWEET_PREFIX;
-use crate::analysis::kinds::{DEFAULT_LOGGER_WORKERS, LoggerKind};
-use crate::analysis::{Logger, LoggerConfig, OutputTarget, StatsHub, WorkSleep, tweet_flow_selector};
+use crate::analysis::logger::{LoggerKind, LoggerOutput};
+use crate::analysis::{OutputTarget, StatsHub};
 use crate::cli::EMULATOR_URL;
 
 /// The id of the broadcast stage of logger lines that sessions subscribe to.
@@ -46,83 +44,6 @@ const LINES_BATCH: usize = 256;
 const SESSION_DEMAND: usize = 256;
 /// How much history `stats` computes rates over.
 const RATE_WINDOW: Duration = Duration::from_secs(5);
-
-// ---- the logger, writing into a channel ------------------------------------------
-
-/// The `logger` kind as `serve` builds it: the same settings (checked by
-/// [`LoggerKind`]), but its lines go into `output` whatever `output` says.
-pub(crate) struct ChannelLoggerKind {
-    output: mpsc::Sender<String>,
-}
-
-impl ChannelLoggerKind {
-    /// The logger kind writing into `output`.
-    pub(crate) fn new(output: mpsc::Sender<String>) -> Self {
-        ChannelLoggerKind { output }
-    }
-}
-
-/// The logger settings `serve` reads; [`LoggerKind`] checks them first.
-#[derive(Deserialize)]
-struct LoggerSettings {
-    sleep_mean_ms: Option<f64>,
-    sleep_std_dev_ms: Option<f64>,
-    #[serde(default)]
-    ignore_kill_messages: bool,
-    /// The defaults below are `LoggerKind`'s (README: 100 restarts per 5000 ms).
-    max_restarts: Option<usize>,
-    restart_window_ms: Option<u64>,
-}
-
-impl StageKind for ChannelLoggerKind {
-    fn name(&self) -> &'static str {
-        LoggerKind.name()
-    }
-    fn summary(&self) -> &'static str {
-        LoggerKind.summary()
-    }
-    fn role(&self) -> Role {
-        LoggerKind.role()
-    }
-    fn input(&self) -> Option<EventType> {
-        LoggerKind.input()
-    }
-    fn output(&self) -> Option<EventType> {
-        LoggerKind.output()
-    }
-    fn settings(&self) -> &'static [SettingDoc] {
-        LoggerKind.settings()
-    }
-    fn check_settings(&self, stage: &StageDecl) -> Result<(), String> {
-        LoggerKind.check_settings(stage)
-    }
-    fn build(
-        &self,
-        stage: &StageDecl,
-        pipeline: &mut Pipeline,
-        context: &BuildContext,
-    ) -> Result<(), String> {
-        LoggerKind.check_settings(stage)?;
-        let settings: LoggerSettings = stage.settings_as()?;
-        let default_sleep = WorkSleep::default();
-        let logger = LoggerConfig {
-            output: OutputTarget::Channel(self.output.clone()),
-            sleep: WorkSleep {
-                mean_ms: settings.sleep_mean_ms.unwrap_or(default_sleep.mean_ms),
-                std_dev_ms: settings.sleep_std_dev_ms.unwrap_or(default_sleep.std_dev_ms),
-            },
-            ignore_kill_messages: settings.ignore_kill_messages,
-            hub: Some(StatsHub::for_pipeline(&context.pipeline)),
-        };
-        let config = pipeline.consumer(&stage.id, move || Logger::new(logger.clone()));
-        let (min, max) = DEFAULT_LOGGER_WORKERS;
-        config.workers(PoolConfig::autoscaled(min, max)).restart(RestartPolicy::intensity(
-            settings.max_restarts.unwrap_or(100),
-            Duration::from_millis(settings.restart_window_ms.unwrap_or(5000)),
-        ));
-        configure(stage, config, &DispatcherChoices::demand_only(), Some(&tweet_flow_selector))
-    }
-}
 
 // ---- log_lines: a push source over the logger's channel ---------------------------
 
@@ -272,20 +193,16 @@ pub(crate) fn add_broker(file: &mut PipelineFile, addr: &str) -> Result<(), Stri
 /// Builds and starts the file's pipeline with the logger's lines going to `log_lines`.
 fn start_pipeline(config: &ServeConfig) -> Result<(PipelineHandle, PipelineFile), String> {
     let (sender, receiver) = mpsc::channel::<String>(LOGGER_CHANNEL);
-    let mut registry = crate::kinds::registry();
-    registry.register(ChannelLoggerKind { output: sender });
+    let registry = crate::registry();
     let file = prepare_file(config, &registry)?;
     std::fs::create_dir_all(&config.data_dir).map_err(|error| {
         format!("cannot create the data directory {}: {error}", config.data_dir.display())
     })?;
-    let context = BuildContext {
-        data_dir: config.data_dir.clone(),
-        pipeline: file.name.clone(),
-        settings: file.settings.clone(),
-    };
+    let context = BuildContext::for_file(&file, config.data_dir.clone());
+    context.resources.insert(LoggerOutput(OutputTarget::Channel(sender)));
     let mut pipeline = registry.build(&file, &context).map_err(|errors| errors.to_string())?;
-    // The registry holds a sender too: only the loggers' copies may keep the channel open.
-    drop(registry);
+    // The context holds a sender too: only the loggers' copies may keep the channel open.
+    context.resources.remove::<LoggerOutput>();
     pipeline.drain_timeout(config.drain_timeout);
     let slot = Arc::new(Mutex::new(Some(receiver)));
     pipeline
@@ -446,7 +363,7 @@ impl Hub {
         let sampler = tokio::spawn(sample(reader.clone(), file.name.clone(), samples.clone()));
         let counters = self.counters.clone();
         let name = file.name.clone();
-        let mut view = crate::http::PipelineView::new(&file, &crate::kinds::registry(), &handle);
+        let mut view = crate::http::PipelineView::new(&file, &crate::registry(), &handle);
         let lines = crate::http::api::GraphStage {
             id: LINES_STAGE.to_string(),
             kind: "log lines".to_string(),
@@ -454,8 +371,12 @@ impl Hub {
             dispatcher: Some("broadcast".to_string()),
             workers: None,
         };
-        let loggers: Vec<&str> =
-            file.stages.iter().filter(|s| s.kind == LoggerKind.name()).map(|s| s.id.as_str()).collect();
+        let loggers: Vec<&str> = file
+            .stages
+            .iter()
+            .filter(|s| s.kind == <LoggerKind as Kind>::NAME)
+            .map(|s| s.id.as_str())
+            .collect();
         view.graph.add_stage(lines, &loggers);
         self.observed.show(view);
         let observed = self.observed.clone();
@@ -691,9 +612,7 @@ mod tests {
     }
 
     fn registry() -> Registry {
-        let mut registry = crate::kinds::registry();
-        registry.register(ChannelLoggerKind::new(mpsc::channel(1).0));
-        registry
+        crate::registry()
     }
 
     #[test]

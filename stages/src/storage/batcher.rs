@@ -34,6 +34,10 @@ use tokio::time::Instant;
 use super::documents::flush_due;
 use super::tick_for;
 use crate::scored::ScoredTweet;
+use stageflow::config::{BuildContext, DispatcherChoices, Kind, StageDecl, configure, settings};
+use stageflow::{Pipeline, SubscribeOptions};
+
+use crate::settings::duration_setting;
 
 /// The default largest batch.
 pub const DEFAULT_BATCH_SIZE: usize = 200;
@@ -187,6 +191,69 @@ impl ProducerConsumer for Batcher {
             upstream.ask(self.batch_size);
             self.upstream = Some(upstream);
         }
+    }
+}
+
+/// groups scored tweets into batches of `batch_size`, or what came within `flush_interval`
+#[settings]
+pub struct BatcherKind {
+    /// largest batch (default 200)
+    batch_size: Option<usize>,
+    /// longest a tweet waits for its batch, e.g. "3s" (default 3s)
+    flush_interval: Option<String>,
+    /// the same in milliseconds
+    flush_interval_ms: Option<u64>,
+}
+
+impl BatcherKind {
+    fn resolve(&self) -> Result<(usize, Duration), String> {
+        let batch_size = self.batch_size.unwrap_or(DEFAULT_BATCH_SIZE);
+        if batch_size == 0 {
+            return Err("`batch_size` must be at least 1".into());
+        }
+        let interval = duration_setting(
+            self.flush_interval.as_deref(),
+            self.flush_interval_ms,
+            ("flush_interval", "flush_interval_ms"),
+            DEFAULT_FLUSH_INTERVAL,
+        )?;
+        Ok((batch_size, interval))
+    }
+}
+
+impl Kind for BatcherKind {
+    const NAME: &'static str = "batcher";
+    type In = ScoredTweet;
+    type Out = Batch;
+
+    /// A batcher takes one upstream (its demand follows its batches), runs as one stage, no selector.
+    fn check(&self, stage: &StageDecl) -> Result<(), String> {
+        if stage.subscribe_to.len() != 1 {
+            return Err(format!(
+                "a batcher subscribes to exactly one stage (it asks it for a batch at a time), got {}",
+                stage.subscribe_to.len()
+            ));
+        }
+        if stage.subscribe_to[0].selector.is_some() {
+            return Err("this stage kind has no selectors".into());
+        }
+        if stage.workers.is_some() {
+            return Err("a batcher runs as one stage: remove `workers`".into());
+        }
+        self.resolve().map(|_| ())
+    }
+
+    /// The one subscription is made in manual demand mode: the batcher does its own asking.
+    fn build(self, stage: &StageDecl, pipeline: &mut Pipeline, _: &BuildContext) -> Result<(), String> {
+        let (batch_size, interval) = self.resolve()?;
+        let config = pipeline.producer_consumer(&stage.id, move || Batcher::new(batch_size, interval));
+        let upstream = &stage.subscribe_to[0];
+        let mut options = SubscribeOptions::bounds(upstream.bounds).with_cancel(upstream.cancel).manual();
+        options.partition = upstream.partition;
+        config.subscribe_to(&upstream.producer, options);
+        let mut rest = stage.clone();
+        rest.subscribe_to.clear();
+        configure(&rest, config, &DispatcherChoices::cloneable(), None)
     }
 }
 

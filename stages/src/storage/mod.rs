@@ -23,7 +23,6 @@
 
 pub mod batcher;
 pub mod documents;
-pub mod kinds;
 pub mod metrics;
 pub mod mongo;
 pub mod null;
@@ -35,22 +34,17 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use stageflow::config::Registry;
 use stageflow::{Consumer, Events};
 
 use crate::scored::ScoredTweet;
 use batcher::Batch;
 use documents::{EngagementBatch, EngagementDelta, SplitBatch, split_batch};
 pub use metrics::{InsertTimes, PublishedSink, SinkCounters, SinkMetrics, published_sinks};
+use stageflow::config::{BuildContext, DispatcherChoices, StageDecl, configure, settings};
+use stageflow::{DemandBounds, Pipeline};
 
-/// Adds the storage kinds (`batcher`, `sqlite_sink`, `mongo_sink`, `null_sink`) to `registry`.
-pub fn register(registry: &mut Registry) {
-    registry
-        .register(kinds::BatcherKind)
-        .register(kinds::SqliteSinkKind)
-        .register(kinds::MongoSinkKind)
-        .register(kinds::NullSinkKind);
-}
+use crate::analysis::StatsHub;
+use crate::settings::duration_setting;
 
 /// Why a sink could not write, and whether trying again may help.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -285,6 +279,65 @@ impl<S: Sink> Consumer for SinkStage<S> {
 /// How often to check an age limit: a quarter of it, between 1 ms and 1 s.
 pub fn tick_for(max_age: Duration) -> Duration {
     (max_age / 4).clamp(Duration::from_millis(1), Duration::from_secs(1))
+}
+
+/// Settings every sink kind has.
+#[settings]
+pub struct CommonSinkSettings {
+    /// engagement upserts are written at this many users (default 100)
+    user_batch_size: Option<usize>,
+    /// ... or when the oldest waited this long, e.g. "3s" (default 3s)
+    user_flush_interval: Option<String>,
+    /// the same in milliseconds
+    user_flush_ms: Option<u64>,
+}
+
+impl CommonSinkSettings {
+    /// The sink options these settings ask for.
+    pub fn options(&self) -> Result<SinkOptions, String> {
+        let defaults = SinkOptions::default();
+        let user_batch_size = self.user_batch_size.unwrap_or(defaults.user_batch_size);
+        if user_batch_size == 0 {
+            return Err("`user_batch_size` must be at least 1".into());
+        }
+        let user_flush_interval = duration_setting(
+            self.user_flush_interval.as_deref(),
+            self.user_flush_ms,
+            ("user_flush_interval", "user_flush_ms"),
+            defaults.user_flush_interval,
+        )?;
+        Ok(SinkOptions { user_batch_size, user_flush_interval, ..defaults })
+    }
+}
+
+/// The stage with subscriptions at default bounds set to one batch at a time.
+fn one_batch_at_a_time(stage: &StageDecl) -> StageDecl {
+    let mut stage = stage.clone();
+    for subscription in &mut stage.subscribe_to {
+        if subscription.bounds == DemandBounds::default() {
+            subscription.bounds = DemandBounds::new(1, 0).expect("1 / 0 are valid bounds");
+        }
+    }
+    stage
+}
+
+/// Adds a sink stage of kind `kind` running `make()` and publishes its metrics.
+/// A subscription that leaves the credit bounds at their defaults gets
+/// `max_demand = 1, min_demand = 0`: one batch at a time.
+pub fn build_sink<S: Sink>(
+    stage: &StageDecl,
+    pipeline: &mut Pipeline,
+    context: &BuildContext,
+    kind: &'static str,
+    options: SinkOptions,
+    make: impl Fn() -> S + Send + Sync + 'static,
+) -> Result<(), String> {
+    let metrics = SinkMetrics::new();
+    metrics.forward_to(StatsHub::for_pipeline(&context.pipeline).insert_timings());
+    metrics::publish(&context.pipeline, &stage.id, kind, metrics.clone());
+    let id = stage.id.clone();
+    let config = pipeline.consumer(&stage.id, move || SinkStage::new(&id, make(), options, metrics.clone()));
+    configure(&one_batch_at_a_time(stage), config, &DispatcherChoices::demand_only(), None)
 }
 
 #[cfg(test)]

@@ -28,6 +28,12 @@ use serde_json::Value;
 
 use super::documents::{EngagementDelta, SplitBatch};
 use super::{Inserted, Sink, SinkError, WriteId};
+use stageflow::config::{BuildContext, Kind, StageDecl, settings};
+use stageflow::{Nothing, Pipeline};
+
+use super::batcher::Batch;
+use super::{CommonSinkSettings, SinkOptions, build_sink};
+use crate::settings::duration_setting;
 
 /// The database used when neither the URI nor the `database` setting names one.
 pub const DEFAULT_DATABASE: &str = "stageflow";
@@ -333,6 +339,43 @@ fn check_update_reply(reply: &Document) -> Result<(), SinkError> {
         });
     }
     Ok(())
+}
+
+/// stores batches of scored tweets in MongoDB collections tweets, users, users_engagements
+#[settings]
+pub struct MongoSinkKind {
+    /// connection string, e.g. "${MONGODB_URI}" or "mongodb://127.0.0.1:27017/tweets"
+    uri: String,
+    /// database name (default: the URI's, else stageflow)
+    database: Option<String>,
+    /// how long one try waits for a server, e.g. "5s" (default 5s; failed tries are retried)
+    timeout: Option<String>,
+    #[serde(flatten)]
+    common: CommonSinkSettings,
+}
+
+impl MongoSinkKind {
+    fn resolve(&self) -> Result<(MongoConfig, SinkOptions), String> {
+        let timeout = duration_setting(self.timeout.as_deref(), None, ("timeout", ""), DEFAULT_TIMEOUT)?;
+        let config = MongoConfig { uri: self.uri.clone(), database: self.database.clone(), timeout };
+        config.database_name()?;
+        Ok((config, self.common.options()?))
+    }
+}
+
+impl Kind for MongoSinkKind {
+    const NAME: &'static str = "mongo_sink";
+    type In = Batch;
+    type Out = Nothing;
+
+    fn check(&self, _: &StageDecl) -> Result<(), String> {
+        self.resolve().map(|_| ())
+    }
+
+    fn build(self, stage: &StageDecl, pipeline: &mut Pipeline, context: &BuildContext) -> Result<(), String> {
+        let (config, options) = self.resolve()?;
+        build_sink(stage, pipeline, context, Self::NAME, options, move || MongoSink::new(config.clone()))
+    }
 }
 
 #[cfg(test)]

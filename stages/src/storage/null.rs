@@ -2,6 +2,11 @@
 
 use super::documents::{EngagementDelta, SplitBatch};
 use super::{Inserted, Sink, SinkError, WriteId};
+use stageflow::config::{BuildContext, Kind, StageDecl, settings};
+use stageflow::{Nothing, Pipeline};
+
+use super::batcher::Batch;
+use super::{SinkOptions, build_sink};
 
 /// Takes every batch at once and keeps nothing; every tweet counts as new.
 #[derive(Debug, Default, Clone, Copy)]
@@ -20,5 +25,19 @@ impl Sink for NullSink {
 
     async fn add_engagements(&mut self, _: &[EngagementDelta], _: &WriteId) -> Result<(), SinkError> {
         Ok(())
+    }
+}
+
+/// counts batches of scored tweets and discards them (for benchmarks)
+#[settings]
+pub struct NullSinkKind {}
+
+impl Kind for NullSinkKind {
+    const NAME: &'static str = "null_sink";
+    type In = Batch;
+    type Out = Nothing;
+
+    fn build(self, stage: &StageDecl, pipeline: &mut Pipeline, context: &BuildContext) -> Result<(), String> {
+        build_sink(stage, pipeline, context, Self::NAME, SinkOptions::default(), || NullSink)
     }
 }

@@ -19,6 +19,11 @@ use rusqlite::{Connection, ErrorCode, params};
 
 use super::documents::{EngagementDelta, SplitBatch};
 use super::{Inserted, Sink, SinkError, WriteId};
+use stageflow::config::{BuildContext, Kind, StageDecl, settings};
+use stageflow::{Nothing, Pipeline};
+
+use super::batcher::Batch;
+use super::{CommonSinkSettings, build_sink};
 
 /// The default file name, under the pipeline's data directory.
 pub const DEFAULT_FILE: &str = "stageflow.db";
@@ -158,6 +163,33 @@ impl Sink for SqliteSink {
             transaction.commit()
         })
         .await
+    }
+}
+
+/// stores batches of scored tweets in tables tweets, users, users_engagements of a SQLite file
+#[settings]
+pub struct SqliteSinkKind {
+    /// database file, relative to the data directory (default stageflow.db)
+    file: Option<String>,
+    #[serde(flatten)]
+    common: CommonSinkSettings,
+}
+
+impl Kind for SqliteSinkKind {
+    const NAME: &'static str = "sqlite_sink";
+    type In = Batch;
+    type Out = Nothing;
+
+    fn check(&self, _: &StageDecl) -> Result<(), String> {
+        self.common.options().map(|_| ())
+    }
+
+    fn build(self, stage: &StageDecl, pipeline: &mut Pipeline, context: &BuildContext) -> Result<(), String> {
+        let options = self.common.options()?;
+        let path = context.data_dir.join(self.file.as_deref().unwrap_or(DEFAULT_FILE));
+        // Fail before anything starts if the file cannot be created or opened.
+        open(&path).map_err(|error| error.message)?;
+        build_sink(stage, pipeline, context, Self::NAME, options, move || SqliteSink::new(path.clone()))
     }
 }
 

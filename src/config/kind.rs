@@ -1,0 +1,181 @@
+//! How a stage kind is declared: its settings struct *is* the kind.
+//!
+//! To add a kind, write the struct a stage's table deserialises into, beside
+//! the stage it builds, under [`#[settings]`](macro@settings): it derives
+//! `serde::Deserialize` and turns the doc comments into the kind's
+//! documentation (the struct's into its summary, each field's into that
+//! setting's help; a field is required unless it is an `Option` or has a
+//! default, written `#[default(value)]`). Then implement [`Kind`]: its name, the events
+//! it takes and emits (its role follows: `In = Nothing` is a producer,
+//! `Out = Nothing` a consumer) and how it adds its stage to a pipeline.
+//! Register it with [`Registry::add`](super::Registry::add). There is no
+//! central list of settings or roles to keep in step.
+//!
+//! ```
+//! use stageflow::config::{BuildContext, DispatcherChoices, Kind, Registry, StageDecl, configure, settings};
+//! use stageflow::ops::FromIter;
+//! use stageflow::{Nothing, Pipeline};
+//!
+//! /// emits start, start+1, ... as demand allows; ends after `count` numbers
+//! #[settings]
+//! struct Numbers {
+//!     /// first number (default 1)
+//!     #[default(1)]
+//!     start: u64,
+//!     /// how many numbers (default: no end)
+//!     count: Option<u64>,
+//! }
+//!
+//! impl Kind for Numbers {
+//!     const NAME: &'static str = "numbers";
+//!     type In = Nothing;
+//!     type Out = u64;
+//!
+//!     // Optional: checks beyond what deserialising does, run by `stageflow check` too.
+//!     fn check(&self, _: &StageDecl) -> Result<(), String> {
+//!         match self.count {
+//!             Some(0) => Err("`count` must be at least 1".into()),
+//!             _ => Ok(()),
+//!         }
+//!     }
+//!
+//!     fn build(self, stage: &StageDecl, pipeline: &mut Pipeline, _: &BuildContext) -> Result<(), String> {
+//!         let end = self.count.map_or(u64::MAX, |count| self.start.saturating_add(count));
+//!         let start = self.start;
+//!         let config = pipeline.producer(&stage.id, move || FromIter::new(start..end));
+//!         configure(stage, config, &DispatcherChoices::cloneable(), None)
+//!     }
+//! }
+//!
+//! let mut registry = Registry::new();
+//! registry.add::<Numbers>();
+//! let numbers = registry.kind("numbers").unwrap();
+//! assert_eq!(numbers.settings()[0].help, "first number (default 1)");
+//! assert!(!numbers.settings()[0].required && !numbers.settings()[1].required);
+//! ```
+//!
+//! Events crossing between kinds implement [`Event`], which names them in
+//! error messages ("takes tweet score events but 'x' emits text events").
+//! Anything a kind needs that is not a setting — a statistics hub shared by
+//! the pipeline's stages, a channel the logger writes into — comes from the
+//! [`BuildContext`]'s [`Resources`](super::Resources), never a global.
+
+use std::any::TypeId;
+use std::marker::PhantomData;
+
+use serde::de::DeserializeOwned;
+
+use super::StageDecl;
+use super::registry::{BuildContext, EventType, Role, SettingDoc, StageKind};
+use crate::pipeline::Pipeline;
+use crate::stage::Nothing;
+
+pub use stageflow_derive::settings;
+
+/// A type of event that flows between stage kinds, with the name errors use.
+pub trait Event: Send + 'static {
+    /// Shown in `stageflow kinds` and in type errors.
+    const NAME: &'static str;
+}
+
+impl Event for u64 {
+    const NAME: &'static str = "u64";
+}
+
+impl Event for String {
+    const NAME: &'static str = "text";
+}
+
+/// The "no events" side: a producer takes `Nothing`, a consumer emits `Nothing`.
+impl Event for Nothing {
+    const NAME: &'static str = "nothing";
+}
+
+/// A settings struct that documents itself; written by [`#[settings]`](macro@settings).
+pub trait Settings: DeserializeOwned {
+    /// One line on what the kind does (the struct's doc comment).
+    const SUMMARY: &'static str;
+    /// Its settings, in field order (from the fields' doc comments).
+    fn docs() -> Vec<SettingDoc>;
+}
+
+/// A stage kind: a settings struct that knows which stage it builds.
+pub trait Kind: Settings + 'static {
+    /// The name used in `kind = "..."`.
+    const NAME: &'static str;
+    /// The events it takes ([`Nothing`] for a producer).
+    type In: Event;
+    /// The events it emits ([`Nothing`] for a consumer).
+    type Out: Event;
+    /// Whether subscribers may join at run time, so no subscriber in the file is fine.
+    const EXTERNAL_SUBSCRIBERS: bool = false;
+
+    /// Checks what deserialising cannot (ranges, files, combinations); run before every build.
+    fn check(&self, _stage: &StageDecl) -> Result<(), String> {
+        Ok(())
+    }
+
+    /// Adds the stage to `pipeline` (usually through [`configure`](super::configure) for the common keys).
+    fn build(self, stage: &StageDecl, pipeline: &mut Pipeline, context: &BuildContext) -> Result<(), String>;
+}
+
+/// The event type `T`, or `None` for [`Nothing`].
+fn event_type<T: Event>() -> Option<EventType> {
+    (TypeId::of::<T>() != TypeId::of::<Nothing>()).then(EventType::of::<T>)
+}
+
+/// A [`Kind`] seen through the object-safe [`StageKind`] the registry keeps.
+pub(crate) struct KindOf<K>(PhantomData<fn() -> K>);
+
+impl<K> KindOf<K> {
+    pub(crate) fn new() -> Self {
+        KindOf(PhantomData)
+    }
+}
+
+impl<K: Kind> KindOf<K> {
+    fn checked(stage: &StageDecl) -> Result<K, String> {
+        let settings: K = stage.settings_as()?;
+        settings.check(stage)?;
+        Ok(settings)
+    }
+}
+
+impl<K: Kind> StageKind for KindOf<K> {
+    fn name(&self) -> &'static str {
+        K::NAME
+    }
+    fn summary(&self) -> &'static str {
+        K::SUMMARY
+    }
+    fn role(&self) -> Role {
+        match (event_type::<K::In>(), event_type::<K::Out>()) {
+            (None, _) => Role::Producer,
+            (Some(_), None) => Role::Consumer,
+            (Some(_), Some(_)) => Role::ProducerConsumer,
+        }
+    }
+    fn input(&self) -> Option<EventType> {
+        event_type::<K::In>()
+    }
+    fn output(&self) -> Option<EventType> {
+        event_type::<K::Out>()
+    }
+    fn settings(&self) -> Vec<SettingDoc> {
+        K::docs()
+    }
+    fn accepts_external_subscribers(&self) -> bool {
+        K::EXTERNAL_SUBSCRIBERS
+    }
+    fn check_settings(&self, stage: &StageDecl) -> Result<(), String> {
+        Self::checked(stage).map(|_| ())
+    }
+    fn build(
+        &self,
+        stage: &StageDecl,
+        pipeline: &mut Pipeline,
+        context: &BuildContext,
+    ) -> Result<(), String> {
+        Self::checked(stage)?.build(stage, pipeline, context)
+    }
+}
