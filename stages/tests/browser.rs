@@ -18,7 +18,7 @@ use base64::Engine;
 use futures::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use support::broker_process::LineClient;
-use support::http_process::{HttpProcess, repository};
+use support::http_process::{HttpProcess, stage_ids_of_tweets_toml};
 use support::tools::tool;
 use tokio_tungstenite::tungstenite::Message;
 
@@ -152,17 +152,6 @@ async fn boxes(page: &mut Page) -> Vec<(String, Option<u64>)> {
     serde_json::from_str(text.as_str().expect("a string")).expect("pairs")
 }
 
-fn stage_ids_of_tweets_toml() -> Vec<String> {
-    let text = std::fs::read_to_string(repository().join("pipelines/tweets.toml")).expect("tweets.toml");
-    let table: toml::Table = toml::from_str(&text).expect("TOML");
-    table["stage"]
-        .as_array()
-        .expect("stages")
-        .iter()
-        .map(|s| s["id"].as_str().expect("id").to_string())
-        .collect()
-}
-
 /// Reads the boxes until `accept` returns a value, failing after [`PATIENCE`].
 async fn read_until<T>(
     page: &mut Page,
@@ -183,15 +172,7 @@ async fn read_until<T>(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_live_page_draws_every_stage_of_tweets_toml_and_its_counters_move() {
     let Some(chromium) = tool("chromium", "STAGEFLOW_CHROMIUM", "browser test") else { return };
-    let data = tempfile::tempdir().expect("a temp dir");
-    let run = HttpProcess::start(&[
-        "run",
-        "pipelines/tweets.toml",
-        "--for",
-        "300s",
-        "--data-dir",
-        data.path().to_str().expect("utf-8"),
-    ]);
+    let run = HttpProcess::tweets(&[]);
     let url = format!("{}/", run.url);
     let browser = Browser::open(&chromium, &url);
     let mut page = Page::attach(&browser, &url).await;
@@ -237,26 +218,7 @@ async fn the_live_page_draws_every_stage_of_tweets_toml_and_its_counters_move() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_broker_page_lists_topics_with_their_subscribers() {
     let Some(chromium) = tool("chromium", "STAGEFLOW_CHROMIUM", "broker page test") else { return };
-    let data = tempfile::tempdir().expect("a temp dir");
-    let broker = HttpProcess::start(&[
-        "broker",
-        "--addr",
-        "127.0.0.1:0",
-        "--data-dir",
-        data.path().to_str().expect("utf-8"),
-    ]);
-    let deadline = Instant::now() + PATIENCE;
-    let addr = loop {
-        let output = broker.output();
-        let found = output
-            .split_once("broker listening on ")
-            .and_then(|(_, rest)| rest.split_whitespace().next()?.parse().ok());
-        if let Some(addr) = found {
-            break addr;
-        }
-        assert!(Instant::now() < deadline, "the broker did not say where it listens: {output}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let (broker, addr) = HttpProcess::broker();
     let mut client = LineClient::connect(addr);
     assert!(client.ask(r#"pub alerts {"id":"a","priority":1,"msg":"x"}"#).starts_with("ok"));
     assert!(client.ask("sub alerts").starts_with("ok"));

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use support::broker_process::LineClient;
-use support::http_process::{HttpProcess, repository};
+use support::http_process::{HttpProcess, repository, stage_ids_of_tweets_toml};
 
 /// Generous bound for anything a test waits for.
 const PATIENCE: Duration = Duration::from_secs(60);
@@ -79,32 +79,10 @@ async fn sse_events(url: &str, count: usize) -> Vec<(String, String)> {
     events
 }
 
-fn stage_ids_of_tweets_toml() -> Vec<String> {
-    let text = std::fs::read_to_string(repository().join("pipelines/tweets.toml")).expect("tweets.toml");
-    let table: toml::Table = toml::from_str(&text).expect("TOML");
-    table["stage"]
-        .as_array()
-        .expect("stages")
-        .iter()
-        .map(|stage| stage["id"].as_str().expect("an id").to_string())
-        .collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_running_pipeline_serves_metrics_health_graph_stream_and_taps() {
-    let data = tempfile::tempdir().expect("a temp dir");
-    let data_dir = data.path().to_str().expect("utf-8");
     // Slow logger work (about 1 s a tweet) makes the drain after Ctrl-C last long enough to be seen.
-    let mut run = HttpProcess::start(&[
-        "run",
-        "pipelines/tweets.toml",
-        "--for",
-        "300s",
-        "--data-dir",
-        data_dir,
-        "--set",
-        "logger.sleep_mean_ms=1000",
-    ]);
+    let mut run = HttpProcess::tweets(&["--set", "logger.sleep_mean_ms=1000"]);
     let url = run.url.clone();
 
     let (status, body) = get(&format!("{url}/healthz")).await;
@@ -219,16 +197,8 @@ async fn a_running_pipeline_serves_metrics_health_graph_stream_and_taps() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pipeline_whose_sources_cannot_connect_is_not_ready_and_says_why() {
-    let data = tempfile::tempdir().expect("a temp dir");
-    let data_dir = data.path().to_str().expect("utf-8");
     // Nothing listens on port 1: both SSE sources keep failing to connect.
-    let _run = HttpProcess::start(&[
-        "run",
-        "pipelines/tweets.toml",
-        "--for",
-        "300s",
-        "--data-dir",
-        data_dir,
+    let _run = HttpProcess::tweets(&[
         "--set",
         "stream1.url=http://127.0.0.1:1/tweets/1",
         "--set",
@@ -282,21 +252,8 @@ fn json_logs_are_one_object_per_line() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broker_serves_its_topics_and_subscribers_over_http() {
-    let data = tempfile::tempdir().expect("a temp dir");
-    let broker = HttpProcess::start(&[
-        "broker",
-        "--addr",
-        "127.0.0.1:0",
-        "--data-dir",
-        data.path().to_str().expect("utf-8"),
-    ]);
+    let (broker, addr) = HttpProcess::broker();
     let url = broker.url.clone();
-    let addr = eventually("the broker's address", || async {
-        let output = broker.output();
-        let rest = output.split_once("broker listening on ")?.1;
-        rest.split_whitespace().next()?.parse::<std::net::SocketAddr>().ok()
-    })
-    .await;
     let mut publisher = LineClient::connect(addr);
     for id in ["a", "b"] {
         let reply = publisher.ask(&format!(r#"pub news {{"id":"{id}","priority":1,"msg":"x"}}"#));

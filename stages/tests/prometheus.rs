@@ -68,15 +68,7 @@ impl Drop for Prometheus {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prometheus_scrapes_a_running_pipeline_and_sees_the_tweets_rate() {
     let Some(binary) = tool("prometheus", "STAGEFLOW_PROMETHEUS", "prometheus test") else { return };
-    let data = tempfile::tempdir().expect("a temp dir");
-    let run = HttpProcess::start(&[
-        "run",
-        "pipelines/tweets.toml",
-        "--for",
-        "300s",
-        "--data-dir",
-        data.path().to_str().expect("utf-8"),
-    ]);
+    let run = HttpProcess::tweets(&[]);
     let target = run.url.trim_start_matches("http://").to_string();
     let prometheus = Prometheus::start(&binary, &target);
 

@@ -96,6 +96,29 @@ struct ScrapeCollector(Scrape);
 
 type Labels = Vec<(&'static str, String)>;
 
+/// One metric family: a series per item, each with its labels and value (skipped when there are no items).
+#[allow(clippy::too_many_arguments)]
+fn family<T, M: EncodeMetric>(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    unit: Option<&Unit>,
+    metric_type: MetricType,
+    items: &[T],
+    labels: impl Fn(&T) -> Labels,
+    value: impl Fn(&T) -> M,
+) -> Result<(), std::fmt::Error> {
+    if items.is_empty() {
+        return Ok(());
+    }
+    let mut metric = encoder.encode_descriptor(name, help, unit, metric_type)?;
+    for item in items {
+        let labels = labels(item);
+        value(item).encode(metric.encode_family(&labels)?)?;
+    }
+    Ok(())
+}
+
 fn counter<T>(
     encoder: &mut DescriptorEncoder,
     name: &str,
@@ -104,15 +127,9 @@ fn counter<T>(
     labels: impl Fn(&T) -> Labels,
     value: impl Fn(&T) -> u64,
 ) -> Result<(), std::fmt::Error> {
-    if items.is_empty() {
-        return Ok(());
-    }
-    let mut metric = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
-    for item in items {
-        let labels = labels(item);
-        ConstCounter::new(value(item)).encode(metric.encode_family(&labels)?)?;
-    }
-    Ok(())
+    family(encoder, name, help, None, MetricType::Counter, items, labels, |item| {
+        ConstCounter::new(value(item))
+    })
 }
 
 fn gauge<T>(
@@ -124,15 +141,7 @@ fn gauge<T>(
     labels: impl Fn(&T) -> Labels,
     value: impl Fn(&T) -> i64,
 ) -> Result<(), std::fmt::Error> {
-    if items.is_empty() {
-        return Ok(());
-    }
-    let mut metric = encoder.encode_descriptor(name, help, unit, MetricType::Gauge)?;
-    for item in items {
-        let labels = labels(item);
-        ConstGauge::new(value(item)).encode(metric.encode_family(&labels)?)?;
-    }
-    Ok(())
+    family(encoder, name, help, unit, MetricType::Gauge, items, labels, |item| ConstGauge::new(value(item)))
 }
 
 fn saturating(value: u64) -> i64 {

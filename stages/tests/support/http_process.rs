@@ -16,12 +16,26 @@ pub fn repository() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("stages/ is inside the repository").to_path_buf()
 }
 
+/// The stage ids of `pipelines/tweets.toml`, in file order.
+pub fn stage_ids_of_tweets_toml() -> Vec<String> {
+    let text = std::fs::read_to_string(repository().join("pipelines/tweets.toml")).expect("tweets.toml");
+    let table: toml::Table = toml::from_str(&text).expect("TOML");
+    table["stage"]
+        .as_array()
+        .expect("stages")
+        .iter()
+        .map(|s| s["id"].as_str().expect("id").to_string())
+        .collect()
+}
+
 /// A `stageflow` child process serving HTTP, killed when dropped.
 pub struct HttpProcess {
     child: Child,
     /// Its HTTP base URL, e.g. `http://127.0.0.1:41234` (no trailing slash).
     pub url: String,
     output: Arc<Mutex<String>>,
+    /// Its data directory, when it has one of its own.
+    _data: Option<tempfile::TempDir>,
 }
 
 impl HttpProcess {
@@ -65,12 +79,46 @@ impl HttpProcess {
                 output.push('\n');
             }
         });
-        let mut process = HttpProcess { child, url: String::new(), output };
+        let mut process = HttpProcess { child, url: String::new(), output, _data: None };
         match address.recv_timeout(DEADLINE) {
             Ok(url) => process.url = url,
             Err(_) => panic!("stageflow did not say where it serves HTTP; output: {}", process.output()),
         }
         process
+    }
+
+    /// `stageflow run pipelines/tweets.toml --for 300s` with a data directory of its own and `extra` flags.
+    pub fn tweets(extra: &[&str]) -> HttpProcess {
+        let data = tempfile::tempdir().expect("a temp dir");
+        let data_dir = data.path().to_str().expect("a UTF-8 path").to_string();
+        let mut args = vec!["run", "pipelines/tweets.toml", "--for", "300s", "--data-dir", &data_dir];
+        args.extend_from_slice(extra);
+        let mut process = HttpProcess::start(&args);
+        process._data = Some(data);
+        process
+    }
+
+    /// `stageflow broker` on a free port with a data directory of its own, and the address of its line protocol.
+    pub fn broker() -> (HttpProcess, std::net::SocketAddr) {
+        let data = tempfile::tempdir().expect("a temp dir");
+        let data_dir = data.path().to_str().expect("a UTF-8 path").to_string();
+        let mut process = HttpProcess::start(&["broker", "--addr", "127.0.0.1:0", "--data-dir", &data_dir]);
+        process._data = Some(data);
+        let deadline = std::time::Instant::now() + DEADLINE;
+        loop {
+            let output = process.output();
+            let found = output
+                .split_once("broker listening on ")
+                .and_then(|(_, rest)| rest.split_whitespace().next()?.parse().ok());
+            if let Some(addr) = found {
+                return (process, addr);
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the broker did not say where it listens: {output}"
+            );
+            thread::sleep(Duration::from_millis(50));
+        }
     }
 
     /// What it wrote to stdout and stderr so far.
