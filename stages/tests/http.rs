@@ -269,6 +269,9 @@ async fn a_broker_serves_its_topics_and_subscribers_over_http() {
     .await;
     assert_eq!(sample(&text, r#"stageflow_broker_published_total{topic="news"}"#), Some(2.0), "{text}");
     assert!(text.contains(r#"stageflow_broker_subscriber_in_flight{topic="news",subscriber=""#), "{text}");
+    let window =
+        text.lines().find(|line| line.starts_with("stageflow_broker_subscriber_window{topic=\"news\""));
+    assert!(window.is_some_and(|line| !line.ends_with(" 0")), "an attached subscriber has a window: {text}");
     assert!(!text.contains("stageflow_events_in_total"), "no pipeline in a broker process");
 
     let graph: serde_json::Value =

@@ -198,10 +198,12 @@ impl DeliveryTask {
                 self.requeue_in_flight();
                 self.outlet = Some(outlet);
                 self.window = window;
+                self.state.window.store(window, Ordering::Relaxed);
                 true
             }
             SubscriptionCommand::Window(window) => {
                 self.window = window;
+                self.state.window.store(window, Ordering::Relaxed);
                 true
             }
             SubscriptionCommand::Ack { id, reply } => {

@@ -427,6 +427,7 @@ impl Broker {
                     subscriber: s.key.clone(),
                     pending: s.queued.load(Ordering::Relaxed) as u64 + s.spilled.load(Ordering::Relaxed),
                     in_flight: s.in_flight.load(Ordering::Relaxed) as u64,
+                    window: s.window.load(Ordering::Relaxed) as u64,
                 });
             }
         }

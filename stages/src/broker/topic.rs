@@ -45,6 +45,8 @@ pub(crate) struct SubscriptionState {
     pub spilled: AtomicU64,
     /// Deliveries awaiting its ack.
     pub in_flight: AtomicUsize,
+    /// Its window: most deliveries awaiting an ack at once (0 while no client is attached).
+    pub window: AtomicUsize,
     /// Commands to its delivery task.
     pub commands: mpsc::Sender<SubscriptionCommand>,
 }
@@ -217,6 +219,7 @@ impl Topic {
             queued: AtomicUsize::new(0),
             spilled: AtomicU64::new(0),
             in_flight: AtomicUsize::new(0),
+            window: AtomicUsize::new(0),
             commands,
         });
         lock(&self.registry).insert(key.to_string(), state.clone());
@@ -240,6 +243,7 @@ impl Topic {
             queued: AtomicUsize::new(0),
             spilled: AtomicU64::new(pending),
             in_flight: AtomicUsize::new(0),
+            window: AtomicUsize::new(0),
             commands,
         });
         lock(&self.registry).insert(key.to_string(), state.clone());

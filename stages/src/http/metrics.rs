@@ -43,6 +43,8 @@ pub struct SubscriberFigures {
     pub pending: u64,
     /// Deliveries awaiting its ack: how much of its window it uses.
     pub in_flight: u64,
+    /// Its window: most deliveries awaiting an ack at once (0 while no client is attached).
+    pub window: u64,
 }
 
 /// Everything one scrape reports.
@@ -389,6 +391,15 @@ impl ScrapeCollector {
             subscribers,
             subscriber,
             |s| saturating(s.in_flight),
+        )?;
+        gauge(
+            e,
+            "stageflow_broker_subscriber_window",
+            "Most deliveries one subscriber may have awaiting an ack (0 while detached).",
+            None,
+            subscribers,
+            subscriber,
+            |s| saturating(s.window),
         )
     }
 }
@@ -525,6 +536,7 @@ mod tests {
             subscriber: "archive".into(),
             pending: 5,
             in_flight: 3,
+            window: 10,
         };
         let text =
             render(Scrape { topics: vec![topic], subscribers: vec![subscriber], ..Default::default() });
@@ -536,6 +548,8 @@ mod tests {
         assert_eq!(sample(&text, r#"stageflow_broker_log_bytes{topic="tweets"}"#), Some(65536.0), "{text}");
         let series = r#"stageflow_broker_subscriber_in_flight{topic="tweets",subscriber="archive"}"#;
         assert_eq!(sample(&text, series), Some(3.0));
+        let series = r#"stageflow_broker_subscriber_window{topic="tweets",subscriber="archive"}"#;
+        assert_eq!(sample(&text, series), Some(10.0));
         assert!(!text.contains("stageflow_events_in"), "no pipeline in this process");
     }
 
@@ -565,6 +579,7 @@ mod tests {
                 subscriber: "s".into(),
                 pending: 0,
                 in_flight: 0,
+                window: 0,
             }],
         };
         let served = render(scrape);
