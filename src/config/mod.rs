@@ -119,7 +119,21 @@ pub struct PipelineFile {
     pub settings: toml::Table,
     /// The `[[stage]]` tables, in file order.
     pub stages: Vec<StageDecl>,
+    /// `[pipeline.cluster]`: where the distributed log joining the file's parts is, when written.
+    pub cluster: Option<ClusterDecl>,
 }
+
+/// `[pipeline.cluster]`, read with locations; its keys are checked by the program that runs parts.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClusterDecl {
+    /// Where the `[pipeline.cluster]` header is.
+    pub location: Location,
+    /// Its keys, with `${VAR}` references expanded.
+    pub settings: Vec<Setting>,
+}
+
+/// The part a stage runs in when the file does not say.
+pub const DEFAULT_PART: &str = "main";
 
 /// One setting of a stage, with where it was written.
 #[derive(Debug, Clone, PartialEq)]
@@ -160,6 +174,9 @@ pub struct SubscriptionDecl {
     pub selector: Option<String>,
     /// What the consumer does when the producer ends.
     pub cancel: CancelMode,
+    /// What decides an event's partition when this edge crosses between parts
+    /// (e.g. `"user_id"`); `None` hashes the whole event.
+    pub partition_by: Option<String>,
     /// Where the entry is.
     pub location: Location,
 }
@@ -187,9 +204,16 @@ pub struct StageDecl {
     pub buffer_keep: Option<BufferKeep>,
     /// `workers = { min, max, autoscale, routing, events_per_worker }`, and where.
     pub workers: Option<(PoolConfig, Location)>,
+    /// `part = "..."`: which process of a scaled-out run holds the stage, and where it was written.
+    pub part: Option<(String, Location)>,
 }
 
 impl StageDecl {
+    /// The part this stage runs in ([`DEFAULT_PART`] unless the file says).
+    pub fn part(&self) -> &str {
+        self.part.as_ref().map_or(DEFAULT_PART, |(part, _)| part.as_str())
+    }
+
     /// The kind-specific setting `key`, if written.
     pub fn setting(&self, key: &str) -> Option<&Setting> {
         self.settings.iter().find(|setting| setting.key == key)

@@ -9,7 +9,8 @@ use toml::Spanned;
 
 use super::env::expand_env;
 use super::{
-    ConfigError, ConfigErrors, DispatcherDecl, Location, PipelineFile, Setting, StageDecl, SubscriptionDecl,
+    ClusterDecl, ConfigError, ConfigErrors, DispatcherDecl, Location, PipelineFile, Setting, StageDecl,
+    SubscriptionDecl,
 };
 use crate::buffer::BufferKeep;
 use crate::demand::DemandBounds;
@@ -35,13 +36,16 @@ struct RawPipeline {
     description: Option<String>,
     #[serde(default)]
     settings: toml::Table,
+    #[serde(default)]
+    cluster: Option<Spanned<RawTable>>,
 }
 
 /// The keys every stage table may have; anything else is a kind-specific setting.
-pub(crate) const COMMON_KEYS: [&str; 7] =
-    ["id", "kind", "subscribe_to", "dispatcher", "buffer_size", "buffer_keep", "workers"];
+pub(crate) const COMMON_KEYS: [&str; 8] =
+    ["id", "kind", "subscribe_to", "dispatcher", "buffer_size", "buffer_keep", "workers", "part"];
 
-const SUBSCRIPTION_KEYS: [&str; 6] = ["id", "max_demand", "min_demand", "partition", "selector", "cancel"];
+const SUBSCRIPTION_KEYS: [&str; 7] =
+    ["id", "max_demand", "min_demand", "partition", "selector", "cancel", "partition_by"];
 const WORKER_KEYS: [&str; 6] = ["min", "max", "autoscale", "routing", "events_per_worker", "frame_ms"];
 
 struct Reader<'a> {
@@ -135,6 +139,7 @@ impl Reader<'_> {
             buffer_size: None,
             buffer_keep: None,
             workers: None,
+            part: None,
         };
         for (key, value) in &table {
             let location = self.at(key.span().start);
@@ -152,6 +157,7 @@ impl Reader<'_> {
                 "buffer_size" => count(&value, "buffer_size").map(|size| decl.buffer_size = Some(size)),
                 "buffer_keep" => buffer_keep(&value).map(|keep| decl.buffer_keep = Some(keep)),
                 "workers" => workers(&value).map(|pool| decl.workers = Some((pool, location))),
+                "part" => part(&value).map(|part| decl.part = Some((part, location))),
                 other => {
                     decl.settings.push(Setting { key: other.to_string(), value, location });
                     Ok(())
@@ -162,6 +168,19 @@ impl Reader<'_> {
             }
         }
         Some(decl)
+    }
+
+    fn cluster(&mut self, table: Spanned<RawTable>) -> ClusterDecl {
+        let location = self.at(table.span().start);
+        let mut settings = Vec::new();
+        for (key, value) in table.into_inner() {
+            let at = self.at(key.span().start);
+            match self.expand(value.get_ref()) {
+                Ok(value) => settings.push(Setting { key: key.into_inner(), value, location: at }),
+                Err(why) => self.error(at, None, format!("[pipeline.cluster] `{}`: {why}", key.get_ref())),
+            }
+        }
+        ClusterDecl { location, settings }
     }
 
     fn subscriptions(
@@ -190,6 +209,7 @@ fn subscription(item: &toml::Value, location: Location) -> Result<SubscriptionDe
         partition: None,
         selector: None,
         cancel: CancelMode::Permanent,
+        partition_by: None,
         location,
     };
     let table = match item {
@@ -217,6 +237,11 @@ fn subscription(item: &toml::Value, location: Location) -> Result<SubscriptionDe
             "partition" => decl.partition = Some(count(value, "partition")?),
             "selector" => {
                 decl.selector = Some(value.as_str().ok_or("`selector` must be a string")?.to_string())
+            }
+            "partition_by" => {
+                decl.partition_by = Some(
+                    value.as_str().ok_or("`partition_by` must be a string, e.g. \"user_id\"")?.to_string(),
+                )
             }
             "cancel" => {
                 decl.cancel = match value.as_str() {
@@ -277,6 +302,18 @@ fn dispatcher(value: &toml::Value) -> Result<DispatcherDecl, String> {
         ("partition", Some(partitions)) => Ok(DispatcherDecl::Partition { partitions }),
         ("partition", None) => Err("a partition dispatcher needs `partitions = N`".into()),
         _ => Err(EXPECTED.into()),
+    }
+}
+
+fn part(value: &toml::Value) -> Result<String, String> {
+    match value.as_str() {
+        Some(part)
+            if !part.is_empty()
+                && part.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') =>
+        {
+            Ok(part.to_string())
+        }
+        _ => Err(format!("`part` must be a name of letters, digits, `_` or `-`, got {value}")),
     }
 }
 
@@ -341,12 +378,14 @@ pub fn parse_pipeline(
     let mut reader = Reader { path, text, lookup, errors: Vec::new() };
     let _ = raw.pipeline.description;
     let stages: Vec<StageDecl> = raw.stage.into_iter().filter_map(|table| reader.stage(table)).collect();
+    let cluster = raw.pipeline.cluster.map(|table| reader.cluster(table));
     if reader.errors.is_empty() {
         Ok(PipelineFile {
             path: path.to_path_buf(),
             name: raw.pipeline.name,
             settings: raw.pipeline.settings,
             stages,
+            cluster,
         })
     } else {
         Err(ConfigErrors(reader.errors))

@@ -92,6 +92,10 @@ pub fn load(
         apply_override(&mut file, assignment).map_err(|why| format!("--set {assignment}: {why}"))?;
     }
     registry.check(&file).map_err(|errors| describe(&errors))?;
+    let scale_out = crate::cluster::check(&file, registry);
+    if !scale_out.is_empty() {
+        return Err(describe(&ConfigErrors(scale_out)));
+    }
     Ok(file)
 }
 
@@ -162,6 +166,8 @@ pub struct RunOptions {
     pub drain_timeout: Duration,
     /// Where to serve the HTTP endpoints (`--http`), if anywhere.
     pub http: Option<std::net::SocketAddr>,
+    /// The parts to run (`--part`); empty runs every part in this process.
+    pub parts: Vec<String>,
 }
 
 /// `stageflow run`: starts the embedded emulator if the file asks for one
@@ -177,6 +183,7 @@ pub async fn run_file(
     let mut vars = HashMap::new();
     let mut emulator = None;
     if std::env::var_os(EMULATOR_URL).is_none()
+        && runs_a_source_of_the_emulator(&text, path, &options.parts)
         && let Some(config) = embedded_emulator(&text, path)?
     {
         let handle = start_emulator("127.0.0.1:0", config).await?;
@@ -194,6 +201,17 @@ pub async fn run_file(
     outcome
 }
 
+/// Whether the parts a run starts read the emulator (have an `sse` stage):
+/// a process running only the downstream part of a scaled-out file starts none.
+fn runs_a_source_of_the_emulator(text: &str, path: &Path, parts: &[String]) -> bool {
+    if parts.is_empty() {
+        return true;
+    }
+    let any_value = |_: &str| Some(String::new());
+    let Ok(file) = parse_pipeline(path, text, &any_value) else { return true };
+    file.stages.iter().any(|stage| stage.kind == "sse" && parts.iter().any(|part| part == stage.part()))
+}
+
 /// Runs a checked pipeline file until it ends, `--for` passes or Ctrl-C,
 /// showing live numbers, then prints the summary table.
 pub async fn run(registry: &Registry, file: PipelineFile, options: RunOptions) -> Result<(), String> {
@@ -201,7 +219,12 @@ pub async fn run(registry: &Registry, file: PipelineFile, options: RunOptions) -
         format!("cannot create the data directory {}: {error}", options.data_dir.display())
     })?;
     let context = BuildContext::for_file(&file, options.data_dir.clone());
-    let mut pipeline = registry.build(&file, &context).map_err(|errors| errors.to_string())?;
+    let (mut pipeline, cut) = if options.parts.is_empty() {
+        (registry.build(&file, &context).map_err(|errors| errors.to_string())?, None)
+    } else {
+        let part = build_parts(registry, &file, &options.parts, &context).await?;
+        (part.pipeline, Some(part.cut))
+    };
     pipeline.drain_timeout(options.drain_timeout);
     let mut running = pipeline.start().map_err(|error| format!("{}: {error}", file.path.display()))?;
     let _http = match options.http {
@@ -230,13 +253,18 @@ pub async fn run(registry: &Registry, file: PipelineFile, options: RunOptions) -
             trigger.shutdown();
         });
     }
-    let view = tokio::spawn(live_view(running.metrics_reader()));
+    let report = cut.as_ref().map(|cut| cut.report.clone()).unwrap_or_default();
+    let view = tokio::spawn(live_view(running.metrics_reader(), report.clone()));
     let outcome = running.wait().await;
     view.abort();
     let _ = view.await;
     let elapsed = started.elapsed();
     let stages = running.metrics();
     println!("{}", summary_table(&stages, elapsed));
+    if !report.is_empty() {
+        println!("{}", report.table());
+    }
+    drop(cut);
     match outcome {
         Ok(_) => {
             println!(
@@ -250,6 +278,20 @@ pub async fn run(registry: &Registry, file: PipelineFile, options: RunOptions) -
         }
         Err(error) => Err(format!("pipeline '{}' failed: {error}", file.name)),
     }
+}
+
+/// The pipeline of the parts `parts` of `file`, its cut edges on JetStream.
+async fn build_parts(
+    registry: &Registry,
+    file: &PipelineFile,
+    parts: &[String],
+    context: &BuildContext,
+) -> Result<crate::cluster::PartPipeline, String> {
+    let settings =
+        crate::cluster::ClusterSettings::of(file).map_err(|errors| describe(&ConfigErrors(errors)))?;
+    let (edges, _) = crate::cluster::cut_edges(file);
+    let cut = crate::cluster::cut(file, &edges, parts)?;
+    crate::cluster::build_cut(registry, &cut, &settings, context, &file.path.display().to_string()).await
 }
 
 /// One line per file a run leaves in the data directory that a user may want to open.
@@ -289,7 +331,7 @@ fn moved(stage: &StageSnapshot) -> u64 {
 }
 
 /// Refreshes one line per stage on a terminal; logs a line per stage every 5 s otherwise.
-async fn live_view(reader: MetricsReader) {
+async fn live_view(reader: MetricsReader, cut: crate::cluster::CutReport) {
     let terminal = std::io::stdout().is_terminal();
     let period = if terminal { Duration::from_millis(500) } else { Duration::from_secs(5) };
     let bars = MultiProgress::with_draw_target(if terminal {
@@ -302,6 +344,8 @@ async fn live_view(reader: MetricsReader) {
     let mut previous = reader.snapshot();
     let lines: Vec<ProgressBar> =
         previous.iter().map(|_| bars.add(ProgressBar::new_spinner().with_style(style.clone()))).collect();
+    let cut_lines: Vec<ProgressBar> =
+        cut.lines().iter().map(|_| bars.add(ProgressBar::new_spinner().with_style(style.clone()))).collect();
     let mut last = Instant::now();
     loop {
         tokio::time::sleep(period).await;
@@ -315,6 +359,14 @@ async fn live_view(reader: MetricsReader) {
                 line.tick();
             } else {
                 tracing::info!("{}", row_text(stage, rate));
+            }
+        }
+        for (line, text) in cut_lines.iter().zip(cut.lines()) {
+            if terminal {
+                line.set_message(text);
+                line.tick();
+            } else {
+                tracing::info!("{text}");
             }
         }
         previous = current;

@@ -34,7 +34,7 @@ enum LogFormat {
 enum Command {
     /// Runs a pipeline file until its sources end, `--for` passes or Ctrl-C; then drains and prints a summary.
     #[command(
-        after_help = "Examples:\n  stageflow run pipelines/demo.toml\n  stageflow run pipelines/demo.toml --for 10s --set numbers.count=5000\n  RUST_LOG=debug stageflow run pipelines/demo.toml > run.log"
+        after_help = "Examples:\n  stageflow run pipelines/demo.toml\n  stageflow run pipelines/demo.toml --for 10s --set numbers.count=5000\n  stageflow run pipelines/tweets-cluster.toml --part process\n  RUST_LOG=debug stageflow run pipelines/demo.toml > run.log"
     )]
     Run {
         /// The pipeline file (TOML).
@@ -54,6 +54,10 @@ enum Command {
         /// Serves the live page, /metrics, /healthz, /readyz, /api and /tap at this address (PORT means 127.0.0.1:PORT).
         #[arg(long, value_name = "ADDR", value_parser = stageflow_stages::http::parse_addr)]
         http: Option<std::net::SocketAddr>,
+        /// Runs only the stages of this part (repeatable); edges to other parts go through
+        /// NATS JetStream (`[pipeline.cluster]`). Without it every part runs here.
+        #[arg(long = "part", value_name = "PART")]
+        parts: Vec<String>,
     },
     /// Checks a pipeline file without running it: every problem, with file, line, column and stage.
     #[command(after_help = "Example:\n  stageflow check pipelines/demo.toml")]
@@ -125,12 +129,12 @@ fn main() -> ExitCode {
     };
     let registry = registry();
     let result = match cli.command {
-        Command::Run { file, duration, data_dir, drain_timeout, overrides, http } => {
+        Command::Run { file, duration, data_dir, drain_timeout, overrides, http, parts } => {
             runtime.block_on(cli::run_file(
                 &registry,
                 &file,
                 &overrides,
-                RunOptions { duration, data_dir, drain_timeout, http },
+                RunOptions { duration, data_dir, drain_timeout, http, parts },
             ))
         }
         Command::Check { file } => cli::load(&registry, &file, &[], &Default::default())

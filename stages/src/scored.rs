@@ -17,4 +17,7 @@ pub struct ScoredTweet {
     pub sentiment: f64,
     /// (favorites + retweets) / followers, followers 0 counted as 1.
     pub engagement: f64,
+    /// Finished when the tweet is stored (see [`crate::receipt::Receipt`]).
+    #[serde(skip)]
+    pub receipt: crate::receipt::Receipt,
 }

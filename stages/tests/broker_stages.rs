@@ -610,8 +610,13 @@ fn tweet(id: u64, user: u64) -> Tweet {
 /// `count` tweets from 7 users; every 5th is a retweet of the one before,
 /// whose original then comes again (extracted), as the analysis half emits them.
 fn stream(count: u64) -> Vec<ScoredTweet> {
-    let scored =
-        |tweet: Tweet, extracted: bool| ScoredTweet { tweet, extracted, sentiment: 0.5, engagement: 0.25 };
+    let scored = |tweet: Tweet, extracted: bool| ScoredTweet {
+        tweet,
+        extracted,
+        sentiment: 0.5,
+        engagement: 0.25,
+        receipt: Default::default(),
+    };
     let mut out = Vec::new();
     for i in 0..count {
         let id = 1000 + i;

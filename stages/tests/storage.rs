@@ -71,7 +71,13 @@ fn engagement_of(id: u64) -> f64 {
 
 fn scored(tweet: Tweet, extracted: bool) -> ScoredTweet {
     let id: u64 = tweet.id_str.parse().expect("numeric ids");
-    ScoredTweet { tweet, extracted, sentiment: 0.1, engagement: engagement_of(id) }
+    ScoredTweet {
+        tweet,
+        extracted,
+        sentiment: 0.1,
+        engagement: engagement_of(id),
+        receipt: Default::default(),
+    }
 }
 
 /// `count` distinct tweets from 37 users, as the analysis half emits them:

@@ -132,12 +132,13 @@ impl JoinState {
             let entry = self.pending.remove(&key).expect("just found");
             self.by_age.remove(&(entry.since, key));
             bump(&self.stats.joined, 1);
-            let FlowTweet { tweet, extracted, .. } = entry.tweet;
+            let FlowTweet { tweet, extracted, receipt, .. } = entry.tweet;
             return Some(ScoredTweet {
                 tweet: Arc::unwrap_or_clone(tweet),
                 extracted,
                 sentiment,
                 engagement,
+                receipt,
             });
         }
         while self.pending.len() >= self.max_pending {

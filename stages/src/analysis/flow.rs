@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use stageflow::dispatcher::Selector;
 use stageflow::{Emitter, Events, ProducerConsumer};
 
+use crate::receipt::Receipt;
 use crate::sse::{SseEvent, TweetMessage};
 use crate::tweet::Tweet;
 use stageflow::Pipeline;
@@ -24,12 +25,19 @@ pub struct FlowTweet {
     pub tweet: Arc<Tweet>,
     /// True when this tweet is another tweet's `retweeted_status`.
     pub extracted: bool,
+    /// Finished when every copy of this tweet is done with (see [`Receipt`]).
+    pub receipt: Receipt,
 }
 
 impl FlowTweet {
     /// A flow tweet with the next sequence number.
     pub fn new(tweet: impl Into<Arc<Tweet>>, extracted: bool) -> Self {
-        FlowTweet { seq: NEXT_SEQUENCE.fetch_add(1, Ordering::Relaxed), tweet: tweet.into(), extracted }
+        FlowTweet {
+            seq: NEXT_SEQUENCE.fetch_add(1, Ordering::Relaxed),
+            tweet: tweet.into(),
+            extracted,
+            receipt: Receipt::default(),
+        }
     }
 }
 

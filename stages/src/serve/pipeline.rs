@@ -164,12 +164,14 @@ pub(crate) fn add_broker(file: &mut PipelineFile, addr: &str) -> Result<(), Stri
             partition: None,
             selector: None,
             cancel: CancelMode::default(),
+            partition_by: None,
             location: Location::default(),
         }],
         dispatcher: None,
         buffer_size: None,
         buffer_keep: None,
         workers: None,
+        part: None,
     };
     let aggregator =
         file.stages.iter_mut().find(|stage| stage.kind == "aggregator").ok_or_else(|| {

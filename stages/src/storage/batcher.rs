@@ -278,6 +278,7 @@ mod tests {
             extracted: false,
             sentiment: 0.0,
             engagement: 0.0,
+            receipt: Default::default(),
         }
     }
 

@@ -239,7 +239,7 @@ mod tests {
     }
 
     fn scored(tweet: Tweet, engagement: f64) -> ScoredTweet {
-        ScoredTweet { tweet, extracted: false, sentiment: 0.5, engagement }
+        ScoredTweet { tweet, extracted: false, sentiment: 0.5, engagement, receipt: Default::default() }
     }
 
     #[test]

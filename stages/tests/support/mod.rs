@@ -4,5 +4,6 @@
 
 pub mod broker_process;
 pub mod http_process;
+pub mod nats;
 pub mod secantus;
 pub mod tools;

@@ -138,6 +138,20 @@ impl Secantus {
         }
     }
 
+    /// Stops the server process where it is (SIGSTOP): connections hang, nothing is answered.
+    pub fn pause(&self) {
+        if let Some(child) = &self.child {
+            let _ = Command::new("kill").args(["-STOP", &child.id().to_string()]).status();
+        }
+    }
+
+    /// Lets a paused server go on (SIGCONT).
+    pub fn resume(&self) {
+        if let Some(child) = &self.child {
+            let _ = Command::new("kill").args(["-CONT", &child.id().to_string()]).status();
+        }
+    }
+
     /// A client of this server.
     pub async fn client(&self) -> Client {
         Client::with_uri_str(self.uri("admin")).await.expect("a client")

@@ -1,0 +1,318 @@
+//! The consuming side of a cut edge: one durable pull consumer per partition,
+//! pinned by the server to one live process of the part (JetStream priority
+//! groups), fetched only as downstream demand allows and acked when the
+//! event is finished with.
+
+use std::marker::PhantomData;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use async_nats::jetstream::consumer::PullConsumer;
+use async_nats::jetstream::{self, stream::Stream as JetStream};
+use futures::StreamExt;
+use stageflow::{Emitter, Flow, Producer};
+use tokio::sync::{Mutex, Notify, mpsc};
+use tokio::task::JoinHandle;
+
+use super::CutStats;
+use super::wire::Wire;
+use crate::receipt::Receipt;
+
+/// The priority group every process of a part pulls in.
+pub const GROUP: &str = "stageflow";
+/// How long the server keeps a silent client pinned before another takes over.
+pub const PIN_TIMEOUT: Duration = Duration::from_secs(5);
+/// The expiry of each pull: well under [`PIN_TIMEOUT`], so a pulling client keeps its pin.
+const PULL_EXPIRES: Duration = Duration::from_secs(1);
+
+/// A message fetched from a partition and not yet emitted: dropped unread
+/// (at shutdown) it is not acked, so the server delivers it again.
+type Fetched = jetstream::Message;
+
+/// Acks a JetStream message when dropped: when every copy of its event is finished with.
+struct AckOnDrop {
+    reply: Option<async_nats::Subject>,
+    acks: mpsc::Sender<async_nats::Subject>,
+}
+
+impl Drop for AckOnDrop {
+    fn drop(&mut self) {
+        let Some(reply) = self.reply.take() else { return };
+        // The channel holds as many acks as messages may be unacked, so it has room.
+        if let Err(mpsc::error::TrySendError::Full(reply)) = self.acks.try_send(reply) {
+            let acks = self.acks.clone();
+            tokio::spawn(async move {
+                let _ = acks.send(reply).await;
+            });
+        }
+    }
+}
+
+/// One partition's pull consumer and what the rebalancer knows of it.
+pub(crate) struct Partition {
+    pub(crate) consumer: PullConsumer,
+    pub(crate) name: String,
+    /// The pin id of the messages this process received last on it.
+    pub(crate) pin: std::sync::Mutex<Option<String>>,
+    /// Set by the rebalancer: stop pulling, unpin, and wait as standby.
+    pub(crate) release: Notify,
+    pub(crate) owned: AtomicBool,
+}
+
+/// The receiving end of one inbound cut edge in this process.
+pub struct Inbound<T> {
+    fetched: Mutex<mpsc::Receiver<Fetched>>,
+    acks: mpsc::Sender<async_nats::Subject>,
+    stats: Arc<CutStats>,
+    tasks: Vec<JoinHandle<()>>,
+    _events: PhantomData<fn() -> T>,
+}
+
+impl<T: Wire> Inbound<T> {
+    /// Starts pulling every partition of the edge (pinned or on standby) and acking.
+    pub(crate) fn start(
+        client: async_nats::Client,
+        stream: JetStream,
+        partitions: Vec<Arc<Partition>>,
+        max_demand: usize,
+        stats: Arc<CutStats>,
+    ) -> Self {
+        let (sender, fetched) = mpsc::channel(max_demand.max(1));
+        let (acks, mut ack_queue) =
+            mpsc::channel::<async_nats::Subject>(max_demand.max(1) * partitions.len());
+        let mut tasks = Vec::new();
+        let ack_stats = stats.clone();
+        tasks.push(tokio::spawn(async move {
+            while let Some(reply) = ack_queue.recv().await {
+                if client.publish(reply, "+ACK".into()).await.is_ok() {
+                    ack_stats.acked.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }));
+        for partition in partitions {
+            let (sender, stats, stream) = (sender.clone(), stats.clone(), stream.clone());
+            tasks.push(tokio::spawn(pull_partition(partition, stream, max_demand, sender, stats)));
+        }
+        Inbound { fetched: Mutex::new(fetched), acks, stats, tasks, _events: PhantomData }
+    }
+
+    /// The event a message carries, with its ack attached (or handed back if
+    /// the event cannot carry it); `None` for a message that cannot be read,
+    /// which is acked and dropped: it never will be readable.
+    fn open(&self, message: Fetched) -> Option<(T, Option<Receipt>)> {
+        let receipt = message
+            .reply
+            .clone()
+            .map(|reply| Receipt::new(AckOnDrop { reply: Some(reply), acks: self.acks.clone() }))
+            .unwrap_or_default();
+        match T::decode(&message.payload) {
+            Ok(mut event) => {
+                let receipt = event.attach(receipt);
+                Some((event, receipt))
+            }
+            Err(error) => {
+                self.stats.undecodable.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(subject = %message.subject, "dropping an event that cannot be read: {error}");
+                None
+            }
+        }
+    }
+}
+
+impl<T> Drop for Inbound<T> {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+/// Pulls one partition for as long as the process runs: while pinned it
+/// receives, otherwise its pull waits on standby until the server pins it.
+async fn pull_partition(
+    partition: Arc<Partition>,
+    stream: JetStream,
+    max_demand: usize,
+    sender: mpsc::Sender<Fetched>,
+    stats: Arc<CutStats>,
+) {
+    loop {
+        let messages = partition
+            .consumer
+            .stream()
+            .group(GROUP)
+            .max_messages_per_batch(max_demand.clamp(1, 256))
+            .expires(PULL_EXPIRES)
+            .heartbeat(PULL_EXPIRES / 3)
+            .messages()
+            .await;
+        let mut messages = match messages {
+            Ok(messages) => messages,
+            Err(error) => {
+                tracing::debug!(consumer = %partition.name, "pull failed, retrying: {error}");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        loop {
+            let next = tokio::select! {
+                _ = partition.release.notified() => {
+                    drop(messages);
+                    partition.owned.store(false, Ordering::Relaxed);
+                    if let Err(error) = stream.unpin_consumer(&partition.name, GROUP).await {
+                        tracing::debug!(consumer = %partition.name, "unpin failed: {error}");
+                    }
+                    // Stay on the side until a standby holds the pin (or 10 s passed).
+                    let mine = partition.pin.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).clone();
+                    for _ in 0..20 {
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                        let pinned = stream.consumer_info(&partition.name).await.ok().and_then(|info| {
+                            info.priority_groups.first().and_then(|group| group.pinned_client_id.clone())
+                        });
+                        if pinned.is_some() && pinned != mine {
+                            break;
+                        }
+                    }
+                    break;
+                }
+                next = messages.next() => next,
+            };
+            let message = match next {
+                Some(Ok(message)) => message,
+                Some(Err(error)) => {
+                    tracing::debug!(consumer = %partition.name, "pull: {error}");
+                    continue;
+                }
+                None => break,
+            };
+            if let Some(pin) = message.headers.as_ref().and_then(|headers| headers.get("Nats-Pin-Id")) {
+                *partition.pin.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) =
+                    Some(pin.to_string());
+            }
+            partition.owned.store(true, Ordering::Relaxed);
+            stats.received.fetch_add(1, Ordering::Relaxed);
+            if message.info().is_ok_and(|info| info.delivered > 1) {
+                stats.redelivered.fetch_add(1, Ordering::Relaxed);
+            }
+            if sender.send(message).await.is_err() {
+                return; // the stage is gone
+            }
+        }
+    }
+}
+
+/// The producer stage of an inbound cut edge: the local replica of the producer in the other part.
+pub struct NatsSubscribe<T> {
+    inbound: Arc<Inbound<T>>,
+    _events: PhantomData<fn() -> T>,
+}
+
+impl<T> NatsSubscribe<T> {
+    /// The stage emitting what `inbound` fetches.
+    pub fn new(inbound: Arc<Inbound<T>>) -> Self {
+        NatsSubscribe { inbound, _events: PhantomData }
+    }
+}
+
+impl<T: Wire> Producer for NatsSubscribe<T> {
+    type Out = T;
+
+    async fn produce(&mut self, demand: usize, out: &mut Emitter<T>) -> Flow {
+        let mut fetched = self.inbound.fetched.lock().await;
+        let mut receipts = Vec::new();
+        // Waits for at least one event (a message that cannot be read is
+        // skipped): a call that emits nothing would wait for new demand.
+        while out.is_empty() {
+            let Some(first) = fetched.recv().await else { return Flow::Done };
+            let mut next = Some(first);
+            while let Some(message) = next.take() {
+                if let Some((event, receipt)) = self.inbound.open(message) {
+                    out.emit(event);
+                    receipts.extend(receipt);
+                }
+                if out.len() < demand {
+                    next = fetched.try_recv().ok();
+                }
+            }
+        }
+        // Events that cannot carry a receipt are acked once emitted.
+        drop(receipts);
+        Flow::Continue
+    }
+}
+
+/// Keeps this process's share of partitions fair: every few seconds it
+/// counts the live processes of the part (a key each in a JetStream
+/// key-value bucket whose entries expire) and, when it holds more than its
+/// share, releases the surplus so the server pins a standby process. Which
+/// process holds a partition is always the server's pin, never ours.
+pub(crate) async fn rebalance(
+    members: jetstream::kv::Store,
+    part: String,
+    member: String,
+    edges: Vec<(Vec<Arc<Partition>>, JetStream, Arc<CutStats>)>,
+) {
+    let key = format!("{part}.{member}");
+    let mut tick = tokio::time::interval(Duration::from_secs(2));
+    loop {
+        tick.tick().await;
+        if let Err(error) = members.put(&key, "alive".into()).await {
+            tracing::debug!("membership heartbeat failed: {error}");
+            continue;
+        }
+        let live = match members.keys().await {
+            Ok(keys) => {
+                keys.filter_map(|key| async move { key.ok() })
+                    .filter(|key| {
+                        let mine = key.starts_with(&format!("{part}."));
+                        async move { mine }
+                    })
+                    .count()
+                    .await
+            }
+            Err(_) => continue,
+        };
+        for (partitions, stream, stats) in &edges {
+            let mut owned = Vec::new();
+            let mut pending = 0u64;
+            for partition in partitions {
+                let Ok(info) = stream.consumer_info(&partition.name).await else { continue };
+                pending += info.num_pending + info.num_ack_pending as u64;
+                let pinned = info.priority_groups.first().and_then(|group| group.pinned_client_id.clone());
+                let mine = partition.pin.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).clone();
+                let holds = pinned.is_some() && pinned == mine;
+                partition.owned.store(holds, Ordering::Relaxed);
+                if holds {
+                    owned.push(partition.clone());
+                }
+            }
+            stats.pending.store(pending, Ordering::Relaxed);
+            stats.owned.store(owned.len() as u64, Ordering::Relaxed);
+            let share = fair_share(partitions.len(), live);
+            for surplus in owned.iter().skip(share) {
+                tracing::info!(consumer = %surplus.name, live, share, "releasing a partition to another process of the part");
+                surplus.release.notify_one();
+            }
+        }
+    }
+}
+
+/// Partitions one of `live` processes may hold: the ceiling of an even split.
+pub fn fair_share(partitions: usize, live: usize) -> usize {
+    partitions.div_ceil(live.max(1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shares_round_up_so_every_partition_has_room() {
+        assert_eq!(fair_share(8, 1), 8);
+        assert_eq!(fair_share(8, 2), 4);
+        assert_eq!(fair_share(8, 3), 3);
+        assert_eq!(fair_share(8, 0), 8, "before the first heartbeat counts itself");
+        assert_eq!(fair_share(2, 5), 1);
+    }
+}
