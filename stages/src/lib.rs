@@ -37,6 +37,8 @@ pub fn registry() -> Registry {
         .add::<demo::PrintKind>()
         .add::<sse::SseKind>()
         .add::<csv_source::CsvTweetsKind>()
+        .add::<cluster::NatsPublishKind>()
+        .add::<cluster::NatsSubscribeKind>()
         .add::<analysis::flow::TweetsKind>()
         .add::<analysis::logger::LoggerKind>()
         .add::<analysis::sentiment::SentimentKind>()

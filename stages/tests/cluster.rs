@@ -697,3 +697,84 @@ async fn a_stalled_store_caps_what_each_partition_hands_out_and_a_stopped_nats_s
     assert_eq!(sent(&source), 2 * limit, "the emulator sent its whole streams");
     worker.interrupt().await;
 }
+
+// ---------------------------------------------------------------- the nats_publish and nats_subscribe kinds
+
+const TO_NATS: &str = r#"
+[pipeline]
+name = "to-nats"
+
+[[stage]]
+id = "numbers"
+kind = "numbers"
+start = 1
+count = 2000
+
+[[stage]]
+id = "text"
+kind = "format"
+template = "n = {}"
+subscribe_to = ["numbers"]
+
+[[stage]]
+id = "publish"
+kind = "nats_publish"
+nats = "${NATS_URL}"
+subject = "demo.lines"
+stream = "demo"
+subscribe_to = ["text"]
+"#;
+
+const FROM_NATS: &str = r#"
+[pipeline]
+name = "from-nats"
+
+[[stage]]
+id = "lines"
+kind = "nats_subscribe"
+nats = "${NATS_URL}"
+stream = "demo"
+subject = "demo.lines"
+max_ack_pending = 100
+
+[[stage]]
+id = "print"
+kind = "print"
+subscribe_to = [{ id = "lines", max_demand = 50 }]
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_publishing_to_a_subject_and_a_file_reading_it_pass_every_line_once() {
+    let _serial = SERIAL.lock().await;
+    let Some(nats) = NatsServer::start().await else { return };
+    let data = tempfile::tempdir().unwrap();
+    let (to, from) = (data.path().join("to.toml"), data.path().join("from.toml"));
+    std::fs::write(&to, TO_NATS).unwrap();
+    std::fs::write(&from, FROM_NATS).unwrap();
+    let env = [("NATS_URL", nats.url())];
+    let publish = Stageflow::start(&["run", to.to_str().unwrap()], &env, data.path());
+    let (status, stdout, stderr) = publish.finish(Duration::from_secs(60)).await;
+    assert!(status.success(), "the publishing file ends with its numbers: {status}\n{stdout}\n{stderr}");
+    let read = Stageflow::start(&["run", from.to_str().unwrap()], &env, data.path());
+    until(Duration::from_secs(60), "every line read and acked", || async {
+        let state = consumers(&nats.url(), "demo").await;
+        state.len() == 1 && state[0].1 == 0 && state[0].2 == 0
+    })
+    .await;
+    let (stdout, _) = read.interrupt().await;
+    assert_eq!(numbers_printed(&stdout), (1..=2000).collect::<Vec<u64>>(), "each line once, in order");
+
+    let bad = TO_NATS.replace("subject = \"demo.lines\"", "subject = \"demo.*\"");
+    std::fs::write(&to, bad).unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_stageflow"))
+        .args(["check", to.to_str().unwrap()])
+        .env("NATS_URL", nats.url())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(
+        stderr.contains("stage 'publish': `subject` must be tokens separated by dots, without wildcards"),
+        "{stderr}"
+    );
+}

@@ -176,6 +176,40 @@ async fn ensure_partition(
     })
 }
 
+/// A stream a stage creates when it is missing.
+#[derive(Debug, Clone)]
+pub struct StreamSpec {
+    /// The stream's name.
+    pub name: String,
+    /// The subjects it captures.
+    pub subjects: Vec<String>,
+    /// Its replicas.
+    pub replicas: usize,
+}
+
+/// Creates `spec`'s stream unless it exists, retrying (and saying so once) until the server takes it.
+pub async fn ensure_stream_named(js: &jetstream::Context, spec: &StreamSpec, url: &str) {
+    let config = jetstream::stream::Config {
+        name: spec.name.clone(),
+        subjects: spec.subjects.clone(),
+        storage: jetstream::stream::StorageType::File,
+        num_replicas: spec.replicas,
+        duplicate_window: Duration::from_secs(120),
+        ..Default::default()
+    };
+    let mut said = false;
+    while let Err(error) = js.get_or_create_stream(config.clone()).await {
+        if !said {
+            tracing::error!(
+                "cannot create the JetStream stream {} at {url}: {error}; retrying every 2 s",
+                spec.name
+            );
+            said = true;
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+}
+
 /// A pipeline for the parts a process runs, with its cut edges on JetStream.
 pub struct PartPipeline {
     /// The stages to start.
@@ -234,7 +268,8 @@ pub async fn build_cut(
             cut.stages.iter().find(|stage| stage.id == edge.producer).expect("outbound producers run here");
         let stats = report.add(edge, CutDirection::Out);
         let outbound = Arc::new(Outbound {
-            jetstream: js.clone(),
+            jetstream: tokio::sync::OnceCell::new_with(Some(js.clone())),
+            connect: None,
             subject_prefix: format!("{}.{}.{}", settings.stream, edge.producer, edge.part),
             partitions: settings.partitions,
             partition_by: edge.partition_by.clone(),

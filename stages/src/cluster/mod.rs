@@ -37,8 +37,8 @@ use stageflow::config::{ConfigError, PipelineFile, Registry};
 
 pub use build::{PartPipeline, RunningCut, build_cut, connect, ensure_stream};
 pub use plan::{Cut, CutEdge, cut, cut_edges, parts};
-pub use publish::NatsPublish;
-pub use subscribe::{NatsSubscribe, fair_share};
+pub use publish::{NatsPublish, NatsPublishKind};
+pub use subscribe::{NatsSubscribe, NatsSubscribeKind, fair_share};
 
 /// `[pipeline.cluster]`: where the log joining the parts is.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -15,19 +15,27 @@ use async_nats::jetstream::{self, context::PublishError, publish::PublishAck};
 
 use bytes::Bytes;
 use futures::FutureExt;
-use stageflow::{Consumer, Events};
+use stageflow::config::{BuildContext, DispatcherChoices, Kind, StageDecl, configure, settings};
+use stageflow::{Consumer, Events, Nothing, Pipeline};
+use tokio::sync::OnceCell;
 
 use super::CutStats;
+use super::build::{StreamSpec, connect, ensure_stream_named};
 use super::wire::{Wire, partition_of};
 use crate::storage::backoff;
 
 type AckFuture = Pin<Box<dyn Future<Output = Result<PublishAck, PublishError>> + Send>>;
 
-/// Where one producer's events go: the subjects of one cut edge.
+/// Where one producer's events go: the subjects of one cut edge, or the one
+/// subject of a `nats_publish` stage.
 pub struct Outbound {
-    pub(crate) jetstream: jetstream::Context,
-    /// `<stream>.<producer>.<part>`; the partition's `.p<k>` is appended.
+    /// Connected before the run for a cut edge; on first use for a `nats_publish` stage.
+    pub(crate) jetstream: OnceCell<jetstream::Context>,
+    /// Where to connect on first use (the URL and a stream to create), when not connected yet.
+    pub(crate) connect: Option<(String, Option<StreamSpec>)>,
+    /// `<stream>.<producer>.<part>` (the partition's `.p<k>` is appended), or the exact subject.
     pub(crate) subject_prefix: String,
+    /// Partitions of a cut edge; 0 publishes to `subject_prefix` itself.
     pub(crate) partitions: usize,
     pub(crate) partition_by: Option<String>,
     pub(crate) max_in_flight: usize,
@@ -35,6 +43,22 @@ pub struct Outbound {
     /// drops only our own retried copies.
     pub(crate) run_id: String,
     pub(crate) stats: Arc<CutStats>,
+}
+
+impl Outbound {
+    /// The JetStream context, connecting (and creating the stream) on first use.
+    async fn context(&self) -> &jetstream::Context {
+        self.jetstream
+            .get_or_init(|| async {
+                let (url, stream) = self.connect.clone().expect("a context or where to connect");
+                let js = jetstream::new(connect(&url).await);
+                if let Some(stream) = stream {
+                    ensure_stream_named(&js, &stream, &url).await;
+                }
+                js
+            })
+            .await
+    }
 }
 
 struct InFlight {
@@ -74,7 +98,8 @@ impl<T> NatsPublish<T> {
             let mut headers = HeaderMap::new();
             headers.insert("Nats-Msg-Id", entry.msg_id.as_str());
             let sent = outbound
-                .jetstream
+                .context()
+                .await
                 .publish_with_headers(entry.subject.clone(), headers, entry.payload.clone())
                 .await;
             match sent {
@@ -160,10 +185,15 @@ impl<T: Wire> Consumer for NatsPublish<T> {
             let payload = event.encode();
             let key =
                 self.outbound.partition_by.as_deref().map(|by| event.partition_key(by)).unwrap_or_default();
-            let k = partition_of(&key, &payload, self.outbound.partitions);
             let number = self.outbound.stats.published.fetch_add(1, Ordering::Relaxed);
+            let subject = match self.outbound.partitions {
+                0 => self.outbound.subject_prefix.clone(),
+                partitions => {
+                    format!("{}.p{}", self.outbound.subject_prefix, partition_of(&key, &payload, partitions))
+                }
+            };
             let mut entry = InFlight {
-                subject: format!("{}.p{k}", self.outbound.subject_prefix),
+                subject,
                 payload: Bytes::from(payload),
                 msg_id: format!("{}-{number}", self.outbound.run_id),
                 ack: Ack::Unsent,
@@ -189,5 +219,74 @@ impl<T: Wire> Consumer for NatsPublish<T> {
         while !self.in_flight.is_empty() {
             self.settle_oldest().await;
         }
+    }
+}
+
+/// publishes each text event to a NATS JetStream subject, holding at most `max_in_flight` unacknowledged publishes (a slow or unreachable server holds the pipeline back); read it with `nats_subscribe` or any NATS client
+#[settings]
+pub struct NatsPublishKind {
+    /// the subject every event is published to, e.g. "orders.new"
+    subject: String,
+    /// NATS server URL, or several of a cluster comma-separated (default "nats://127.0.0.1:4222")
+    #[default(DEFAULT_NATS.into())]
+    nats: String,
+    /// a JetStream stream to create for the subject if none captures it yet (default: an existing stream must)
+    stream: Option<String>,
+    /// unacknowledged publishes held at most (default 1000)
+    #[default(1000)]
+    max_in_flight: usize,
+}
+
+/// Where NATS listens unless a stage says otherwise.
+pub const DEFAULT_NATS: &str = "nats://127.0.0.1:4222";
+
+impl Kind for NatsPublishKind {
+    const NAME: &'static str = "nats_publish";
+    type In = String;
+    type Out = Nothing;
+
+    fn check(&self, _: &StageDecl) -> Result<(), String> {
+        check_subject(&self.subject)?;
+        if self.max_in_flight == 0 {
+            return Err("`max_in_flight` must be at least 1".into());
+        }
+        match &self.stream {
+            Some(stream) if !super::plan::subject_token(stream) => {
+                Err(format!("`stream` must be a name of letters, digits, `_` or `-`, got \"{stream}\""))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    fn build(self, stage: &StageDecl, pipeline: &mut Pipeline, _: &BuildContext) -> Result<(), String> {
+        let stream =
+            self.stream.map(|name| StreamSpec { name, subjects: vec![self.subject.clone()], replicas: 1 });
+        let outbound = Arc::new(Outbound {
+            jetstream: OnceCell::new(),
+            connect: Some((self.nats, stream)),
+            subject_prefix: self.subject,
+            partitions: 0,
+            partition_by: None,
+            max_in_flight: self.max_in_flight,
+            run_id: format!("{:016x}", rand::random::<u64>()),
+            stats: Arc::default(),
+        });
+        let config = pipeline.consumer(&stage.id, move || NatsPublish::<String>::new(outbound.clone()));
+        configure(stage, config, &DispatcherChoices::demand_only(), None)
+    }
+}
+
+/// A subject to publish to: dot-separated tokens, no wildcards or spaces.
+pub fn check_subject(subject: &str) -> Result<(), String> {
+    let valid = !subject.is_empty()
+        && subject.split('.').all(|token| {
+            !token.is_empty() && token != "*" && token != ">" && !token.chars().any(|c| c.is_whitespace())
+        });
+    if valid {
+        Ok(())
+    } else {
+        Err(format!(
+            "`subject` must be tokens separated by dots, without wildcards or spaces, got \"{subject}\""
+        ))
     }
 }

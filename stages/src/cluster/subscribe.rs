@@ -11,8 +11,10 @@ use std::time::Duration;
 use async_nats::jetstream::consumer::PullConsumer;
 use async_nats::jetstream::{self, stream::Stream as JetStream};
 use futures::StreamExt;
+use stageflow::config::{BuildContext, DispatcherChoices, Kind, StageDecl, configure, settings};
 use stageflow::{Emitter, Flow, Producer};
-use tokio::sync::{Mutex, Notify, mpsc};
+use stageflow::{Nothing, Pipeline};
+use tokio::sync::{Mutex, Notify, OnceCell, mpsc};
 use tokio::task::JoinHandle;
 
 use super::CutStats;
@@ -202,16 +204,134 @@ async fn pull_partition(
     }
 }
 
-/// The producer stage of an inbound cut edge: the local replica of the producer in the other part.
+/// The producer stage of an inbound cut edge (the local replica of the
+/// producer in the other part), or of a `nats_subscribe` stage.
 pub struct NatsSubscribe<T> {
-    inbound: Arc<Inbound<T>>,
+    inbound: Arc<OnceCell<Arc<Inbound<T>>>>,
+    /// Where to connect on first use, for a `nats_subscribe` stage.
+    setup: Option<Arc<SubscribeSetup>>,
     _events: PhantomData<fn() -> T>,
 }
 
 impl<T> NatsSubscribe<T> {
     /// The stage emitting what `inbound` fetches.
     pub fn new(inbound: Arc<Inbound<T>>) -> Self {
-        NatsSubscribe { inbound, _events: PhantomData }
+        NatsSubscribe {
+            inbound: Arc::new(OnceCell::new_with(Some(inbound))),
+            setup: None,
+            _events: PhantomData,
+        }
+    }
+}
+
+/// Where a `nats_subscribe` stage reads: connected when the stage first runs.
+#[derive(Debug)]
+pub struct SubscribeSetup {
+    nats: String,
+    stream: String,
+    subject: Option<String>,
+    durable: String,
+    max_ack_pending: usize,
+}
+
+impl SubscribeSetup {
+    /// Connects, finds the stream (waiting, said once, until it exists) and its durable consumer, and starts pulling.
+    async fn open<T: Wire>(&self) -> Arc<Inbound<T>> {
+        let client = super::build::connect(&self.nats).await;
+        let js = jetstream::new(client.clone());
+        let mut said = false;
+        let (stream, consumer) = loop {
+            let opened = async {
+                let stream = js.get_stream(&self.stream).await.map_err(|error| error.to_string())?;
+                let config = jetstream::consumer::pull::Config {
+                    durable_name: Some(self.durable.clone()),
+                    filter_subject: self.subject.clone().unwrap_or_default(),
+                    ack_policy: jetstream::consumer::AckPolicy::Explicit,
+                    ack_wait: super::build::ACK_WAIT,
+                    max_ack_pending: self.max_ack_pending as i64,
+                    priority_policy: jetstream::consumer::PriorityPolicy::PinnedClient,
+                    priority_groups: vec![GROUP.to_string()],
+                    priority_timeout: PIN_TIMEOUT,
+                    ..Default::default()
+                };
+                let consumer: PullConsumer = stream
+                    .get_or_create_consumer(&self.durable, config)
+                    .await
+                    .map_err(|error| error.to_string())?;
+                Ok::<_, String>((stream, consumer))
+            };
+            match opened.await {
+                Ok(opened) => break opened,
+                Err(error) => {
+                    if !said {
+                        tracing::error!(stream = %self.stream, "cannot read the JetStream stream at {}: {error}; retrying every 2 s", self.nats);
+                        said = true;
+                    }
+                    tokio::time::sleep(Duration::from_secs(2)).await;
+                }
+            }
+        };
+        let partition = Arc::new(Partition {
+            consumer,
+            name: self.durable.clone(),
+            pin: std::sync::Mutex::new(None),
+            release: Notify::new(),
+            owned: AtomicBool::new(false),
+        });
+        Arc::new(Inbound::start(client, stream, vec![partition], self.max_ack_pending, Arc::default()))
+    }
+}
+
+/// emits the messages of a NATS JetStream stream as text events, from a durable consumer (one reading process at a time; others wait on standby), acking each once emitted
+#[settings]
+pub struct NatsSubscribeKind {
+    /// the JetStream stream to read
+    stream: String,
+    /// only the messages of this subject (default: every subject of the stream)
+    subject: Option<String>,
+    /// the durable consumer's name: a later run resumes where it left (default: the stage id)
+    durable: Option<String>,
+    /// NATS server URL, or several of a cluster comma-separated (default "nats://127.0.0.1:4222")
+    #[default(super::publish::DEFAULT_NATS.into())]
+    nats: String,
+    /// messages handed out and not yet acked at most (default 1000)
+    #[default(1000)]
+    max_ack_pending: usize,
+}
+
+impl Kind for NatsSubscribeKind {
+    const NAME: &'static str = "nats_subscribe";
+    type In = Nothing;
+    type Out = String;
+
+    fn check(&self, stage: &StageDecl) -> Result<(), String> {
+        let durable = self.durable.as_deref().unwrap_or(&stage.id);
+        for (key, name) in [("stream", self.stream.as_str()), ("durable", durable)] {
+            if !super::plan::subject_token(name) {
+                return Err(format!("`{key}` must be a name of letters, digits, `_` or `-`, got \"{name}\""));
+            }
+        }
+        if self.max_ack_pending == 0 {
+            return Err("`max_ack_pending` must be at least 1".into());
+        }
+        Ok(())
+    }
+
+    fn build(self, stage: &StageDecl, pipeline: &mut Pipeline, _: &BuildContext) -> Result<(), String> {
+        let setup = Arc::new(SubscribeSetup {
+            durable: self.durable.unwrap_or_else(|| stage.id.clone()),
+            nats: self.nats,
+            stream: self.stream,
+            subject: self.subject,
+            max_ack_pending: self.max_ack_pending,
+        });
+        let inbound = Arc::new(OnceCell::new());
+        let config = pipeline.producer(&stage.id, move || NatsSubscribe::<String> {
+            inbound: inbound.clone(),
+            setup: Some(setup.clone()),
+            _events: PhantomData,
+        });
+        configure(stage, config, &DispatcherChoices::cloneable(), None)
     }
 }
 
@@ -219,7 +339,13 @@ impl<T: Wire> Producer for NatsSubscribe<T> {
     type Out = T;
 
     async fn produce(&mut self, demand: usize, out: &mut Emitter<T>) -> Flow {
-        let mut fetched = self.inbound.fetched.lock().await;
+        let setup = self.setup.clone();
+        let inbound = self
+            .inbound
+            .get_or_init(|| async move { setup.expect("an inbound edge or where to read").open::<T>().await })
+            .await
+            .clone();
+        let mut fetched = inbound.fetched.lock().await;
         let mut receipts = Vec::new();
         // Waits for at least one event (a message that cannot be read is
         // skipped): a call that emits nothing would wait for new demand.
@@ -227,7 +353,7 @@ impl<T: Wire> Producer for NatsSubscribe<T> {
             let Some(first) = fetched.recv().await else { return Flow::Done };
             let mut next = Some(first);
             while let Some(message) = next.take() {
-                if let Some((event, receipt)) = self.inbound.open(message) {
+                if let Some((event, receipt)) = inbound.open(message) {
                     out.emit(event);
                     receipts.extend(receipt);
                 }
