@@ -676,8 +676,8 @@ async fn a_stalled_store_caps_what_each_partition_hands_out_and_a_stopped_nats_s
         "stalled store: most unacked per partition {most_unacked}; pending in the stream {pending_seen:?}; worker RSS {rss_before} -> {rss_after} kB"
     );
     assert!(
-        pending_seen.last() > pending_seen.first(),
-        "the stream grows while the store stalls: {pending_seen:?}"
+        pending_seen.iter().max().is_some_and(|most| *most > 1000),
+        "the backlog waits in the stream, not in the worker: {pending_seen:?}"
     );
     assert!(
         rss_after < rss_before + 64 * 1024,

@@ -210,6 +210,26 @@ pub async fn ensure_stream_named(js: &jetstream::Context, spec: &StreamSpec, url
     }
 }
 
+/// Every 2 s, what waits in the stream for each outbound edge's consumers
+/// (once the consuming part has created them), and what they redelivered.
+async fn watch_outbound(stream: JetStream, edges: Vec<(Vec<String>, Arc<CutStats>)>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(2));
+    loop {
+        tick.tick().await;
+        for (durables, stats) in &edges {
+            let (mut pending, mut redelivered) = (0u64, 0u64);
+            for durable in durables {
+                if let Ok(info) = stream.consumer_info(durable).await {
+                    pending += info.num_pending + info.num_ack_pending as u64;
+                    redelivered += info.num_redelivered as u64;
+                }
+            }
+            stats.pending.store(pending, std::sync::atomic::Ordering::Relaxed);
+            stats.redelivered.store(redelivered, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+}
+
 /// A pipeline for the parts a process runs, with its cut edges on JetStream.
 pub struct PartPipeline {
     /// The stages to start.
@@ -222,12 +242,12 @@ pub struct PartPipeline {
 pub struct RunningCut {
     /// Figures of each cut edge, for the live view and the summary.
     pub report: CutReport,
-    background: Option<tokio::task::JoinHandle<()>>,
+    background: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl Drop for RunningCut {
     fn drop(&mut self) {
-        if let Some(task) = self.background.take() {
+        for task in self.background.drain(..) {
             task.abort();
         }
     }
@@ -250,7 +270,7 @@ pub async fn build_cut(
     }
     let mut report = CutReport::default();
     if cut.outbound.is_empty() && cut.inbound.is_empty() {
-        return Ok(PartPipeline { pipeline, cut: RunningCut { report, background: None } });
+        return Ok(PartPipeline { pipeline, cut: RunningCut { report, background: Vec::new() } });
     }
     let wires = wire_types();
     let wire_of = |producer: &StageDecl| -> Result<WireType, String> {
@@ -263,10 +283,13 @@ pub async fn build_cut(
     let js = jetstream::new(client.clone());
     let stream = ensure_stream(&js, settings).await?;
     let run_id = format!("{:016x}", rand::random::<u64>());
+    let mut outbound_edges = Vec::new();
     for edge in &cut.outbound {
         let producer =
             cut.stages.iter().find(|stage| stage.id == edge.producer).expect("outbound producers run here");
         let stats = report.add(edge, CutDirection::Out);
+        let durables: Vec<String> = (0..settings.partitions).map(|k| edge.durable(k)).collect();
+        outbound_edges.push((durables, stats.clone()));
         let outbound = Arc::new(Outbound {
             jetstream: tokio::sync::OnceCell::new_with(Some(js.clone())),
             connect: None,
@@ -304,7 +327,7 @@ pub async fn build_cut(
             .replica(&mut pipeline, producer, setup)
             .map_err(|why| format!("{file_label}: stage '{}': {why}", producer.id))?;
     }
-    let mut background = None;
+    let mut background = vec![tokio::spawn(watch_outbound(stream.clone(), outbound_edges))];
     if let Some((edge, _)) = cut.inbound.first() {
         let bucket = format!("{}_members", settings.stream);
         let members = match js.get_key_value(&bucket).await {
@@ -321,7 +344,7 @@ pub async fn build_cut(
                 .map_err(|error| format!("cannot create the JetStream key-value bucket {bucket}: {error}"))?,
         };
         let member = format!("{:016x}", rand::random::<u64>());
-        background = Some(tokio::spawn(rebalance(members, edge.part.clone(), member, balanced)));
+        background.push(tokio::spawn(rebalance(members, edge.part.clone(), member, balanced)));
     }
     Ok(PartPipeline { pipeline, cut: RunningCut { report, background } })
 }

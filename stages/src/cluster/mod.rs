@@ -195,9 +195,9 @@ pub struct CutStats {
     pub retries: AtomicU64,
     /// Messages received (inbound).
     pub received: AtomicU64,
-    /// Messages received more than once (inbound): what a failed process left unacked.
+    /// Messages received more than once (inbound), or redelivered by the edge's consumers (outbound).
     pub redelivered: AtomicU64,
-    /// Messages waiting in the stream or delivered and unacked, over all partitions (inbound).
+    /// Messages waiting in the stream or delivered and unacked, over all partitions.
     pub pending: AtomicU64,
     /// Partitions pinned to this process (inbound).
     pub owned: AtomicU64,
@@ -230,10 +230,12 @@ impl CutReport {
             .iter()
             .map(|(name, direction, stats)| match direction {
                 CutDirection::Out => format!(
-                    "cut {name:<18} out: published {} acked {} retries {}",
+                    "cut {name:<18} out: published {} acked {} retries {} pending {} redelivered {}",
                     get(&stats.published),
                     get(&stats.acked),
-                    get(&stats.retries)
+                    get(&stats.retries),
+                    get(&stats.pending),
+                    get(&stats.redelivered)
                 ),
                 CutDirection::In => format!(
                     "cut {name:<18} in:  received {} acked {} redelivered {} pending {} partitions held {}",
@@ -263,7 +265,9 @@ impl CutReport {
         ]);
         for (name, direction, stats) in &self.edges {
             let (way, published, received, pending, owned) = match direction {
-                CutDirection::Out => ("out", get(&stats.published), "-".into(), "-".into(), "-".into()),
+                CutDirection::Out => {
+                    ("out", get(&stats.published), "-".into(), get(&stats.pending), "-".into())
+                }
                 CutDirection::In => {
                     ("in", "-".into(), get(&stats.received), get(&stats.pending), get(&stats.owned))
                 }
