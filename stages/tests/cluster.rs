@@ -458,8 +458,10 @@ async fn ingest_and_two_process_workers_store_what_one_process_stores_id_for_id(
     let mut args = vec!["run", &file];
     args.extend(FAST);
     let one = Stageflow::start(&args, &env, data.path());
-    until_stored(&store, "whole", tweets.len(), Duration::from_secs(90)).await;
-    one.interrupt().await;
+    // A finite source: the run ends by itself, statistics and hashtags after the data.
+    let (status, stdout, stderr) = one.finish(Duration::from_secs(120)).await;
+    assert!(status.success(), "one process ends with its data: {status}\n{stdout}\n{stderr}");
+    assert!(stdout.contains("pipeline 'tweets-cluster' finished"), "{stdout}");
     assert_store_complete(&store, "whole", limit, Counts::Exact).await;
 
     // The same events through the cut: one ingest process, two process workers.
