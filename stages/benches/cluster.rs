@@ -131,6 +131,13 @@ fn main() {
             report.figure("cluster_baseline", "events_per_s", measured.per_second());
             report.figure("cluster_baseline", "events", measured.events as f64);
             report.figure("cluster_baseline", "seconds", measured.seconds);
+            for (process, seconds) in &measured.cpu {
+                report.figure(
+                    "cluster_baseline",
+                    &format!("cpu_ms_per_1000_{process}"),
+                    per_thousand(*seconds, measured.events),
+                );
+            }
             report.figure(
                 "cluster_baseline",
                 "published_per_s",
@@ -150,6 +157,13 @@ fn main() {
                 report.figure("cluster", &format!("tweets_per_s_{w}"), run.measured.per_second());
                 report.figure("cluster", &format!("tweets_{w}"), run.measured.events as f64);
                 report.figure("cluster", &format!("seconds_{w}"), run.measured.seconds);
+                for (process, seconds) in &run.measured.cpu {
+                    report.figure(
+                        "cluster",
+                        &format!("cpu_ms_per_1000_{process}_{w}"),
+                        per_thousand(*seconds, run.measured.events),
+                    );
+                }
                 report.figure(
                     "cluster",
                     &format!("published_per_s_{w}"),
@@ -212,8 +226,51 @@ fn load_average() -> String {
         .unwrap_or_else(|_| "unknown".into())
 }
 
+/// The port of a `nats://host:port` URL.
+fn port_of(url: &str) -> u16 {
+    url.rsplit(':').next().and_then(|port| port.parse().ok()).unwrap_or(4222)
+}
+
+/// `after - before`, NaN when either is unknown.
+fn difference(before: Option<f64>, after: Option<f64>) -> f64 {
+    match (before, after) {
+        (Some(before), Some(after)) => after - before,
+        _ => f64::NAN,
+    }
+}
+
 fn first_number(text: &str) -> f64 {
     text.split_whitespace().next().and_then(|n| n.parse().ok()).unwrap_or(f64::NAN)
+}
+
+/// CPU seconds (user and system) a process has used: itself, or with
+/// `children` the children it has waited for (`/proc/<pid>/stat`, in
+/// clock ticks of 1/100 s, the Linux x86-64 `USER_HZ`).
+fn cpu_seconds(pid: &str, children: bool) -> Option<f64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The fields after the command name: state is the first, utime the twelfth.
+    let fields: Vec<&str> = text.rsplit_once(')')?.1.split_whitespace().collect();
+    let first = if children { 13 } else { 11 };
+    let ticks: u64 = fields.get(first)?.parse::<u64>().ok()? + fields.get(first + 1)?.parse::<u64>().ok()?;
+    Some(ticks as f64 / 100.0)
+}
+
+/// The pid of the nats-server listening on `port`.
+fn nats_pid(port: u16) -> Option<String> {
+    let port = port.to_string();
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|entry| {
+        let pid = entry.file_name().to_string_lossy().into_owned();
+        let cmdline = std::fs::read(entry.path().join("cmdline")).ok()?;
+        let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+        let is_it = args.first().is_some_and(|a| a.ends_with(b"nats-server"))
+            && args.windows(2).any(|pair| pair[0] == b"-p" && pair[1] == port.as_bytes());
+        is_it.then_some(pid)
+    })
+}
+
+/// CPU milliseconds per 1000 events.
+fn per_thousand(seconds: f64, events: u64) -> f64 {
+    seconds * 1000.0 * 1000.0 / events.max(1) as f64
 }
 
 /// Events that went through the stream, and the time from the first published to the last acked.
@@ -222,6 +279,8 @@ struct Measured {
     seconds: f64,
     /// From the first published to the last published: the publishing side's own pace.
     publish_seconds: f64,
+    /// CPU seconds each process (or group of them) used for the run.
+    cpu: Vec<(&'static str, f64)>,
 }
 
 impl Measured {
@@ -305,6 +364,7 @@ impl Watch {
             events: total,
             seconds: last.at.duration_since(first.at).as_secs_f64(),
             publish_seconds: published.at.duration_since(first.at).as_secs_f64(),
+            cpu: Vec::new(),
         })
     }
 
@@ -410,6 +470,8 @@ async fn baseline(url: &str, events: u64) -> Result<Measured, String> {
             .map_err(|error| format!("consumer {name}: {error}"))?;
     }
     let watch = Watch::start(url, &settings.stream).await?;
+    let server = nats_pid(port_of(url)).ok_or("no nats-server process found")?;
+    let cpu_before = (cpu_seconds(&server, false), cpu_seconds("self", false));
 
     // The puller: its own connection and runtime, as a worker process has.
     let puller_url = url.to_string();
@@ -490,10 +552,16 @@ async fn baseline(url: &str, events: u64) -> Result<Measured, String> {
         .await
         .map_err(|error| error.to_string())?
         .map_err(|_| "the publisher panicked".to_string())?;
-    let measured = match published {
+    let mut measured = match published {
         Ok(()) => watch.until_all_acked(0, total, RUN_CAP).await,
         Err(error) => Err(error),
     };
+    if let Ok(measured) = &mut measured {
+        measured.cpu = vec![
+            ("nats", difference(cpu_before.0, cpu_seconds(&server, false))),
+            ("clients", difference(cpu_before.1, cpu_seconds("self", false))),
+        ];
+    }
     stop_pulling.store(true, Ordering::Relaxed);
     let pulled =
         tokio::task::spawn_blocking(move || puller.join()).await.map_err(|error| error.to_string())?;
@@ -682,9 +750,22 @@ async fn cut_run(url: &str, events: u64, count: usize) -> Result<CutRun, String>
     }
 
     let base = watch.latest().map_or(0, |s| s.last_seq);
+    let server = nats_pid(port_of(url)).ok_or("no nats-server process found")?;
+    let pids: Vec<String> = workers.iter().map(|worker| worker.child.id().to_string()).collect();
+    let workers_cpu = || pids.iter().map(|pid| cpu_seconds(pid, false)).sum::<Option<f64>>();
+    let before = (cpu_seconds("self", true), workers_cpu(), cpu_seconds(&server, false));
     let emulator_events = ingest(&file, dir.path(), emulator_config(Rate::Max, events)).await?;
+    // The ingest process was waited for: its CPU time is now among this process's children's.
+    let ingest_cpu = difference(before.0, cpu_seconds("self", true));
     let total = stream.get_info().await.map_err(|e| e.to_string())?.state.last_sequence - base;
-    let measured = watch.until_all_acked(base, total, RUN_CAP).await;
+    let mut measured = watch.until_all_acked(base, total, RUN_CAP).await;
+    if let Ok(measured) = &mut measured {
+        measured.cpu = vec![
+            ("ingest", ingest_cpu),
+            ("workers", difference(before.1, workers_cpu())),
+            ("nats", difference(before.2, cpu_seconds(&server, false))),
+        ];
+    }
     watch.stop().await;
     let (mut acked, mut redelivered) = (0, 0);
     let edge_name = edge.name();
