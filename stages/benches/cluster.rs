@@ -19,12 +19,18 @@
 //!   events, encoded as the publisher encodes them) published with
 //!   `async-nats` alone, at most `max_in_flight` unacknowledged, each with a
 //!   `Nats-Msg-Id`, to the same subjects of the same stream configuration;
-//!   pulled from the same consumers (one per partition, explicit acks,
-//!   the same `max_ack_pending`, batches and priority group) and acked as
-//!   they arrive. Publisher and puller are separate connections on separate
-//!   runtimes, as the ingest process and a worker are.
+//!   pulled from consumers configured as the workers configured theirs (one
+//!   per partition, copied from the server after the first cut run: explicit
+//!   acks, `max_ack_pending`, priority group) in the same batches, and acked
+//!   as they arrive. Publisher and puller are separate connections on
+//!   separate runtimes, as the ingest process and a worker are. It runs right
+//!   after the first cut run, so both see about the same machine.
 //! - `cluster` / `ratio_vs_baseline`: `tweets_per_s_1w` / baseline `events_per_s`
 //!   (target ≥ 0.5).
+//! - `cpu_ms_per_1000_<process>`: CPU milliseconds per 1000 events of the
+//!   ingest process, the workers together and nats-server (baseline: the
+//!   server and this process's clients), from `/proc`: what each side costs,
+//!   whatever else the machine is doing.
 //!
 //! Both rates are read the same way: the stream's state every 10 ms
 //! (`last_seq` for what was published, `messages` for what is not acked yet).
@@ -57,7 +63,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use async_nats::HeaderMap;
-use async_nats::jetstream::{self, consumer::pull};
+use async_nats::jetstream::{self, consumer};
 use bytes::Bytes;
 use futures::StreamExt;
 use nats::NatsServer;
@@ -86,8 +92,6 @@ const WARMUP_EVENTS: u64 = 6000;
 const WARMUP_RATE: f64 = 1500.0;
 /// Warm-ups tried before a run goes ahead with the partitions as they are.
 const WARMUP_ROUNDS: usize = 4;
-/// The priority group the cut's pullers use (`cluster::subscribe::GROUP`).
-const GROUP: &str = "stageflow";
 /// Settings every stageflow process of the bench runs with: no emulated
 /// work or output in the logger, and a short batch flush so the last
 /// partial batch of a run is not held for the shipped 3 s.
@@ -126,77 +130,80 @@ fn main() {
     println!("cluster bench: {events} events per stream, workers {workers:?}, load average {load_before}");
     report.figure("cluster", "load_average_1m_before", first_number(&load_before));
 
-    let baseline = match runtime.block_on(baseline(&server.url(), events)) {
-        Ok(measured) => {
-            report.figure("cluster_baseline", "events_per_s", measured.per_second());
-            report.figure("cluster_baseline", "events", measured.events as f64);
-            report.figure("cluster_baseline", "seconds", measured.seconds);
-            for (process, seconds) in &measured.cpu {
-                report.figure(
-                    "cluster_baseline",
-                    &format!("cpu_ms_per_1000_{process}"),
-                    per_thousand(*seconds, measured.events),
-                );
-            }
-            report.figure(
-                "cluster_baseline",
-                "published_per_s",
-                measured.events as f64 / measured.publish_seconds,
-            );
-            Some(measured)
-        }
-        Err(error) => {
-            report.note(format!("baseline: {error}"));
-            None
-        }
-    };
+    // The baseline runs right after the first cut run, on the consumer
+    // configuration the workers made, so both see about the same machine.
+    let mut baseline: Option<Measured> = None;
+    let mut first_run: Option<(usize, f64)> = None;
     for &count in &workers {
-        match runtime.block_on(cut_run(&server.url(), events, count)) {
-            Ok(run) => {
-                let w = format!("{count}w");
-                report.figure("cluster", &format!("tweets_per_s_{w}"), run.measured.per_second());
-                report.figure("cluster", &format!("tweets_{w}"), run.measured.events as f64);
-                report.figure("cluster", &format!("seconds_{w}"), run.measured.seconds);
-                for (process, seconds) in &run.measured.cpu {
+        let w = format!("{count}w");
+        let run = match runtime.block_on(cut_run(&server.url(), events, count)) {
+            Ok(run) => run,
+            Err(error) => {
+                report.note(format!("{count} workers: {error}"));
+                continue;
+            }
+        };
+        report.figure("cluster", &format!("tweets_per_s_{w}"), run.measured.per_second());
+        report.figure("cluster", &format!("tweets_{w}"), run.measured.events as f64);
+        report.figure("cluster", &format!("seconds_{w}"), run.measured.seconds);
+        report.figure(
+            "cluster",
+            &format!("published_per_s_{w}"),
+            run.measured.events as f64 / run.measured.publish_seconds,
+        );
+        report.figure(
+            "cluster",
+            &format!("emulator_events_per_s_{w}"),
+            run.emulator_events as f64 / run.measured.seconds,
+        );
+        for (process, seconds) in &run.measured.cpu {
+            report.figure(
+                "cluster",
+                &format!("cpu_ms_per_1000_{process}_{w}"),
+                per_thousand(*seconds, run.measured.events),
+            );
+        }
+        report.figure("cluster", &format!("redelivered_{w}"), run.redelivered as f64);
+        report.figure("cluster", &format!("lost_{w}"), run.lost as f64);
+        if !run.balanced {
+            report.note(format!("{w}: the partitions were not evenly shared when the run began"));
+        }
+        if first_run.is_none() {
+            first_run = Some((count, run.measured.per_second()));
+            match runtime.block_on(baseline_run(&server.url(), events, &run.consumer)) {
+                Ok(measured) => {
+                    report.figure("cluster_baseline", "events_per_s", measured.per_second());
+                    report.figure("cluster_baseline", "events", measured.events as f64);
+                    report.figure("cluster_baseline", "seconds", measured.seconds);
                     report.figure(
-                        "cluster",
-                        &format!("cpu_ms_per_1000_{process}_{w}"),
-                        per_thousand(*seconds, run.measured.events),
+                        "cluster_baseline",
+                        "published_per_s",
+                        measured.events as f64 / measured.publish_seconds,
                     );
-                }
-                report.figure(
-                    "cluster",
-                    &format!("published_per_s_{w}"),
-                    run.measured.events as f64 / run.measured.publish_seconds,
-                );
-                report.figure(
-                    "cluster",
-                    &format!("emulator_events_per_s_{w}"),
-                    run.emulator_events as f64 / run.measured.seconds,
-                );
-                report.figure("cluster", &format!("redelivered_{w}"), run.redelivered as f64);
-                report.figure("cluster", &format!("lost_{w}"), run.lost as f64);
-                if !run.balanced {
-                    report.note(format!("{w}: the partitions were not evenly shared when the run began"));
-                }
-                if count == 1
-                    && let Some(baseline) = &baseline
-                {
-                    if baseline.events != run.measured.events {
+                    for (process, seconds) in &measured.cpu {
+                        report.figure(
+                            "cluster_baseline",
+                            &format!("cpu_ms_per_1000_{process}"),
+                            per_thousand(*seconds, measured.events),
+                        );
+                    }
+                    if measured.events != run.measured.events {
                         report.note(format!(
                             "the baseline published {} events, the cut {}",
-                            baseline.events, run.measured.events
+                            measured.events, run.measured.events
                         ));
                     }
-                    report.figure(
-                        "cluster",
-                        "ratio_vs_baseline",
-                        run.measured.per_second() / baseline.per_second(),
-                    );
+                    baseline = Some(measured);
                 }
+                Err(error) => report.note(format!("baseline: {error}")),
             }
-            Err(error) => report.note(format!("{count} workers: {error}")),
         }
+    }
+    match (first_run, &baseline) {
+        (Some((1, tweets_per_s)), Some(baseline)) => {
+            report.figure("cluster", "ratio_vs_baseline", tweets_per_s / baseline.per_second())
+        }
+        _ => report.note("no ratio_vs_baseline: it needs the 1-worker run and the baseline"),
     }
     let load_after = load_average();
     report.figure("cluster", "load_average_1m_after", first_number(&load_after));
@@ -439,7 +446,7 @@ fn payloads(events: u64, partitions: usize) -> Vec<(usize, Bytes)> {
 }
 
 /// Raw async-nats publish → pull → ack of the cut's payloads on the cut's subjects and consumers.
-async fn baseline(url: &str, events: u64) -> Result<Measured, String> {
+async fn baseline_run(url: &str, events: u64, consumer: &consumer::Config) -> Result<Measured, String> {
     let dir = tempfile::tempdir().map_err(|error| error.to_string())?;
     let path = dir.path().join("baseline.toml");
     std::fs::write(&path, cluster_file("bench-baseline", url)?).map_err(|error| error.to_string())?;
@@ -451,23 +458,13 @@ async fn baseline(url: &str, events: u64) -> Result<Measured, String> {
     let stream = ensure_stream(&js, &settings).await?;
     for k in 0..settings.partitions {
         let name = edge.durable(k);
-        let _: jetstream::consumer::PullConsumer = stream
-            .get_or_create_consumer(
-                &name,
-                pull::Config {
-                    durable_name: Some(name.clone()),
-                    filter_subject: edge.subject(&settings.stream, k),
-                    ack_policy: jetstream::consumer::AckPolicy::Explicit,
-                    ack_wait: Duration::from_secs(30),
-                    max_ack_pending: edge.max_demand as i64,
-                    priority_policy: jetstream::consumer::PriorityPolicy::PinnedClient,
-                    priority_groups: vec![GROUP.to_string()],
-                    priority_timeout: Duration::from_secs(5),
-                    ..Default::default()
-                },
-            )
-            .await
-            .map_err(|error| format!("consumer {name}: {error}"))?;
+        let config = consumer::Config {
+            name: Some(name.clone()),
+            durable_name: Some(name.clone()),
+            filter_subject: edge.subject(&settings.stream, k),
+            ..consumer.clone()
+        };
+        stream.create_consumer(config).await.map_err(|error| format!("consumer {name}: {error}"))?;
     }
     let watch = Watch::start(url, &settings.stream).await?;
     let server = nats_pid(port_of(url)).ok_or("no nats-server process found")?;
@@ -478,6 +475,8 @@ async fn baseline(url: &str, events: u64) -> Result<Measured, String> {
     let stream_name = settings.stream.clone();
     let names: Vec<String> = (0..settings.partitions).map(|k| edge.durable(k)).collect();
     let max_demand = edge.max_demand;
+    // The workers' priority group, if their consumers have one.
+    let group = consumer.priority_groups.first().cloned();
     let stop_pulling = Arc::new(AtomicBool::new(false));
     let stopped = stop_pulling.clone();
     let puller = std::thread::spawn(move || -> Result<(), String> {
@@ -491,16 +490,18 @@ async fn baseline(url: &str, events: u64) -> Result<Measured, String> {
             for name in names {
                 let consumer: jetstream::consumer::PullConsumer =
                     stream.get_consumer(&name).await.map_err(|error| error.to_string())?;
+                let group = group.clone();
                 tasks.push(tokio::spawn(async move {
-                    let mut messages = consumer
+                    let pull = consumer
                         .stream()
-                        .group(GROUP)
                         .max_messages_per_batch(max_demand.clamp(1, 256))
                         .expires(Duration::from_secs(1))
-                        .heartbeat(Duration::from_millis(333))
-                        .messages()
-                        .await
-                        .expect("a pull");
+                        .heartbeat(Duration::from_millis(333));
+                    let pull = match group {
+                        Some(group) => pull.group(group),
+                        None => pull,
+                    };
+                    let mut messages = pull.messages().await.expect("a pull");
                     while let Some(message) = messages.next().await {
                         if let Ok(message) = message {
                             let _ = message.ack().await;
@@ -669,6 +670,8 @@ struct CutRun {
     lost: u64,
     /// Whether each worker held its fair share of partitions when the run began.
     balanced: bool,
+    /// The configuration of the first partition's consumer, as the workers made it.
+    consumer: consumer::Config,
 }
 
 /// The `in` row of the cut table of a worker's summary: (received, acked, redelivered).
@@ -777,6 +780,7 @@ async fn cut_run(url: &str, events: u64, count: usize) -> Result<CutRun, String>
         redelivered += worker_redelivered;
     }
     let all = stream.get_info().await.map_err(|e| e.to_string())?.state.last_sequence;
+    let consumer = stream.consumer_info(edge.durable(0)).await.map_err(|e| e.to_string())?.config.clone();
     let _ = js.delete_stream(&settings.stream).await;
     let _ = js.delete_key_value(format!("{}_members", settings.stream)).await;
     Ok(CutRun {
@@ -785,5 +789,6 @@ async fn cut_run(url: &str, events: u64, count: usize) -> Result<CutRun, String>
         redelivered,
         lost: all.saturating_sub(acked),
         balanced: is_balanced,
+        consumer,
     })
 }
