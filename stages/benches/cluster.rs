@@ -410,7 +410,7 @@ fn load(path: &Path) -> Result<PipelineFile, String> {
     let overrides: Vec<String> =
         OVERRIDES.iter().filter(|arg| **arg != "--set").map(|s| s.to_string()).collect();
     let vars = HashMap::from([("EMULATOR_URL".to_string(), "http://127.0.0.1:1".to_string())]);
-    stageflow_stages::cli::load(&stageflow_stages::kinds::registry(), path, &overrides, &vars)
+    stageflow_stages::cli::load(&stageflow_stages::registry(), path, &overrides, &vars)
 }
 
 /// The cut edge from the tweet hub to part `process`, and the cluster settings.
