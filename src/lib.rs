@@ -201,7 +201,6 @@ pub use buffer::{Buffer, BufferKeep};
 pub use demand::{DemandBounds, DemandBoundsError, DemandLedger, DemandMode};
 pub use dispatcher::{BroadcastDispatcher, DemandDispatcher, Dispatcher, PartitionDispatcher};
 pub use error::{PipelineError, StageError};
-pub use graph::closest;
 pub use link::{CancelMode, DemandHandle, EndReason, SubscribeOptions};
 pub use metrics::{PROCESSING_BUCKETS_US, Percentiles, StageKind, StageMetrics, StageSnapshot};
 pub use pipeline::{

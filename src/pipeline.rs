@@ -12,6 +12,7 @@ use crate::buffer::{Buffer, BufferKeep};
 use crate::demand::{DemandLedger, bounds_problem};
 use crate::dispatcher::{DemandDispatcher, Dispatcher};
 use crate::error::{PipelineError, StageError};
+use crate::graph::{self, EventType, Node, Problem};
 use crate::link::{INBOX_BATCHES, Inbox, Link, SubscribeOptions, Subscriber};
 use crate::metrics::{StageKind, StageMetrics, StageSnapshot};
 use crate::pool::PoolConfig;
@@ -103,8 +104,7 @@ struct Started {
 trait StageSpec: Send + Any {
     fn id(&self) -> &str;
     fn kind(&self) -> StageKind;
-    fn input(&self) -> Option<(TypeId, &'static str)>;
-    fn output(&self) -> Option<(TypeId, &'static str)>;
+    fn node(&self) -> Node<'_>;
     fn subscriptions(&self) -> Vec<String>;
     fn problems(&self) -> Vec<String>;
     fn prepare(&mut self);
@@ -121,6 +121,27 @@ trait StageSpec: Send + Any {
         follows: Option<watch::Receiver<bool>>,
     ) -> Started;
     fn as_any_mut(&mut self) -> &mut dyn Any;
+}
+
+/// The readable event type `T`.
+fn event_type<T: 'static>() -> EventType {
+    EventType { id: TypeId::of::<T>(), name: type_name::<T>() }
+}
+
+/// The graph node of a stage configured by `config`.
+fn node_of<In, Out>(
+    config: &StageConfig<In, Out>,
+    input: Option<EventType>,
+    output: Option<EventType>,
+) -> Node<'_> {
+    Node {
+        id: &config.id,
+        types: Some((input, output)),
+        subscriptions: config.subscriptions.iter().map(|(producer, _)| producer.as_str()).collect(),
+        dispatcher: config.dispatcher.is_some(),
+        workers: config.pool.is_some(),
+        open: true,
+    }
 }
 
 fn build_outlet<T: Send + 'static>(
@@ -160,29 +181,14 @@ impl<P: Producer> StageSpec for ProducerSpec<P> {
     fn kind(&self) -> StageKind {
         StageKind::Producer
     }
-    fn input(&self) -> Option<(TypeId, &'static str)> {
-        None
-    }
-    fn output(&self) -> Option<(TypeId, &'static str)> {
-        Some((TypeId::of::<P::Out>(), type_name::<P::Out>()))
+    fn node(&self) -> Node<'_> {
+        node_of(&self.config, None, Some(event_type::<P::Out>()))
     }
     fn subscriptions(&self) -> Vec<String> {
         Vec::new()
     }
     fn problems(&self) -> Vec<String> {
-        let id = &self.config.id;
-        let mut problems: Vec<String> = self
-            .config
-            .subscriptions
-            .iter()
-            .map(|(producer, _)| format!("stage '{id}' is a producer: it cannot subscribe to '{producer}'"))
-            .collect();
-        if self.config.pool.is_some() {
-            problems.push(format!(
-                "stage '{id}' is a producer: worker pools are for consumers and producer-consumers"
-            ));
-        }
-        problems
+        Vec::new()
     }
     fn prepare(&mut self) {
         let config = &mut self.config;
@@ -260,11 +266,9 @@ impl<P: ProducerConsumer> StageSpec for ProcessorSpec<P> {
     fn kind(&self) -> StageKind {
         self.kind
     }
-    fn input(&self) -> Option<(TypeId, &'static str)> {
-        Some((TypeId::of::<P::In>(), type_name::<P::In>()))
-    }
-    fn output(&self) -> Option<(TypeId, &'static str)> {
-        (self.kind == StageKind::ProducerConsumer).then(|| (TypeId::of::<P::Out>(), type_name::<P::Out>()))
+    fn node(&self) -> Node<'_> {
+        let output = (self.kind == StageKind::ProducerConsumer).then(event_type::<P::Out>);
+        Node { workers: false, ..node_of(&self.config, Some(event_type::<P::In>()), output) }
     }
     fn subscriptions(&self) -> Vec<String> {
         self.config.subscriptions.iter().map(|(producer, _)| producer.clone()).collect()
@@ -274,9 +278,6 @@ impl<P: ProducerConsumer> StageSpec for ProcessorSpec<P> {
         let mut problems = Vec::new();
         if let Some(Err(why)) = self.config.pool.as_ref().map(PoolConfig::validate) {
             problems.push(format!("stage '{id}': {why}"));
-        }
-        if self.kind == StageKind::Consumer && self.config.dispatcher.is_some() {
-            problems.push(format!("stage '{id}' is a consumer: it has no dispatcher"));
         }
         for (producer, options) in &self.config.subscriptions {
             if let Err(why) = options.demand_bounds() {
@@ -431,49 +432,48 @@ impl Pipeline {
 
     /// Every problem with the graph, without starting anything.
     pub fn validate(&self) -> Vec<String> {
-        let mut problems = Vec::new();
-        let mut by_id: HashMap<&str, usize> = HashMap::new();
-        for (index, spec) in self.specs.iter().enumerate() {
-            if by_id.insert(spec.id(), index).is_some() {
-                problems.push(format!("stage id '{}' is used more than once", spec.id()));
-            }
-            problems.extend(spec.problems());
-        }
-        for spec in &self.specs {
-            for producer in spec.subscriptions() {
-                let Some(&index) = by_id.get(producer.as_str()) else {
-                    problems.push(format!(
-                        "stage '{}' subscribes to '{producer}', which does not exist",
-                        spec.id()
-                    ));
-                    continue;
-                };
-                let upstream = &self.specs[index];
-                match (upstream.output(), spec.input()) {
-                    (None, _) => problems.push(format!(
-                        "stage '{}' subscribes to '{producer}', a consumer that emits no events",
-                        spec.id()
-                    )),
-                    (Some((emitted, emitted_name)), Some((taken, taken_name))) if emitted != taken => {
-                        problems.push(format!(
-                            "stage '{}' takes {taken_name} but '{producer}' emits {emitted_name}",
-                            spec.id()
-                        ))
-                    }
-                    _ => {}
+        let nodes: Vec<Node<'_>> = self.specs.iter().map(|spec| spec.node()).collect();
+        let mut problems: Vec<String> = self.specs.iter().flat_map(|spec| spec.problems()).collect();
+        for problem in graph::problems(&nodes) {
+            let id = |node: usize| nodes[node].id;
+            let producer = |node: usize, subscription: usize| nodes[node].subscriptions[subscription];
+            problems.push(match problem {
+                Problem::DuplicateId { node } => format!("stage id '{}' is used more than once", id(node)),
+                Problem::ProducerSubscribes { node, subscription } => format!(
+                    "stage '{}' is a producer: it cannot subscribe to '{}'",
+                    id(node),
+                    producer(node, subscription)
+                ),
+                Problem::ProducerWorkers { node } => format!(
+                    "stage '{}' is a producer: worker pools are for consumers and producer-consumers",
+                    id(node)
+                ),
+                Problem::ConsumerDispatcher { node } => {
+                    format!("stage '{}' is a consumer: it has no dispatcher", id(node))
                 }
-            }
-        }
-        let ids: Vec<String> = self.specs.iter().map(|spec| spec.id().to_string()).collect();
-        let upstreams = |index: usize| -> Vec<usize> {
-            self.specs[index]
-                .subscriptions()
-                .iter()
-                .filter_map(|id| by_id.get(id.as_str()).copied())
-                .collect()
-        };
-        if let Some(cycle) = crate::graph::find_cycle(&ids, &upstreams) {
-            problems.push(format!("the stages form a cycle: {}", cycle.join(" -> ")));
+                Problem::UnknownProducer { node, subscription } => format!(
+                    "stage '{}' subscribes to '{}', which does not exist",
+                    id(node),
+                    producer(node, subscription)
+                ),
+                Problem::SubscribesToConsumer { node, subscription, .. } => format!(
+                    "stage '{}' subscribes to '{}', a consumer that emits no events",
+                    id(node),
+                    producer(node, subscription)
+                ),
+                Problem::TypeMismatch { node, subscription, takes, emits, .. } => format!(
+                    "stage '{}' takes {} but '{}' emits {}",
+                    id(node),
+                    takes.name,
+                    producer(node, subscription),
+                    emits.name
+                ),
+                // Every stage may take outside subscribers (`PipelineHandle::subscribe`).
+                Problem::Dangling { .. } => continue,
+                Problem::Cycle { nodes: cycle } => {
+                    format!("the stages form a cycle: {}", graph::cycle_text(&nodes, &cycle))
+                }
+            });
         }
         problems
     }
@@ -526,7 +526,11 @@ impl Pipeline {
                 metrics: spec.metrics(),
                 wake: spec.wake(),
                 tap: spec.tap(),
-                output: spec.output(),
+                output: spec
+                    .node()
+                    .types
+                    .and_then(|(_, output)| output)
+                    .map(|output| (output.id, output.name)),
             };
             // With nothing to wait for, a follower runs until shutdown.
             let follows = (followers[index] && waited_count > 0).then(|| data_end.watch());

@@ -119,6 +119,13 @@ pub trait Kind: Settings + 'static {
     fn build(self, stage: &StageDecl, pipeline: &mut Pipeline, context: &BuildContext) -> Result<(), String>;
 }
 
+impl EventType {
+    /// The event type `T`, named by its [`Event::NAME`].
+    pub fn of<T: Event>() -> Self {
+        EventType { id: TypeId::of::<T>(), name: T::NAME }
+    }
+}
+
 /// The event type `T`, or `None` for [`Nothing`].
 fn event_type<T: Event>() -> Option<EventType> {
     (TypeId::of::<T>() != TypeId::of::<Nothing>()).then(EventType::of::<T>)

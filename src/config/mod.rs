@@ -18,8 +18,11 @@
 //!
 //! The layers are separate, as in Vector: [`parse_pipeline`] reads the file
 //! into declarations, [`Registry::check`] finds every problem (each
-//! [`ConfigError`] names the file, line, column and stage), and
-//! [`Registry::build`] turns a checked file into a pipeline.
+//! [`ConfigError`] names the file, line, column and stage; the graph's
+//! problems — roles, types, dangling producers, cycles — come from the same
+//! graph model [`Pipeline::validate`](crate::Pipeline::validate) uses, with
+//! did-you-mean hints from [`closest`] added here), and [`Registry::build`]
+//! turns a checked file into a pipeline.
 
 mod env;
 mod kind;
@@ -27,6 +30,7 @@ mod parse;
 mod registry;
 mod render;
 mod resources;
+mod suggest;
 
 pub use env::expand_env;
 pub use kind::{Event, Kind, Settings, settings};
@@ -36,6 +40,7 @@ pub use registry::{
 };
 pub use render::{to_dot, to_mermaid};
 pub use resources::Resources;
+pub use suggest::closest;
 
 use std::fmt;
 use std::path::PathBuf;

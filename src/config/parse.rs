@@ -8,13 +8,13 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use super::env::expand_env;
+use super::suggest::closest;
 use super::{
     ClusterDecl, ConfigError, ConfigErrors, DispatcherDecl, Location, PipelineFile, Setting, StageDecl,
     SubscriptionDecl,
 };
 use crate::buffer::BufferKeep;
 use crate::demand::DemandBounds;
-use crate::graph::closest;
 use crate::link::CancelMode;
 use crate::pool::{Autoscale, PoolConfig, Routing};
 

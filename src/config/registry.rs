@@ -1,16 +1,17 @@
 //! The registry of stage kinds a pipeline file may use, checking and building.
 
-use std::any::TypeId;
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use super::kind::{Event, Kind, KindOf};
+use super::SubscriptionDecl;
+use super::kind::{Kind, KindOf};
 use super::parse::COMMON_KEYS;
 use super::resources::Resources;
+use super::suggest::closest;
 use super::{ConfigError, ConfigErrors, DispatcherDecl, Location, PipelineFile, StageDecl};
 use crate::dispatcher::{BroadcastDispatcher, DemandDispatcher, Dispatcher, PartitionDispatcher, Selector};
-use crate::graph::{closest, find_cycle};
+use crate::graph::{self, Node, Problem};
 use crate::link::SubscribeOptions;
 use crate::pipeline::{Pipeline, StageConfig};
 
@@ -25,21 +26,7 @@ pub enum Role {
     Consumer,
 }
 
-/// The Rust type of events on one side of a stage, with a readable name.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct EventType {
-    /// Compared to type-check subscriptions.
-    pub id: TypeId,
-    /// Shown in errors.
-    pub name: &'static str,
-}
-
-impl EventType {
-    /// The event type `T`, named by its [`Event::NAME`].
-    pub fn of<T: Event>() -> Self {
-        EventType { id: TypeId::of::<T>(), name: T::NAME }
-    }
-}
+pub use crate::graph::EventType;
 
 /// One kind-specific setting, for validation and `--help`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -223,179 +210,90 @@ impl Registry {
                 message,
             });
         };
-        let mut seen = HashSet::new();
-        for stage in &file.stages {
-            if !seen.insert(stage.id.as_str()) {
-                report(stage.location, &stage.id, "this id is used by an earlier stage too".into());
-            }
-        }
         let by_id: HashMap<&str, &StageDecl> =
             file.stages.iter().map(|stage| (stage.id.as_str(), stage)).collect();
-        let kind_of = |stage: &StageDecl| self.kind(&stage.kind);
-        let mut subscribed: HashSet<&str> = HashSet::new();
         for stage in &file.stages {
-            let Some(kind) = kind_of(stage) else {
-                let hint = closest(&stage.kind, self.kinds.keys().copied())
-                    .map(|near| format!(" (did you mean \"{near}\"?)"))
-                    .unwrap_or_default();
-                let known: Vec<&str> = self.kinds.keys().copied().collect();
-                report(
-                    stage.kind_location,
-                    &stage.id,
-                    format!("unknown kind \"{}\"{hint}; known kinds: {}", stage.kind, known.join(", ")),
-                );
-                continue;
-            };
-            // A missing or unknown key also fails `check_settings`: say it once.
-            let mut keys_ok = true;
-            let documented: Vec<&str> = kind.settings().iter().map(|doc| doc.name).collect();
-            for setting in &stage.settings {
-                if !documented.contains(&setting.key.as_str()) {
-                    keys_ok = false;
-                    let hint = closest(&setting.key, documented.iter().chain(COMMON_KEYS.iter()).copied())
-                        .map(|near| format!(" (did you mean `{near}`?)"))
-                        .unwrap_or_default();
-                    let valid =
-                        if documented.is_empty() { "none".to_string() } else { documented.join(", ") };
+            match self.kind(&stage.kind) {
+                Some(kind) => self.check_settings(stage, kind, &mut report),
+                None => {
+                    let hint = did_you_mean(&stage.kind, self.kinds.keys().copied(), '"');
+                    let known: Vec<&str> = self.kinds.keys().copied().collect();
                     report(
-                        setting.location,
+                        stage.kind_location,
                         &stage.id,
-                        format!(
-                            "unknown setting `{}` for kind \"{}\"{hint}; its settings are: {valid}",
-                            setting.key, stage.kind
-                        ),
+                        format!("unknown kind \"{}\"{hint}; known kinds: {}", stage.kind, known.join(", ")),
                     );
                 }
-            }
-            for doc in kind.settings().iter().filter(|doc| doc.required) {
-                if stage.setting(doc.name).is_none() {
-                    keys_ok = false;
-                    report(
-                        stage.location,
-                        &stage.id,
-                        format!("missing setting `{}` for kind \"{}\": {}", doc.name, stage.kind, doc.help),
-                    );
-                }
-            }
-            if keys_ok && let Err(why) = kind.check_settings(stage) {
-                report(stage.location, &stage.id, why);
-            }
-            match kind.role() {
-                Role::Producer if !stage.subscribe_to.is_empty() => report(
-                    stage.subscribe_to[0].location,
-                    &stage.id,
-                    format!("kind \"{}\" is a producer: it cannot subscribe to other stages", stage.kind),
-                ),
-                Role::Producer if stage.workers.is_some() => report(
-                    stage.workers.expect("checked").1,
-                    &stage.id,
-                    "worker pools are for consumers and producer-consumers, not producers".into(),
-                ),
-                Role::Consumer if stage.dispatcher.is_some() => report(
-                    stage.dispatcher.expect("checked").1,
-                    &stage.id,
-                    format!(
-                        "kind \"{}\" is a consumer: it emits nothing, so it has no dispatcher",
-                        stage.kind
-                    ),
-                ),
-                _ => {}
             }
             for subscription in &stage.subscribe_to {
-                subscribed.insert(subscription.producer.as_str());
-                let Some(producer) = by_id.get(subscription.producer.as_str()) else {
-                    let hint = closest(&subscription.producer, by_id.keys().copied())
-                        .map(|near| format!(" (did you mean '{near}'?)"))
-                        .unwrap_or_default();
-                    report(
-                        subscription.location,
-                        &stage.id,
-                        format!(
-                            "subscribes to '{}', which is not a stage in this file{hint}",
-                            subscription.producer
-                        ),
-                    );
-                    continue;
-                };
-                let Some(producer_kind) = kind_of(producer) else { continue };
-                match (producer_kind.output(), kind.input()) {
-                    (None, _) => report(
-                        subscription.location,
-                        &stage.id,
-                        format!("subscribes to '{}', a consumer, which emits no events", producer.id),
-                    ),
-                    (Some(emitted), Some(taken)) if emitted.id != taken.id => report(
-                        subscription.location,
-                        &stage.id,
-                        format!(
-                            "takes {} events but '{}' (kind \"{}\") emits {} events",
-                            taken.name, producer.id, producer.kind, emitted.name
-                        ),
-                    ),
-                    _ => {}
-                }
-                let partitions = match producer.dispatcher {
-                    Some((DispatcherDecl::Partition { partitions }, _)) => Some(partitions),
-                    _ => None,
-                };
-                match (partitions, subscription.partition) {
-                    (Some(count), None) => report(
-                        subscription.location,
-                        &stage.id,
-                        format!("'{}' partitions its events: name a `partition` (0..{count})", producer.id),
-                    ),
-                    (Some(count), Some(partition)) if partition >= count => report(
-                        subscription.location,
-                        &stage.id,
-                        format!(
-                            "partition {partition} does not exist: '{}' has {count} (0..{count})",
-                            producer.id
-                        ),
-                    ),
-                    (None, Some(_)) => report(
-                        subscription.location,
-                        &stage.id,
-                        format!("`partition` needs '{}' to have a partition dispatcher", producer.id),
-                    ),
-                    _ => {}
-                }
-                let broadcast = matches!(producer.dispatcher, Some((DispatcherDecl::Broadcast, _)));
-                if subscription.selector.is_some() && !broadcast {
-                    report(
-                        subscription.location,
-                        &stage.id,
-                        format!("`selector` needs '{}' to have a broadcast dispatcher", producer.id),
-                    );
+                if let Some(producer) = by_id.get(subscription.producer.as_str()) {
+                    check_dispatch(producer, subscription, &stage.id, &mut report);
                 }
             }
         }
-        for stage in &file.stages {
-            let Some(kind) = kind_of(stage) else { continue };
-            if kind.output().is_some()
-                && !subscribed.contains(stage.id.as_str())
-                && !kind.accepts_external_subscribers()
-            {
+        let nodes: Vec<Node<'_>> = file
+            .stages
+            .iter()
+            .map(|stage| {
+                let kind = self.kind(&stage.kind);
+                Node {
+                    id: &stage.id,
+                    types: kind.map(|kind| (kind.input(), kind.output())),
+                    subscriptions: stage.subscribe_to.iter().map(|s| s.producer.as_str()).collect(),
+                    dispatcher: stage.dispatcher.is_some(),
+                    workers: stage.workers.is_some(),
+                    open: kind.is_none_or(|kind| kind.accepts_external_subscribers()),
+                }
+            })
+            .collect();
+        for problem in graph::problems(&nodes) {
+            let (stage, location, message) = describe(file, &nodes, problem);
+            report(location, &file.stages[stage].id, message);
+        }
+        errors.sort_by_key(|error| error.location.map(|at| (at.line, at.column)));
+        if errors.is_empty() { Ok(()) } else { Err(ConfigErrors(errors)) }
+    }
+
+    /// The problems of one stage's kind-specific settings: unknown, missing, invalid.
+    fn check_settings(
+        &self,
+        stage: &StageDecl,
+        kind: &dyn StageKind,
+        report: &mut impl FnMut(Location, &str, String),
+    ) {
+        // A missing or unknown key also fails `check_settings`: say it once.
+        let mut keys_ok = true;
+        let docs = kind.settings();
+        let documented: Vec<&str> = docs.iter().map(|doc| doc.name).collect();
+        for setting in &stage.settings {
+            if !documented.contains(&setting.key.as_str()) {
+                keys_ok = false;
+                let hint =
+                    did_you_mean(&setting.key, documented.iter().chain(COMMON_KEYS.iter()).copied(), '`');
+                let valid = if documented.is_empty() { "none".to_string() } else { documented.join(", ") };
+                report(
+                    setting.location,
+                    &stage.id,
+                    format!(
+                        "unknown setting `{}` for kind \"{}\"{hint}; its settings are: {valid}",
+                        setting.key, stage.kind
+                    ),
+                );
+            }
+        }
+        for doc in docs.iter().filter(|doc| doc.required) {
+            if stage.setting(doc.name).is_none() {
+                keys_ok = false;
                 report(
                     stage.location,
                     &stage.id,
-                    "emits events but no stage subscribes to it (add a consumer with subscribe_to)".into(),
+                    format!("missing setting `{}` for kind \"{}\": {}", doc.name, stage.kind, doc.help),
                 );
             }
         }
-        let ids: Vec<String> = file.stages.iter().map(|stage| stage.id.clone()).collect();
-        let index: HashMap<&str, usize> = ids.iter().enumerate().map(|(i, id)| (id.as_str(), i)).collect();
-        let upstreams = |i: usize| -> Vec<usize> {
-            file.stages[i]
-                .subscribe_to
-                .iter()
-                .filter_map(|s| index.get(s.producer.as_str()).copied())
-                .collect()
-        };
-        if let Some(cycle) = find_cycle(&ids, &upstreams) {
-            let first = by_id[cycle[0].as_str()];
-            report(first.location, &first.id, format!("the stages form a cycle: {}", cycle.join(" -> ")));
+        if keys_ok && let Err(why) = kind.check_settings(stage) {
+            report(stage.location, &stage.id, why);
         }
-        if errors.is_empty() { Ok(()) } else { Err(ConfigErrors(errors)) }
     }
 
     /// Checks the file, then builds its pipeline (not started).
@@ -415,5 +313,114 @@ impl Registry {
             }
         }
         if errors.is_empty() { Ok(pipeline) } else { Err(ConfigErrors(errors)) }
+    }
+}
+
+/// ` (did you mean "x"?)` when `word` looks like a typo of a candidate, quoted with `quote`.
+fn did_you_mean<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>, quote: char) -> String {
+    closest(word, candidates).map(|near| format!(" (did you mean {quote}{near}{quote}?)")).unwrap_or_default()
+}
+
+/// Where `subscription` of stage `stage` meets its producer's dispatcher: partitions and selectors.
+fn check_dispatch(
+    producer: &StageDecl,
+    subscription: &SubscriptionDecl,
+    stage: &str,
+    report: &mut impl FnMut(Location, &str, String),
+) {
+    let partitions = match producer.dispatcher {
+        Some((DispatcherDecl::Partition { partitions }, _)) => Some(partitions),
+        _ => None,
+    };
+    match (partitions, subscription.partition) {
+        (Some(count), None) => report(
+            subscription.location,
+            stage,
+            format!("'{}' partitions its events: name a `partition` (0..{count})", producer.id),
+        ),
+        (Some(count), Some(partition)) if partition >= count => report(
+            subscription.location,
+            stage,
+            format!("partition {partition} does not exist: '{}' has {count} (0..{count})", producer.id),
+        ),
+        (None, Some(_)) => report(
+            subscription.location,
+            stage,
+            format!("`partition` needs '{}' to have a partition dispatcher", producer.id),
+        ),
+        _ => {}
+    }
+    let broadcast = matches!(producer.dispatcher, Some((DispatcherDecl::Broadcast, _)));
+    if subscription.selector.is_some() && !broadcast {
+        report(
+            subscription.location,
+            stage,
+            format!("`selector` needs '{}' to have a broadcast dispatcher", producer.id),
+        );
+    }
+}
+
+/// A graph problem in the file's words: the stage concerned, where, and what is wrong.
+fn describe(file: &PipelineFile, nodes: &[Node<'_>], problem: Problem) -> (usize, Location, String) {
+    let stages = &file.stages;
+    let subscription = |node: usize, index: usize| &stages[node].subscribe_to[index];
+    match problem {
+        Problem::DuplicateId { node } => {
+            (node, stages[node].location, "this id is used by an earlier stage too".into())
+        }
+        Problem::ProducerSubscribes { node, subscription: index } => (
+            node,
+            subscription(node, index).location,
+            format!(
+                "kind \"{}\" is a producer: it cannot subscribe to other stages ('{}')",
+                stages[node].kind,
+                subscription(node, index).producer
+            ),
+        ),
+        Problem::ProducerWorkers { node } => (
+            node,
+            stages[node].workers.map_or(stages[node].location, |(_, at)| at),
+            "worker pools are for consumers and producer-consumers, not producers".into(),
+        ),
+        Problem::ConsumerDispatcher { node } => (
+            node,
+            stages[node].dispatcher.map_or(stages[node].location, |(_, at)| at),
+            format!(
+                "kind \"{}\" is a consumer: it emits nothing, so it has no dispatcher",
+                stages[node].kind
+            ),
+        ),
+        Problem::UnknownProducer { node, subscription: index } => {
+            let producer = &subscription(node, index).producer;
+            let hint = did_you_mean(producer, nodes.iter().map(|node| node.id), '\'');
+            (
+                node,
+                subscription(node, index).location,
+                format!("subscribes to '{producer}', which is not a stage in this file{hint}"),
+            )
+        }
+        Problem::SubscribesToConsumer { node, subscription: index, producer } => (
+            node,
+            subscription(node, index).location,
+            format!("subscribes to '{}', a consumer, which emits no events", stages[producer].id),
+        ),
+        Problem::TypeMismatch { node, subscription: index, producer, takes, emits } => (
+            node,
+            subscription(node, index).location,
+            format!(
+                "takes {} events but '{}' (kind \"{}\") emits {} events",
+                takes.name, stages[producer].id, stages[producer].kind, emits.name
+            ),
+        ),
+        Problem::Dangling { node } => (
+            node,
+            stages[node].location,
+            "emits events but no stage subscribes to it (add a consumer with subscribe_to)".into(),
+        ),
+        Problem::Cycle { nodes: cycle } => (
+            cycle[0],
+            stages[cycle[0]].location,
+            format!("the stages form a cycle: {}", graph::cycle_text(nodes, &cycle)),
+        ),
     }
 }

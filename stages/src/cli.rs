@@ -114,7 +114,8 @@ pub fn apply_override(file: &mut PipelineFile, assignment: &str) -> Result<(), S
         .and_then(|mut table| table.remove("v"))
         .unwrap_or_else(|| toml::Value::String(raw.to_string()));
     let ids: Vec<&str> = file.stages.iter().map(|s| s.id.as_str()).collect();
-    let hint = stageflow::closest(stage_id, ids.iter().copied()).map(|n| format!(" (did you mean '{n}'?)"));
+    let hint =
+        stageflow::config::closest(stage_id, ids.iter().copied()).map(|n| format!(" (did you mean '{n}'?)"));
     let stage = file
         .stages
         .iter_mut()

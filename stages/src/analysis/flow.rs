@@ -112,7 +112,7 @@ pub fn tweet_flow_selector(name: &str) -> Result<Selector<TweetFlow>, String> {
         "kills" => Arc::new(|event: &TweetFlow| matches!(event, TweetFlow::Kill)),
         other => {
             let known: Vec<&str> = SELECTORS.iter().map(|(name, _)| *name).collect();
-            let hint = stageflow::closest(other, known.iter().copied())
+            let hint = stageflow::config::closest(other, known.iter().copied())
                 .map(|near| format!(" (did you mean \"{near}\"?)"))
                 .unwrap_or_default();
             return Err(format!(

@@ -103,7 +103,7 @@ impl ClusterSettings {
                 },
                 other => {
                     let keys = CLUSTER_KEYS.iter().map(|(key, _)| *key);
-                    let hint = stageflow::closest(other, keys.clone())
+                    let hint = stageflow::config::closest(other, keys.clone())
                         .map(|near| format!(" (did you mean `{near}`?)"))
                         .unwrap_or_default();
                     Err(format!(

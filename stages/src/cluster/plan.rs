@@ -162,7 +162,7 @@ pub fn cut(file: &PipelineFile, edges: &[CutEdge], selected: &[String]) -> Resul
     let known = parts(file);
     for part in selected {
         if !known.contains(part) {
-            let hint = stageflow::closest(part, known.iter().map(String::as_str))
+            let hint = stageflow::config::closest(part, known.iter().map(String::as_str))
                 .map(|near| format!(" (did you mean \"{near}\"?)"))
                 .unwrap_or_default();
             let names: Vec<&str> = known.iter().map(String::as_str).collect();
