@@ -228,9 +228,11 @@ pub async fn run(registry: &Registry, file: PipelineFile, options: RunOptions) -
     };
     pipeline.drain_timeout(options.drain_timeout);
     let mut running = pipeline.start().map_err(|error| format!("{}: {error}", file.path.display()))?;
+    let report = cut.as_ref().map(|cut| cut.report.clone()).unwrap_or_default();
     let _http = match options.http {
         Some(addr) => {
-            let view = crate::http::PipelineView::new(&file, registry, &running);
+            let mut view = crate::http::PipelineView::new(&file, registry, &running);
+            view.cuts = report.clone();
             Some(crate::http::start_http(addr, crate::http::Observed::pipeline(view)).await?)
         }
         None => None,
@@ -254,7 +256,6 @@ pub async fn run(registry: &Registry, file: PipelineFile, options: RunOptions) -
             trigger.shutdown();
         });
     }
-    let report = cut.as_ref().map(|cut| cut.report.clone()).unwrap_or_default();
     let view = tokio::spawn(live_view(running.metrics_reader(), report.clone()));
     let outcome = running.wait().await;
     view.abort();

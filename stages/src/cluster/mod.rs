@@ -218,6 +218,11 @@ impl CutReport {
         stats
     }
 
+    /// Every cut edge of this process: its name, which way it runs, its figures.
+    pub fn edges(&self) -> impl Iterator<Item = (&str, CutDirection, &CutStats)> {
+        self.edges.iter().map(|(name, direction, stats)| (name.as_str(), *direction, stats.as_ref()))
+    }
+
     /// Whether the process has no cut edge.
     pub fn is_empty(&self) -> bool {
         self.edges.is_empty()

@@ -47,6 +47,47 @@ pub struct SubscriberFigures {
     pub window: u64,
 }
 
+/// One cut edge's figures at scrape time (`run --part`: the edge's events go over NATS JetStream).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CutFigures {
+    /// The edge, `producer->consumer`.
+    pub edge: String,
+    /// `out` (this process publishes) or `in` (it pulls).
+    pub direction: &'static str,
+    /// Events published (out).
+    pub published: u64,
+    /// Publishes acknowledged by the server (out) or messages acked by this process (in).
+    pub acked: u64,
+    /// Messages received (in).
+    pub received: u64,
+    /// Messages received more than once (in).
+    pub redelivered: u64,
+    /// Messages waiting in the stream or delivered and unacked (in).
+    pub pending: u64,
+}
+
+impl CutFigures {
+    /// The figures of every cut edge of `report` now.
+    pub fn of(report: &crate::cluster::CutReport) -> Vec<CutFigures> {
+        use std::sync::atomic::Ordering::Relaxed;
+        report
+            .edges()
+            .map(|(edge, direction, stats)| CutFigures {
+                edge: edge.to_string(),
+                direction: match direction {
+                    crate::cluster::CutDirection::Out => "out",
+                    crate::cluster::CutDirection::In => "in",
+                },
+                published: stats.published.load(Relaxed),
+                acked: stats.acked.load(Relaxed),
+                received: stats.received.load(Relaxed),
+                redelivered: stats.redelivered.load(Relaxed),
+                pending: stats.pending.load(Relaxed),
+            })
+            .collect()
+    }
+}
+
 /// Everything one scrape reports.
 #[derive(Debug, Clone, Default)]
 pub struct Scrape {
@@ -56,6 +97,8 @@ pub struct Scrape {
     pub stages: Vec<StageSnapshot>,
     /// The sinks of the pipeline.
     pub sinks: Vec<SinkFigures>,
+    /// The pipeline's edges cut to other processes.
+    pub cuts: Vec<CutFigures>,
     /// The broker's topics, when this process is a broker.
     pub topics: Vec<TopicStats>,
     /// The broker's subscriptions.
@@ -258,6 +301,7 @@ impl Collector for ScrapeCollector {
             }
         }
         self.encode_sinks(e, pipeline)?;
+        self.encode_cuts(e, pipeline)?;
         self.encode_broker(e)
     }
 }
@@ -319,6 +363,50 @@ impl ScrapeCollector {
             }
         }
         Ok(())
+    }
+
+    fn encode_cuts(&self, e: &mut DescriptorEncoder, pipeline: &str) -> Result<(), std::fmt::Error> {
+        let cut = |c: &CutFigures| -> Labels {
+            vec![
+                ("pipeline", pipeline.to_string()),
+                ("edge", c.edge.clone()),
+                ("direction", c.direction.to_string()),
+            ]
+        };
+        let outbound: Vec<CutFigures> =
+            self.0.cuts.iter().filter(|c| c.direction == "out").cloned().collect();
+        let inbound: Vec<CutFigures> = self.0.cuts.iter().filter(|c| c.direction == "in").cloned().collect();
+        counter(e, "stageflow_cut_published", "Events published on a cut edge.", &outbound, cut, |c| {
+            c.published
+        })?;
+        counter(
+            e,
+            "stageflow_cut_acked",
+            "Publishes acknowledged (out) or messages acked once done (in) on a cut edge.",
+            &self.0.cuts,
+            cut,
+            |c| c.acked,
+        )?;
+        counter(e, "stageflow_cut_received", "Messages received on a cut edge.", &inbound, cut, |c| {
+            c.received
+        })?;
+        counter(
+            e,
+            "stageflow_cut_redelivered",
+            "Messages received more than once on a cut edge.",
+            &inbound,
+            cut,
+            |c| c.redelivered,
+        )?;
+        gauge(
+            e,
+            "stageflow_cut_pending",
+            "Messages waiting in the stream or delivered and unacked on a cut edge.",
+            None,
+            &inbound,
+            cut,
+            |c| saturating(c.pending),
+        )
     }
 
     fn encode_broker(&self, e: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
@@ -574,6 +662,17 @@ mod tests {
                 acked: 0,
                 log_bytes: 0,
             }],
+            cuts: ["out", "in"]
+                .map(|direction| CutFigures {
+                    edge: "a->b".into(),
+                    direction,
+                    published: 0,
+                    acked: 0,
+                    received: 0,
+                    redelivered: 0,
+                    pending: 0,
+                })
+                .to_vec(),
             subscribers: vec![SubscriberFigures {
                 topic: "t".into(),
                 subscriber: "s".into(),
@@ -596,6 +695,36 @@ mod tests {
                 "the dashboard queries {name}, which /metrics does not serve"
             );
         }
+    }
+
+    #[test]
+    fn cut_edges_report_each_figure_of_their_direction() {
+        let cut = |direction: &'static str| CutFigures {
+            edge: "aggregator->batcher".into(),
+            direction,
+            published: 100,
+            acked: 90,
+            received: 80,
+            redelivered: 2,
+            pending: 7,
+        };
+        let scrape =
+            Scrape { pipeline: Some("p".into()), cuts: vec![cut("out"), cut("in")], ..Default::default() };
+        let text = render(scrape);
+        let labels = |direction: &str| {
+            format!(r#"{{pipeline="p",edge="aggregator->batcher",direction="{direction}"}}"#)
+        };
+        assert_eq!(
+            sample(&text, &format!("stageflow_cut_published_total{}", labels("out"))),
+            Some(100.0),
+            "{text}"
+        );
+        assert_eq!(sample(&text, &format!("stageflow_cut_published_total{}", labels("in"))), None, "{text}");
+        assert_eq!(sample(&text, &format!("stageflow_cut_acked_total{}", labels("in"))), Some(90.0));
+        assert_eq!(sample(&text, &format!("stageflow_cut_acked_total{}", labels("out"))), Some(90.0));
+        assert_eq!(sample(&text, &format!("stageflow_cut_pending{}", labels("in"))), Some(7.0));
+        assert_eq!(sample(&text, &format!("stageflow_cut_redelivered_total{}", labels("in"))), Some(2.0));
+        assert!(!render(Scrape::default()).contains("stageflow_cut"), "no cut, no cut metrics");
     }
 
     #[test]

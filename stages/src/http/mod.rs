@@ -57,6 +57,8 @@ pub struct PipelineView {
     pub taps: Taps,
     /// Tells whether it is draining.
     pub shutdown: ShutdownTrigger,
+    /// The edges cut to other processes (`run --part`), none by default.
+    pub cuts: crate::cluster::CutReport,
 }
 
 impl PipelineView {
@@ -68,6 +70,7 @@ impl PipelineView {
             metrics: handle.metrics_reader(),
             taps: handle.taps(),
             shutdown: handle.shutdown_trigger(),
+            cuts: crate::cluster::CutReport::default(),
         }
     }
 }
@@ -128,6 +131,7 @@ impl Observed {
         if let Some(view) = self.current() {
             scrape.stages = view.metrics.snapshot();
             scrape.sinks = health::sinks_of(&view.name);
+            scrape.cuts = metrics::CutFigures::of(&view.cuts);
             scrape.pipeline = Some(view.name);
         }
         if let Some(broker) = &self.broker {
