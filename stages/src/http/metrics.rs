@@ -60,9 +60,9 @@ pub struct CutFigures {
     pub acked: u64,
     /// Messages received (in).
     pub received: u64,
-    /// Messages received more than once (in).
+    /// Messages received more than once (in), or redelivered by the edge's consumers (out).
     pub redelivered: u64,
-    /// Messages waiting in the stream or delivered and unacked (in).
+    /// Messages waiting in the stream or delivered and unacked.
     pub pending: u64,
 }
 
@@ -393,8 +393,8 @@ impl ScrapeCollector {
         counter(
             e,
             "stageflow_cut_redelivered",
-            "Messages received more than once on a cut edge.",
-            &inbound,
+            "Messages delivered more than once on a cut edge (received again in, redelivered by its consumers out).",
+            &self.0.cuts,
             cut,
             |c| c.redelivered,
         )?;
@@ -403,7 +403,7 @@ impl ScrapeCollector {
             "stageflow_cut_pending",
             "Messages waiting in the stream or delivered and unacked on a cut edge.",
             None,
-            &inbound,
+            &self.0.cuts,
             cut,
             |c| saturating(c.pending),
         )
@@ -723,6 +723,8 @@ mod tests {
         assert_eq!(sample(&text, &format!("stageflow_cut_acked_total{}", labels("in"))), Some(90.0));
         assert_eq!(sample(&text, &format!("stageflow_cut_acked_total{}", labels("out"))), Some(90.0));
         assert_eq!(sample(&text, &format!("stageflow_cut_pending{}", labels("in"))), Some(7.0));
+        assert_eq!(sample(&text, &format!("stageflow_cut_pending{}", labels("out"))), Some(7.0));
+        assert_eq!(sample(&text, &format!("stageflow_cut_received_total{}", labels("out"))), None);
         assert_eq!(sample(&text, &format!("stageflow_cut_redelivered_total{}", labels("in"))), Some(2.0));
         assert!(!render(Scrape::default()).contains("stageflow_cut"), "no cut, no cut metrics");
     }
