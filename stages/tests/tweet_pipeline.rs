@@ -554,8 +554,9 @@ async fn a_mongo_server_killed_mid_run_and_restarted_ends_with_every_tweet_store
     const FAULT_LIMIT: u64 = 1500;
     let expected = expected(FAULT_LIMIT);
     let total = expected.tweets.len() as u64;
-    // A fixed rate, so the run lasts a few seconds and the kill lands inside it.
-    let emulator = emulator(Rate::Fixed(400.0), Some(FAULT_LIMIT)).await;
+    // A fixed rate, so the run lasts about 10 s and the kill (after 400 stored)
+    // lands inside it even when the machine is busy.
+    let emulator = emulator(Rate::Fixed(150.0), Some(FAULT_LIMIT)).await;
     let data = tempfile::tempdir().expect("a temporary directory");
     let name = "e2e-mongo-fault";
     let variables =
