@@ -5,13 +5,13 @@ use std::marker::PhantomData;
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_nats::jetstream::{self, consumer::pull, stream::Stream as JetStream};
+use async_nats::jetstream::{self, stream::Stream as JetStream};
 use stageflow::config::{BuildContext, EventType, Registry, StageDecl, configure};
 use stageflow::{DemandBounds, Pipeline, SubscribeOptions};
 
 use super::plan::{Cut, CutEdge};
 use super::publish::{NatsPublish, Outbound};
-use super::subscribe::{GROUP, Inbound, NatsSubscribe, PIN_TIMEOUT, Partition, rebalance};
+use super::subscribe::{Inbound, NatsSubscribe, Partition, pinned_consumer, rebalance};
 use super::wire::{Wire, WireType, wire_types};
 use super::{ClusterSettings, CutDirection, CutReport, CutStats};
 
@@ -153,17 +153,7 @@ async fn ensure_partition(
     let consumer: jetstream::consumer::PullConsumer = stream
         .get_or_create_consumer(
             &name,
-            pull::Config {
-                durable_name: Some(name.clone()),
-                filter_subject: edge.subject(&settings.stream, k),
-                ack_policy: jetstream::consumer::AckPolicy::Explicit,
-                ack_wait: ACK_WAIT,
-                max_ack_pending: edge.max_demand as i64,
-                priority_policy: jetstream::consumer::PriorityPolicy::PinnedClient,
-                priority_groups: vec![GROUP.to_string()],
-                priority_timeout: PIN_TIMEOUT,
-                ..Default::default()
-            },
+            pinned_consumer(&name, edge.subject(&settings.stream, k), edge.max_demand),
         )
         .await
         .map_err(|error| format!("cannot create the JetStream consumer {name}: {error}"))?;

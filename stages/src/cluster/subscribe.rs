@@ -243,17 +243,11 @@ impl SubscribeSetup {
         let (stream, consumer) = loop {
             let opened = async {
                 let stream = js.get_stream(&self.stream).await.map_err(|error| error.to_string())?;
-                let config = jetstream::consumer::pull::Config {
-                    durable_name: Some(self.durable.clone()),
-                    filter_subject: self.subject.clone().unwrap_or_default(),
-                    ack_policy: jetstream::consumer::AckPolicy::Explicit,
-                    ack_wait: super::build::ACK_WAIT,
-                    max_ack_pending: self.max_ack_pending as i64,
-                    priority_policy: jetstream::consumer::PriorityPolicy::PinnedClient,
-                    priority_groups: vec![GROUP.to_string()],
-                    priority_timeout: PIN_TIMEOUT,
-                    ..Default::default()
-                };
+                let config = pinned_consumer(
+                    &self.durable,
+                    self.subject.clone().unwrap_or_default(),
+                    self.max_ack_pending,
+                );
                 let consumer: PullConsumer = stream
                     .get_or_create_consumer(&self.durable, config)
                     .await
@@ -421,6 +415,26 @@ pub(crate) async fn rebalance(
                 surplus.release.notify_one();
             }
         }
+    }
+}
+
+/// A durable pull consumer whose messages the server hands to one pinned
+/// client of [`GROUP`] at a time, at most `max_ack_pending` unacked.
+pub(crate) fn pinned_consumer(
+    durable: &str,
+    filter_subject: String,
+    max_ack_pending: usize,
+) -> jetstream::consumer::pull::Config {
+    jetstream::consumer::pull::Config {
+        durable_name: Some(durable.to_string()),
+        filter_subject,
+        ack_policy: jetstream::consumer::AckPolicy::Explicit,
+        ack_wait: super::build::ACK_WAIT,
+        max_ack_pending: max_ack_pending as i64,
+        priority_policy: jetstream::consumer::PriorityPolicy::PinnedClient,
+        priority_groups: vec![GROUP.to_string()],
+        priority_timeout: PIN_TIMEOUT,
+        ..Default::default()
     }
 }
 
