@@ -14,8 +14,14 @@
 //!
 //! When the stream ends or fails, the receiver connects again, sending
 //! `Last-Event-ID` with the last id it saw so the server can resume. A
-//! connection that delivered events is retried at once; failed attempts back
-//! off exponentially (`initial_backoff`, doubling up to `max_backoff`).
+//! connection that delivered events is retried at once, unless the server
+//! sent a `retry:` field (the SSE reconnection time, in ms): then the
+//! receiver waits that long before every reconnect, as the SSE spec asks, so
+//! a server that closes streams often is not hammered. Failed attempts back
+//! off exponentially (`initial_backoff`, doubling up to `max_backoff`), and
+//! never wait less than the server's reconnection time. A `retry:` is read
+//! with the event it comes with; reqwest-eventsource drops a block that has
+//! a `retry:` line but no `data:`, so a server must send it with an event.
 //! Every failure is logged (`tracing`, warn) with the URL and recorded in
 //! [`SseStats`]. By default the receiver keeps retrying forever, so a
 //! source that is down for a while only pauses its own events — the other
@@ -74,7 +80,7 @@ pub struct SseEvent {
 }
 
 /// Counters of one SSE source, shared by every incarnation of its receiver.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct SseStats {
     connection_attempts: AtomicU64,
     connections_opened: AtomicU64,
@@ -84,6 +90,8 @@ pub struct SseStats {
     kills: AtomicU64,
     malformed: AtomicU64,
     connected: AtomicBool,
+    /// The server's reconnection time (`retry:`), ms; `u64::MAX` while none was given.
+    reconnection_ms: AtomicU64,
     gave_up: AtomicBool,
     ended: AtomicBool,
     last_event_id: Mutex<String>,
@@ -109,6 +117,8 @@ pub struct SseStatsSnapshot {
     pub malformed: u64,
     /// Whether a stream is open now.
     pub connected: bool,
+    /// The reconnection time the server asked for with `retry:`, if it did.
+    pub reconnection_time: Option<Duration>,
     /// Whether it stopped after `give_up_after` failed attempts.
     pub gave_up: bool,
     /// Whether the receiver has ended (the server said 204, or it gave up).
@@ -119,7 +129,35 @@ pub struct SseStatsSnapshot {
     pub last_error: Option<String>,
 }
 
+impl Default for SseStats {
+    fn default() -> Self {
+        SseStats {
+            connection_attempts: AtomicU64::default(),
+            connections_opened: AtomicU64::default(),
+            failed_attempts: AtomicU64::default(),
+            events_received: AtomicU64::default(),
+            tweets: AtomicU64::default(),
+            kills: AtomicU64::default(),
+            malformed: AtomicU64::default(),
+            connected: AtomicBool::default(),
+            reconnection_ms: AtomicU64::new(u64::MAX),
+            gave_up: AtomicBool::default(),
+            ended: AtomicBool::default(),
+            last_event_id: Mutex::default(),
+            last_error: Mutex::default(),
+        }
+    }
+}
+
 impl SseStats {
+    /// The reconnection time the server asked for, if it did (kept across restarts of the stage).
+    fn reconnection_time(&self) -> Option<Duration> {
+        match self.reconnection_ms.load(Ordering::Relaxed) {
+            u64::MAX => None,
+            ms => Some(Duration::from_millis(ms)),
+        }
+    }
+
     /// The counters now.
     pub fn snapshot(&self) -> SseStatsSnapshot {
         let read = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
@@ -132,6 +170,7 @@ impl SseStats {
             kills: read(&self.kills),
             malformed: read(&self.malformed),
             connected: self.connected.load(Ordering::Relaxed),
+            reconnection_time: self.reconnection_time(),
             gave_up: self.gave_up.load(Ordering::Relaxed),
             ended: self.ended.load(Ordering::Relaxed),
             last_event_id: lock(&self.last_event_id).clone(),
@@ -218,6 +257,19 @@ pub fn backoff_delay(failures: u32, initial: Duration, max: Duration) -> Duratio
     initial.saturating_mul(factor).min(max)
 }
 
+/// How long to wait before the next attempt: the backoff after `failures`
+/// consecutive failed attempts, but never less than the server's
+/// reconnection time (`retry:`) once it gave one. Without one, a reconnect
+/// after a stream that delivered events (`failures == 0`) is immediate.
+pub fn reconnect_delay(
+    failures: u32,
+    reconnection_time: Option<Duration>,
+    initial: Duration,
+    max: Duration,
+) -> Duration {
+    backoff_delay(failures, initial, max).max(reconnection_time.unwrap_or(Duration::ZERO))
+}
+
 /// A producer stage reading one SSE stream of tweets, only against demand.
 pub struct SseReceiver {
     config: SseSourceConfig,
@@ -228,6 +280,8 @@ pub struct SseReceiver {
     delivered: bool,
     last_event_id: String,
     finished: bool,
+    /// Whether a connection was tried before: the first one never waits.
+    reconnecting: bool,
 }
 
 impl SseReceiver {
@@ -241,6 +295,7 @@ impl SseReceiver {
             delivered: false,
             last_event_id,
             finished: false,
+            reconnecting: false,
         }
     }
 
@@ -256,7 +311,14 @@ impl SseReceiver {
             self.finish();
             return false;
         }
-        let delay = backoff_delay(self.failures, self.config.initial_backoff, self.config.max_backoff);
+        let reconnection_time = if self.reconnecting { stats.reconnection_time() } else { None };
+        self.reconnecting = true;
+        let delay = reconnect_delay(
+            self.failures,
+            reconnection_time,
+            self.config.initial_backoff,
+            self.config.max_backoff,
+        );
         if !delay.is_zero() {
             tokio::time::sleep(delay).await;
         }
@@ -304,6 +366,10 @@ impl SseReceiver {
                 self.delivered = true;
                 self.failures = 0;
                 stats.events_received.fetch_add(1, Ordering::Relaxed);
+                if let Some(retry) = message.retry {
+                    let ms = u64::try_from(retry.as_millis()).unwrap_or(u64::MAX - 1).min(u64::MAX - 1);
+                    stats.reconnection_ms.store(ms, Ordering::Relaxed);
+                }
                 if !message.id.is_empty() && message.id != self.last_event_id {
                     self.last_event_id.clone_from(&message.id);
                     lock(&stats.last_event_id).clone_from(&message.id);
@@ -478,6 +544,17 @@ mod tests {
         let delays: Vec<u128> = (0..10).map(|f| backoff_delay(f, initial, max).as_millis()).collect();
         assert_eq!(delays, [0, 100, 200, 400, 800, 1600, 3200, 5000, 5000, 5000]);
         assert_eq!(backoff_delay(u32::MAX, initial, max), max);
+    }
+
+    #[test]
+    fn the_servers_reconnection_time_is_a_floor_and_without_it_a_reconnect_is_immediate() {
+        let (initial, max) = (Duration::from_millis(100), Duration::from_secs(5));
+        let second = Some(Duration::from_secs(1));
+        assert_eq!(reconnect_delay(0, None, initial, max), Duration::ZERO);
+        assert_eq!(reconnect_delay(0, second, initial, max), Duration::from_secs(1));
+        assert_eq!(reconnect_delay(2, second, initial, max), Duration::from_secs(1));
+        assert_eq!(reconnect_delay(5, second, initial, max), Duration::from_millis(1600));
+        assert_eq!(reconnect_delay(3, None, initial, max), Duration::from_millis(400));
     }
 
     #[test]
