@@ -229,9 +229,12 @@ pub async fn run(registry: &Registry, file: PipelineFile, options: RunOptions) -
     pipeline.drain_timeout(options.drain_timeout);
     let mut running = pipeline.start().map_err(|error| format!("{}: {error}", file.path.display()))?;
     let report = cut.as_ref().map(|cut| cut.report.clone()).unwrap_or_default();
+    if let Some(hub) = context.resources.get::<crate::analysis::StatsHub>() {
+        hub.attach_metrics(running.metrics_reader());
+    }
     let _http = match options.http {
         Some(addr) => {
-            let mut view = crate::http::PipelineView::new(&file, registry, &running);
+            let mut view = crate::http::PipelineView::new(&file, registry, &running, &context.resources);
             view.cuts = report.clone();
             Some(crate::http::start_http(addr, crate::http::Observed::pipeline(view)).await?)
         }

@@ -22,6 +22,7 @@ pub mod serve;
 pub mod settings;
 pub mod sse;
 pub mod storage;
+pub mod timings;
 pub mod tweet;
 
 use stageflow::config::Registry;

@@ -523,7 +523,7 @@ impl Kind for SseKind {
 
     fn build(self, stage: &StageDecl, pipeline: &mut Pipeline, context: &BuildContext) -> Result<(), String> {
         let source = self.source()?;
-        StatsHub::for_pipeline(&context.pipeline).watch_source(&stage.id, source.stats());
+        StatsHub::of(context).watch_source(&stage.id, source.stats());
         let config = pipeline.producer(&stage.id, move || SseReceiver::new(&source));
         let choices =
             DispatcherChoices::cloneable().with_partition(|event: &SseEvent| match &event.message {

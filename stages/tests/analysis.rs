@@ -892,7 +892,7 @@ async fn from_the_emulator_every_tweet_and_original_is_scored_once_and_hashtags_
     context.resources.insert(Collected(scored.clone()));
     let pipeline = registry.build(&file, &context).map_err(|errors| errors.to_string()).unwrap();
     let running = pipeline.start().unwrap();
-    let hub = StatsHub::for_pipeline(name);
+    let hub = context.resources.get::<StatsHub>().expect("the sse and logger stages made the hub");
     hub.attach_metrics(running.metrics_reader());
     let mut running = running;
     let summary = tokio::time::timeout(Duration::from_secs(60), running.wait()).await.expect("ends").unwrap();

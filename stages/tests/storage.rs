@@ -27,11 +27,10 @@ use futures::TryStreamExt;
 use mongodb::Client;
 use mongodb::bson::{Document, doc};
 use stageflow::config::{
-    BuildContext, DispatcherChoices, Kind, StageDecl, configure, parse_pipeline, settings,
+    BuildContext, DispatcherChoices, Kind, Resources, StageDecl, configure, parse_pipeline, settings,
 };
 use stageflow::ops::FromIter;
 use stageflow::{DemandBounds, Emitter, Flow, Nothing, Pipeline, Producer, SubscribeOptions};
-use stageflow_stages::analysis::StatsHub;
 use stageflow_stages::scored::ScoredTweet;
 use stageflow_stages::storage::batcher::{Batch, Batcher};
 use stageflow_stages::storage::documents::{EngagementDelta, SplitBatch, split_batch};
@@ -40,6 +39,7 @@ use stageflow_stages::storage::sqlite::SqliteSink;
 use stageflow_stages::storage::{
     Inserted, Sink, SinkError, SinkMetrics, SinkOptions, SinkStage, WriteId, published_sinks,
 };
+use stageflow_stages::timings::InsertTimings;
 use stageflow_stages::tweet::{Entities, Tweet, User};
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -600,12 +600,14 @@ impl Kind for TestTweetsKind {
     }
 }
 
-fn build_file(text: &str, data_dir: &Path) -> Result<Pipeline, String> {
+/// The pipeline in `text`, and the resources its stages share (its sinks, its insert timings).
+fn build_file(text: &str, data_dir: &Path) -> Result<(Pipeline, Resources), String> {
     let mut registry = stageflow_stages::registry();
     registry.add::<TestTweetsKind>();
     let file = parse_pipeline(Path::new("storage.toml"), text, &|_| None).map_err(|e| e.to_string())?;
     let context = BuildContext::for_file(&file, data_dir.to_path_buf());
-    registry.build(&file, &context).map_err(|errors| errors.to_string())
+    let pipeline = registry.build(&file, &context).map_err(|errors| errors.to_string())?;
+    Ok((pipeline, context.resources))
 }
 
 const FILE: &str = r#"
@@ -641,22 +643,48 @@ subscribe_to = ["batch"]
 async fn the_kinds_build_from_a_pipeline_file_and_publish_their_metrics() {
     let directory = tempfile::tempdir().expect("a temporary directory");
     // Two sinks on one demand-dispatched batcher share its batches.
-    let pipeline = build_file(FILE, directory.path()).expect("a valid file");
+    let (pipeline, resources) = build_file(FILE, directory.path()).expect("a valid file");
     run_to_end(pipeline, Duration::from_secs(60)).await;
-    let sinks = published_sinks("storage-kinds");
+    let sinks = published_sinks(&resources);
     let total: u64 = sinks.iter().map(|sink| sink.metrics.counters().tweets_inserted).sum();
     assert_eq!(sinks.len(), 2, "{sinks:?}");
     assert_eq!(total, 500, "each batch went to one of the two sinks");
     let stored = sqlite_ids(&directory.path().join("kinds.db"), "tweets").len() as u64;
     let sqlite = sinks.iter().find(|sink| sink.kind == "sqlite_sink").expect("the sqlite sink");
     assert_eq!(stored, sqlite.metrics.counters().tweets_inserted);
-    // The statistics stage reads the same inserts from the pipeline's hub.
-    let timings = StatsHub::for_pipeline("storage-kinds").insert_timings();
+    // The statistics stage reads the same inserts from the pipeline's resources.
+    let timings = resources.get::<InsertTimings>().expect("the sinks record into the pipeline's timings");
     assert_eq!(timings.tweets_ingested(), 500);
     assert_eq!(
         timings.users_ingested(),
         sinks.iter().map(|sink| sink.metrics.counters().users_inserted).sum::<u64>()
     );
+}
+
+/// Two pipelines of one name in one process (the telnet server, tests) share
+/// nothing: each build context keeps its own sinks and insert timings.
+#[tokio::test]
+async fn two_pipelines_with_one_name_keep_their_own_counters() {
+    let directory = tempfile::tempdir().expect("a temporary directory");
+    let file = |count: u64| {
+        format!(
+            "[pipeline]\nname = \"twin\"\n\n\
+             [[stage]]\nid = \"tweets\"\nkind = \"test_tweets\"\ncount = {count}\n\n\
+             [[stage]]\nid = \"batch\"\nkind = \"batcher\"\nbatch_size = 10\nsubscribe_to = [\"tweets\"]\n\n\
+             [[stage]]\nid = \"store\"\nkind = \"null_sink\"\nsubscribe_to = [\"batch\"]\n"
+        )
+    };
+    let (small, small_resources) = build_file(&file(30), directory.path()).expect("a valid file");
+    let (large, large_resources) = build_file(&file(70), directory.path()).expect("a valid file");
+    let within = Duration::from_secs(60);
+    tokio::join!(run_to_end(small, within), run_to_end(large, within));
+    for (resources, count) in [(&small_resources, 30), (&large_resources, 70)] {
+        let sinks = published_sinks(resources);
+        assert_eq!(sinks.len(), 1, "one sink per pipeline: {sinks:?}");
+        assert_eq!(sinks[0].metrics.counters().tweets_inserted, count, "{sinks:?}");
+        let timings = resources.get::<InsertTimings>().expect("the sink records into its pipeline's timings");
+        assert_eq!(timings.tweets_ingested(), count);
+    }
 }
 
 #[test]

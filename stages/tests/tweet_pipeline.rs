@@ -36,7 +36,7 @@ use mongodb::Client;
 use mongodb::bson::{Bson, Document, doc};
 use serde_json::Value;
 use stageflow::config::{
-    BuildContext, DispatcherChoices, Kind, StageDecl, configure, parse_pipeline, settings,
+    BuildContext, DispatcherChoices, Kind, Resources, StageDecl, configure, parse_pipeline, settings,
 };
 use stageflow::{Nothing, Pipeline, PipelineSummary};
 use stageflow_stages::analysis::engagement::engagement_of;
@@ -158,7 +158,7 @@ fn build(
     variables: &[(&str, String)],
     data_dir: &Path,
     slow_sink: Option<SlowSink>,
-) -> Pipeline {
+) -> (Pipeline, Resources) {
     let variables: HashMap<String, String> =
         variables.iter().map(|(name, value)| (name.to_string(), value.clone())).collect();
     // `${VAR}`s are expanded in stage settings only: the name and numbers go in as text.
@@ -174,7 +174,9 @@ fn build(
     if let Some(sink) = slow_sink {
         context.resources.insert(sink);
     }
-    registry.build(&file, &context).unwrap_or_else(|errors| panic!("the pipeline builds: {errors}"))
+    let pipeline =
+        registry.build(&file, &context).unwrap_or_else(|errors| panic!("the pipeline builds: {errors}"));
+    (pipeline, context.resources)
 }
 
 /// The emulator's settings here: `SEED`, `KILL_RATIO`, no malformed events, no forced closes.
@@ -208,10 +210,10 @@ async fn run_to_end(pipeline: Pipeline, within: Duration) -> PipelineSummary {
         .expect("the pipeline ends cleanly")
 }
 
-/// The counters of the one sink stage pipeline `name` published.
-fn sink_counters(name: &str) -> SinkCounters {
-    let sinks = published_sinks(name);
-    assert_eq!(sinks.len(), 1, "one sink in {name}: {sinks:?}");
+/// The counters of the one sink stage of the pipeline built with `resources`.
+fn sink_counters(resources: &Resources) -> SinkCounters {
+    let sinks = published_sinks(resources);
+    assert_eq!(sinks.len(), 1, "one sink: {sinks:?}");
     sinks[0].metrics.counters()
 }
 
@@ -475,12 +477,20 @@ fn sqlite_stored(path: &Path) -> Stored {
 const LIMIT: u64 = 500;
 
 /// Runs the emulator (`LIMIT` per stream, rate max) through the pipeline with `sink` to its end; checks the run.
-async fn run_once(name: &str, sink: &str, extra: &[(&str, String)], data_dir: &Path, expected: &Expected) {
+/// Returns the counters of its sink.
+async fn run_once(
+    name: &str,
+    sink: &str,
+    extra: &[(&str, String)],
+    data_dir: &Path,
+    expected: &Expected,
+) -> SinkCounters {
     let emulator = emulator(Rate::Max, Some(LIMIT)).await;
     let mut variables = vec![("NAME", name.to_string()), ("EMULATOR", base_url(&emulator))];
     variables.extend(extra.iter().cloned());
     let started = Instant::now();
-    let summary = run_to_end(build(sink, 100, &variables, data_dir, None), Duration::from_secs(60)).await;
+    let (pipeline, resources) = build(sink, 100, &variables, data_dir, None);
+    let summary = run_to_end(pipeline, Duration::from_secs(60)).await;
     for stream in 1..=2 {
         assert_eq!(sent_on(&emulator, stream).0, LIMIT, "stream {stream} sent each event once, to its limit");
     }
@@ -492,6 +502,7 @@ async fn run_once(name: &str, sink: &str, extra: &[(&str, String)], data_dir: &P
         expected.events,
         started.elapsed()
     );
+    sink_counters(&resources)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -504,19 +515,17 @@ async fn emulator_to_mongo_stores_every_tweet_and_original_once_and_a_rerun_adds
     let uri = [("MONGO_URI", server.uri("tweets_e2e"))];
     let client = server.client().await;
 
-    run_once("e2e-mongo-1", MONGO_SINK, &uri, data.path(), &expected).await;
+    let counters = run_once("e2e-mongo-1", MONGO_SINK, &uri, data.path(), &expected).await;
     let first = mongo_stored(&client, "tweets_e2e").await;
     let summary = assert_stored(&first, &expected);
-    let counters = sink_counters("e2e-mongo-1");
     assert_eq!(counters.tweets_inserted, expected.tweets.len() as u64, "{counters:?}");
     assert_eq!(counters.users_inserted, expected.users.len() as u64, "{counters:?}");
     eprintln!("mongo, first run: {summary}; sink {counters:?}");
 
     // The same seed again, into the same database: every insert is a replay.
-    run_once("e2e-mongo-2", MONGO_SINK, &uri, data.path(), &expected).await;
+    let counters = run_once("e2e-mongo-2", MONGO_SINK, &uri, data.path(), &expected).await;
     let second = mongo_stored(&client, "tweets_e2e").await;
     assert_unchanged(&first, &second);
-    let counters = sink_counters("e2e-mongo-2");
     assert!(counters.batches > 0, "the second run reached the sink: {counters:?}");
     assert_eq!((counters.tweets_inserted, counters.users_inserted), (0, 0), "{counters:?}");
     assert_eq!(counters.engagement_updates, 0, "{counters:?}");
@@ -530,16 +539,14 @@ async fn emulator_to_sqlite_stores_every_tweet_and_original_once_and_a_rerun_add
     let data = tempfile::tempdir().expect("a temporary directory");
     let path = data.path().join("stageflow.db");
 
-    run_once("e2e-sqlite-1", SQLITE_SINK, &[], data.path(), &expected).await;
+    let counters = run_once("e2e-sqlite-1", SQLITE_SINK, &[], data.path(), &expected).await;
     let first = sqlite_stored(&path);
     let summary = assert_stored(&first, &expected);
-    let counters = sink_counters("e2e-sqlite-1");
     assert_eq!(counters.tweets_inserted, expected.tweets.len() as u64, "{counters:?}");
     eprintln!("sqlite, first run: {summary}; sink {counters:?}");
 
-    run_once("e2e-sqlite-2", SQLITE_SINK, &[], data.path(), &expected).await;
+    let counters = run_once("e2e-sqlite-2", SQLITE_SINK, &[], data.path(), &expected).await;
     assert_unchanged(&first, &sqlite_stored(&path));
-    let counters = sink_counters("e2e-sqlite-2");
     assert!(counters.batches > 0, "the second run reached the sink: {counters:?}");
     assert_eq!((counters.tweets_inserted, counters.users_inserted), (0, 0), "{counters:?}");
     eprintln!("sqlite, second run: nothing added; sink {counters:?}");
@@ -561,9 +568,9 @@ async fn a_mongo_server_killed_mid_run_and_restarted_ends_with_every_tweet_store
     let name = "e2e-mongo-fault";
     let variables =
         [("NAME", name.to_string()), ("EMULATOR", base_url(&emulator)), ("MONGO_URI", server.uri("fault"))];
-    let mut running =
-        build(MONGO_SINK, 100, &variables, data.path(), None).start().expect("a valid pipeline");
-    let counters = || sink_counters(name);
+    let (pipeline, resources) = build(MONGO_SINK, 100, &variables, data.path(), None);
+    let mut running = pipeline.start().expect("a valid pipeline");
+    let counters = || sink_counters(&resources);
 
     let deadline = Instant::now() + Duration::from_secs(30);
     while counters().tweets_inserted < 400 {
@@ -668,7 +675,7 @@ async fn a_sink_taking_one_batch_a_second_holds_the_emulator_back_and_memory_fla
     let began = Instant::now();
     let data = tempfile::tempdir().expect("a temporary directory");
     let variables = [("NAME", "e2e-backpressure".to_string()), ("EMULATOR", base_url(&emulator))];
-    let running = build(SLOW_SINK, BATCH, &variables, data.path(), Some(sink)).start().expect("valid");
+    let running = build(SLOW_SINK, BATCH, &variables, data.path(), Some(sink)).0.start().expect("valid");
 
     // Warm up: two batches stored, then the buffers between socket and sink fill.
     let deadline = Instant::now() + Duration::from_secs(30);

@@ -135,7 +135,7 @@ pub fn tweet_pipeline(
     registry.check(&file).map_err(|errors| errors.to_string())?;
     let context = BuildContext::for_file(&file, data_dir.to_path_buf());
     let pipeline = registry.build(&file, &context).map_err(|errors| errors.to_string())?;
-    let sink = stageflow_stages::storage::published_sinks(name)
+    let sink = stageflow_stages::storage::published_sinks(&context.resources)
         .into_iter()
         .find(|published| published.stage == "store")
         .ok_or("the store published no metrics")?

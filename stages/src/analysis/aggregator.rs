@@ -247,7 +247,7 @@ impl Kind for AggregatorKind {
         let ttl = Duration::from_millis(self.ttl_ms);
         let max_pending = usize::try_from(self.max_pending).unwrap_or(usize::MAX);
         let stats = Arc::new(JoinStats::default());
-        StatsHub::for_pipeline(&context.pipeline).watch_join(&stage.id, stats.clone());
+        StatsHub::of(context).watch_join(&stage.id, stats.clone());
         let config =
             pipeline.producer_consumer(&stage.id, move || Aggregator::new(ttl, max_pending, stats.clone()));
         let choices = DispatcherChoices::cloneable()

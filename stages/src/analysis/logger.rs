@@ -267,7 +267,7 @@ impl Kind for LoggerKind {
             output,
             sleep: self.sleep(),
             ignore_kill_messages: self.ignore_kill_messages,
-            hub: Some(StatsHub::for_pipeline(&context.pipeline)),
+            hub: Some(StatsHub::of(context)),
         };
         let config = pipeline.consumer(&stage.id, move || Logger::new(logger.clone()));
         let (min, max) = DEFAULT_LOGGER_WORKERS;

@@ -22,10 +22,11 @@ pub mod logger;
 pub mod sentiment;
 pub mod statistics;
 
+pub use crate::timings::{InsertTimings, LatencyRecorder, TimingSummary};
 pub use aggregator::{Aggregator, JoinState, JoinStats};
 pub use engagement::{Engagement, engagement_score};
 pub use flow::{FlowTweet, Score, TweetFlow, TweetScore, TweetsHub, extract_retweets, tweet_flow_selector};
 pub use hashtags::{HashtagCount, HashtagWindow, Hashtags, write_atomically};
 pub use logger::{Logger, LoggerConfig, OutputTarget, WorkSleep};
 pub use sentiment::{Lexicon, LexiconSource, Sentiment, sentiment_score, words};
-pub use statistics::{InsertTimings, LatencyRecorder, Statistics, StatsFrame, StatsHub, TimingSummary};
+pub use statistics::{Statistics, StatsFrame, StatsHub};

@@ -4,22 +4,14 @@
 //!
 //! ## The contract with the sinks
 //!
-//! A sink records each bulk insert into the pipeline's [`InsertTimings`]:
-//!
-//! ```
-//! # use std::time::Duration;
-//! use stageflow_stages::analysis::StatsHub;
-//! // In the sink kind's `build`: the recorder shared by every stage of this pipeline.
-//! let timings = StatsHub::for_pipeline("tweets-doc-example").insert_timings();
-//! // After each bulk insert: how long it took and how many documents were new.
-//! timings.record_tweets(Duration::from_millis(12), 200);
-//! timings.record_users(Duration::from_millis(4), 150);
-//! ```
+//! A sink records each bulk insert into the pipeline's
+//! [`InsertTimings`](crate::timings::InsertTimings), a resource of the
+//! build context that the pipeline's hub reads too (see [`crate::timings`]).
 //!
 //! ## Where the numbers come from
 //!
-//! Everything meets in the pipeline's [`StatsHub`] (one per pipeline name in
-//! a process, [`StatsHub::for_pipeline`]): the logger records its time per
+//! Everything meets in the pipeline's [`StatsHub`] (one per build context,
+//! [`StatsHub::of`], so two pipelines of one name never share it): the logger records its time per
 //! tweet, sinks their insert times and counts, the aggregator and SSE kinds
 //! register their eviction and malformed counters. Crashes, and drops inside
 //! the engine (full buffers, untaken events), come from the engine's metrics
@@ -28,128 +20,26 @@
 //! kill-message crashes only. Percentiles are per frame: each frame takes the
 //! times recorded since the previous one. Counts are totals since start.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 use stageflow::{Emitter, Flow, MetricsReader, Producer, Wakeup};
 use tokio::sync::watch;
 
 use super::aggregator::JoinStats;
 use crate::sse::SseStats;
+use crate::timings::{InsertTimings, LatencyRecorder, TimingSummary};
 use stageflow::config::{BuildContext, DispatcherChoices, Kind, StageDecl, configure, settings};
 use stageflow::{BufferKeep, Nothing, Pipeline};
 
 use crate::settings::a_period;
 
-/// Longest duration a recorder keeps apart (longer ones count as this): one hour.
-const MAX_MICROS: u64 = 3_600_000_000;
-
-fn new_histogram() -> Histogram<u64> {
-    Histogram::new_with_bounds(1, MAX_MICROS, 2).expect("valid histogram bounds")
-}
-
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-/// Durations recorded by several tasks, taken (and reset) once per frame.
-#[derive(Debug)]
-pub struct LatencyRecorder {
-    histogram: Mutex<Histogram<u64>>,
-}
-
-impl Default for LatencyRecorder {
-    fn default() -> Self {
-        LatencyRecorder { histogram: Mutex::new(new_histogram()) }
-    }
-}
-
-impl LatencyRecorder {
-    /// Records one duration (microsecond resolution, 1 µs to 1 h; 1% precision).
-    pub fn record(&self, elapsed: Duration) {
-        let micros = (elapsed.as_micros().min(MAX_MICROS as u128) as u64).max(1);
-        lock(&self.histogram).saturating_record(micros);
-    }
-
-    /// The summary of what was recorded since the last `take`, and starts afresh.
-    pub fn take(&self) -> TimingSummary {
-        let mut histogram = lock(&self.histogram);
-        let summary = TimingSummary::of(&histogram);
-        histogram.reset();
-        summary
-    }
-}
-
-/// Bulk-insert times and counts, recorded by the storage sinks.
-#[derive(Debug, Default)]
-pub struct InsertTimings {
-    tweets: LatencyRecorder,
-    users: LatencyRecorder,
-    tweets_ingested: AtomicU64,
-    users_ingested: AtomicU64,
-}
-
-impl InsertTimings {
-    /// One bulk insert into `tweets`: how long it took and how many tweets were new.
-    pub fn record_tweets(&self, elapsed: Duration, inserted: u64) {
-        self.tweets.record(elapsed);
-        self.tweets_ingested.fetch_add(inserted, Ordering::Relaxed);
-    }
-
-    /// One bulk insert into `users`: how long it took and how many users were new.
-    pub fn record_users(&self, elapsed: Duration, inserted: u64) {
-        self.users.record(elapsed);
-        self.users_ingested.fetch_add(inserted, Ordering::Relaxed);
-    }
-
-    /// Tweets ingested since start.
-    pub fn tweets_ingested(&self) -> u64 {
-        self.tweets_ingested.load(Ordering::Relaxed)
-    }
-
-    /// Users ingested since start.
-    pub fn users_ingested(&self) -> u64 {
-        self.users_ingested.load(Ordering::Relaxed)
-    }
-}
-
-/// Percentiles of one frame's durations, in milliseconds.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
-pub struct TimingSummary {
-    /// Durations recorded in the frame.
-    pub count: u64,
-    /// 75th percentile, ms.
-    pub p75_ms: f64,
-    /// 85th percentile, ms.
-    pub p85_ms: f64,
-    /// 95th percentile, ms.
-    pub p95_ms: f64,
-}
-
-impl TimingSummary {
-    /// The percentiles of a histogram of microseconds; all zero when it is empty.
-    pub fn of(histogram: &Histogram<u64>) -> TimingSummary {
-        if histogram.is_empty() {
-            return TimingSummary::default();
-        }
-        let ms = |quantile: f64| histogram.value_at_quantile(quantile) as f64 / 1000.0;
-        TimingSummary { count: histogram.len(), p75_ms: ms(0.75), p85_ms: ms(0.85), p95_ms: ms(0.95) }
-    }
-}
-
-impl fmt::Display for TimingSummary {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "p75/p85/p95 {:.1}/{:.1}/{:.1} ms (n={})",
-            self.p75_ms, self.p85_ms, self.p95_ms, self.count
-        )
-    }
 }
 
 /// One frame of statistics: what the statistics stage emits, prints and publishes.
@@ -216,24 +106,27 @@ pub struct StatsHub {
 impl StatsHub {
     /// A hub of its own, for pipelines built in code.
     pub fn new(pipeline: &str) -> Arc<StatsHub> {
-        Arc::new(StatsHub {
+        Arc::new(StatsHub::reading(pipeline, Arc::default()))
+    }
+
+    /// The hub of the pipeline `context` builds (made by the first stage that
+    /// asks), reading the sinks' insert timings of the same context.
+    pub fn of(context: &BuildContext) -> Arc<StatsHub> {
+        let inserts = context.resources.get_or_default::<InsertTimings>();
+        context.resources.get_or_insert_with(|| StatsHub::reading(&context.pipeline, inserts))
+    }
+
+    fn reading(pipeline: &str, inserts: Arc<InsertTimings>) -> StatsHub {
+        StatsHub {
             pipeline: pipeline.to_string(),
             logger: LatencyRecorder::default(),
-            inserts: Arc::default(),
+            inserts,
             logger_crashes: AtomicU64::new(0),
             joins: Mutex::default(),
             sources: Mutex::default(),
             metrics: Mutex::default(),
             latest: watch::channel(None).0,
-        })
-    }
-
-    /// The hub of the pipeline named `pipeline` in this process (made on first use):
-    /// how stage kinds built from one file meet.
-    pub fn for_pipeline(pipeline: &str) -> Arc<StatsHub> {
-        static HUBS: OnceLock<Mutex<HashMap<String, Arc<StatsHub>>>> = OnceLock::new();
-        let hubs = HUBS.get_or_init(Mutex::default);
-        lock(hubs).entry(pipeline.to_string()).or_insert_with(|| StatsHub::new(pipeline)).clone()
+        }
     }
 
     /// The pipeline's name.
@@ -495,7 +388,7 @@ impl Kind for StatisticsKind {
 
     fn build(self, stage: &StageDecl, pipeline: &mut Pipeline, context: &BuildContext) -> Result<(), String> {
         let (frame, output) = (Duration::from_millis(self.frame_ms), self.output()?);
-        let hub = StatsHub::for_pipeline(&context.pipeline);
+        let hub = StatsHub::of(context);
         let sequence = Arc::new(AtomicU64::new(0));
         let id = stage.id.clone();
         let config = pipeline
@@ -598,13 +491,18 @@ mod tests {
     }
 
     #[test]
-    fn hubs_are_shared_by_pipeline_name() {
-        let a = StatsHub::for_pipeline("shared-by-name");
-        let b = StatsHub::for_pipeline("shared-by-name");
-        let other = StatsHub::for_pipeline("another-name");
+    fn a_hub_is_shared_within_a_build_context_not_by_name() {
+        let file = stageflow::config::parse_pipeline(
+            std::path::Path::new("twin.toml"),
+            "[pipeline]\nname = \"twin\"\n",
+            &|_| None,
+        )
+        .expect("parses");
+        let (first, second) = (BuildContext::for_file(&file, "."), BuildContext::for_file(&file, "."));
+        let (a, b, other) = (StatsHub::of(&first), StatsHub::of(&first), StatsHub::of(&second));
         assert!(Arc::ptr_eq(&a, &b));
-        assert!(!Arc::ptr_eq(&a, &other));
-        assert!(Arc::ptr_eq(&a.insert_timings(), &b.insert_timings()));
-        assert_eq!(other.pipeline(), "another-name");
+        assert!(!Arc::ptr_eq(&a, &other), "one name, two pipelines, two hubs");
+        assert!(Arc::ptr_eq(&a.insert_timings(), &first.resources.get::<InsertTimings>().unwrap()));
+        assert_eq!(other.pipeline(), "twin");
     }
 }

@@ -8,18 +8,20 @@ use axum::response::IntoResponse;
 
 use super::Observed;
 use super::metrics::SinkFigures;
+use stageflow::config::Resources;
+
 use crate::analysis::StatsHub;
 use crate::sse::SseStatsSnapshot;
 use crate::storage::published_sinks;
 
-/// The SSE sources of pipeline `pipeline`, by stage id, with their counters now.
-pub fn sources_of(pipeline: &str) -> Vec<(String, SseStatsSnapshot)> {
-    StatsHub::for_pipeline(pipeline).sources()
+/// The SSE sources of the pipeline built with `resources`, by stage id, with their counters now.
+pub fn sources_of(resources: &Resources) -> Vec<(String, SseStatsSnapshot)> {
+    resources.get::<StatsHub>().map(|hub| hub.sources()).unwrap_or_default()
 }
 
-/// The sinks of pipeline `pipeline`, with their figures now.
-pub fn sinks_of(pipeline: &str) -> Vec<SinkFigures> {
-    published_sinks(pipeline)
+/// The sinks of the pipeline built with `resources`, with their figures now.
+pub fn sinks_of(resources: &Resources) -> Vec<SinkFigures> {
+    published_sinks(resources)
         .into_iter()
         .map(|sink| SinkFigures {
             stage: sink.stage,
@@ -64,7 +66,7 @@ pub async fn healthz() -> &'static str {
 /// `GET /readyz`: 200 `ready`, or 503 with one reason per line.
 pub async fn readyz(State(observed): State<Observed>) -> impl IntoResponse {
     let verdict = match observed.current() {
-        Some(view) => readiness(&view.name, view.shutdown.is_requested(), &sources_of(&view.name)),
+        Some(view) => readiness(&view.name, view.shutdown.is_requested(), &sources_of(&view.resources)),
         None => Ok(()),
     };
     match verdict {

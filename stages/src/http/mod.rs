@@ -27,7 +27,7 @@ use std::sync::{Arc, Mutex};
 
 use axum::Router;
 use axum::routing::get;
-use stageflow::config::{PipelineFile, Registry};
+use stageflow::config::{PipelineFile, Registry, Resources};
 use stageflow::{MetricsReader, PipelineHandle, ShutdownTrigger, Taps};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -59,11 +59,18 @@ pub struct PipelineView {
     pub shutdown: ShutdownTrigger,
     /// The edges cut to other processes (`run --part`), none by default.
     pub cuts: crate::cluster::CutReport,
+    /// What its stages share (statistics hub, sinks), from its build context.
+    pub resources: Resources,
 }
 
 impl PipelineView {
-    /// The view of `handle`, the pipeline built from `file` with `registry`'s kinds.
-    pub fn new(file: &PipelineFile, registry: &Registry, handle: &PipelineHandle) -> Self {
+    /// The view of `handle`, the pipeline built from `file` with `registry`'s kinds and `resources`.
+    pub fn new(
+        file: &PipelineFile,
+        registry: &Registry,
+        handle: &PipelineHandle,
+        resources: &Resources,
+    ) -> Self {
         PipelineView {
             name: file.name.clone(),
             graph: api::Graph::of(file, registry),
@@ -71,6 +78,7 @@ impl PipelineView {
             taps: handle.taps(),
             shutdown: handle.shutdown_trigger(),
             cuts: crate::cluster::CutReport::default(),
+            resources: resources.clone(),
         }
     }
 }
@@ -130,7 +138,7 @@ impl Observed {
         let mut scrape = metrics::Scrape::default();
         if let Some(view) = self.current() {
             scrape.stages = view.metrics.snapshot();
-            scrape.sinks = health::sinks_of(&view.name);
+            scrape.sinks = health::sinks_of(&view.resources);
             scrape.cuts = metrics::CutFigures::of(&view.cuts);
             scrape.pipeline = Some(view.name);
         }

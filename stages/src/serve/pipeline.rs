@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use stageflow::config::{
-    BuildContext, DispatcherDecl, Kind, Location, PipelineFile, Registry, Setting, StageDecl,
+    BuildContext, DispatcherDecl, Kind, Location, PipelineFile, Registry, Resources, Setting, StageDecl,
     SubscriptionDecl,
 };
 use stageflow::{
@@ -193,7 +193,7 @@ pub(crate) fn add_broker(file: &mut PipelineFile, addr: &str) -> Result<(), Stri
 }
 
 /// Builds and starts the file's pipeline with the logger's lines going to `log_lines`.
-fn start_pipeline(config: &ServeConfig) -> Result<(PipelineHandle, PipelineFile), String> {
+fn start_pipeline(config: &ServeConfig) -> Result<(PipelineHandle, PipelineFile, Resources), String> {
     let (sender, receiver) = mpsc::channel::<String>(LOGGER_CHANNEL);
     let registry = crate::registry();
     let file = prepare_file(config, &registry)?;
@@ -214,8 +214,10 @@ fn start_pipeline(config: &ServeConfig) -> Result<(PipelineHandle, PipelineFile)
         .dispatcher(BroadcastDispatcher::new())
         .buffer(LINES_BUFFER, BufferKeep::Last);
     let handle = pipeline.start().map_err(|error| format!("{}: {error}", file.path.display()))?;
-    StatsHub::for_pipeline(&file.name).attach_metrics(handle.metrics_reader());
-    Ok((handle, file))
+    if let Some(hub) = context.resources.get::<StatsHub>() {
+        hub.attach_metrics(handle.metrics_reader());
+    }
+    Ok((handle, file, context.resources))
 }
 
 // ---- the hub: one shared pipeline, many watchers ----------------------------------
@@ -247,8 +249,8 @@ struct Running {
     trigger: ShutdownTrigger,
     reader: MetricsReader,
     samples: Samples,
-    /// When the statistics frame the hub held at start closed: a frame of an earlier run, not shown.
-    earlier_frame: Option<String>,
+    /// What its stages share: its statistics hub and sinks.
+    resources: Resources,
     watchers: usize,
     owner: JoinHandle<()>,
 }
@@ -354,7 +356,7 @@ impl Hub {
     }
 
     fn start(&self) -> Result<Running, String> {
-        let (handle, file) = start_pipeline(&self.config)?;
+        let (handle, file, resources) = start_pipeline(&self.config)?;
         let generation = self.counters.pipelines_started.fetch_add(1, Ordering::Relaxed) + 1;
         let (requests, inbox) = mpsc::channel(16);
         let reader = handle.metrics_reader();
@@ -362,10 +364,10 @@ impl Hub {
         let samples: Samples = Arc::default();
         let stage_count = reader.snapshot().len();
         self.counters.stages_running.fetch_add(stage_count, Ordering::Relaxed);
-        let sampler = tokio::spawn(sample(reader.clone(), file.name.clone(), samples.clone()));
+        let sampler = tokio::spawn(sample(reader.clone(), resources.clone(), samples.clone()));
         let counters = self.counters.clone();
         let name = file.name.clone();
-        let mut view = crate::http::PipelineView::new(&file, &crate::registry(), &handle);
+        let mut view = crate::http::PipelineView::new(&file, &crate::registry(), &handle, &resources);
         let lines = crate::http::api::GraphStage {
             id: LINES_STAGE.to_string(),
             kind: "log lines".to_string(),
@@ -398,11 +400,7 @@ impl Hub {
             trigger,
             reader,
             samples,
-            earlier_frame: StatsHub::for_pipeline(&file.name)
-                .subscribe()
-                .borrow()
-                .as_ref()
-                .map(|f| f.at.clone()),
+            resources,
             watchers: 0,
             owner,
         })
@@ -468,9 +466,9 @@ async fn own(mut handle: PipelineHandle, mut requests: mpsc::Receiver<Request>, 
     }
 }
 
-/// The numbers of pipeline `name` now.
-fn take_sample(reader: &MetricsReader, name: &str) -> Sample {
-    let stored_tweets = crate::storage::published_sinks(name)
+/// The numbers of the pipeline now (`resources` from its build context).
+fn take_sample(reader: &MetricsReader, resources: &Resources) -> Sample {
+    let stored_tweets = crate::storage::published_sinks(resources)
         .iter()
         .map(|sink| sink.metrics.counters().tweets_inserted)
         .sum();
@@ -478,11 +476,11 @@ fn take_sample(reader: &MetricsReader, name: &str) -> Sample {
 }
 
 /// Keeps the last few seconds of numbers, one sample a second.
-async fn sample(reader: MetricsReader, name: String, samples: Samples) {
+async fn sample(reader: MetricsReader, resources: Resources, samples: Samples) {
     let mut ticker = tokio::time::interval(Duration::from_secs(1));
     loop {
         ticker.tick().await;
-        let sample = take_sample(&reader, &name);
+        let sample = take_sample(&reader, &resources);
         let now = sample.at;
         let mut samples = samples.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         samples.push_back(sample);
@@ -493,7 +491,7 @@ async fn sample(reader: MetricsReader, name: String, samples: Samples) {
 }
 
 fn stats_text(running: &Running, skipped_by_sessions: u64) -> String {
-    let now = take_sample(&running.reader, &running.name);
+    let now = take_sample(&running.reader, &running.resources);
     let kind_of = |stage: &str| running.kinds.get(stage).map(String::as_str).unwrap_or("");
     let ids_of = |kind: &str| -> Vec<&str> {
         running.kinds.iter().filter(|(_, k)| k.as_str() == kind).map(|(id, _)| id.as_str()).collect()
@@ -556,11 +554,7 @@ fn stats_text(running: &Running, skipped_by_sessions: u64) -> String {
             )
         })
         .collect();
-    let frame = StatsHub::for_pipeline(&running.name)
-        .subscribe()
-        .borrow()
-        .clone()
-        .filter(|frame| Some(&frame.at) != running.earlier_frame.as_ref());
+    let frame = running.resources.get::<StatsHub>().and_then(|hub| hub.subscribe().borrow().clone());
     let inserts = match &frame {
         Some(frame) => format!(
             "; last frame #{}: logger {}, tweets insert {}, users insert {}",
@@ -576,7 +570,7 @@ fn stats_text(running: &Running, skipped_by_sessions: u64) -> String {
         .filter(|stage| stage.dropped > 0)
         .map(|stage| format!("{} {}", stage.stage, stage.dropped))
         .collect();
-    let sink_counts = crate::storage::published_sinks(&running.name);
+    let sink_counts = crate::storage::published_sinks(&running.resources);
     let (tweets, users, batches) = sink_counts.iter().fold((0, 0, 0), |(t, u, b), sink| {
         let counters = sink.metrics.counters();
         (t + counters.tweets_inserted, u + counters.users_inserted, b + counters.batches)

@@ -2,15 +2,18 @@
 //! and counters, shared with whoever reads them (the statistics stage).
 //!
 //! Each sink stage built from a pipeline file publishes its [`SinkMetrics`]
-//! under its pipeline and stage id; [`published_sinks`] lists them.
+//! under its stage id in the build context's [`PublishedSinks`];
+//! [`published_sinks`] lists them.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::Duration;
 
 use hdrhistogram::Histogram;
 
-use crate::analysis::InsertTimings;
+use stageflow::config::Resources;
+
+use crate::timings::InsertTimings;
 
 /// Largest time recorded, in microseconds (one hour); longer ones are clamped.
 const MAX_MICROS: u64 = 3_600_000_000;
@@ -165,11 +168,9 @@ impl SinkMetrics {
     }
 }
 
-/// A sink stage's metrics, as published by the stage kinds.
+/// A sink stage's metrics, as published by its kind.
 #[derive(Debug, Clone)]
 pub struct PublishedSink {
-    /// `[pipeline] name`.
-    pub pipeline: String,
     /// The sink stage's id.
     pub stage: String,
     /// Its kind (`mongo_sink`, `sqlite_sink`, `null_sink`).
@@ -178,22 +179,28 @@ pub struct PublishedSink {
     pub metrics: Arc<SinkMetrics>,
 }
 
-fn published() -> &'static Mutex<Vec<PublishedSink>> {
-    static PUBLISHED: OnceLock<Mutex<Vec<PublishedSink>>> = OnceLock::new();
-    PUBLISHED.get_or_init(|| Mutex::new(Vec::new()))
+/// The sinks of one pipeline: a resource of its build context, where each
+/// sink kind publishes its metrics and whoever started the pipeline reads them.
+#[derive(Debug, Default)]
+pub struct PublishedSinks(Mutex<Vec<PublishedSink>>);
+
+impl PublishedSinks {
+    /// Publishes a sink's metrics (replacing an earlier sink of the same stage id).
+    pub fn publish(&self, stage: &str, kind: &'static str, metrics: Arc<SinkMetrics>) {
+        let mut sinks = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        sinks.retain(|sink| sink.stage != stage);
+        sinks.push(PublishedSink { stage: stage.to_string(), kind, metrics });
+    }
+
+    /// The sinks published so far.
+    pub fn list(&self) -> Vec<PublishedSink> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner).clone()
+    }
 }
 
-/// Publishes a sink's metrics (replacing an earlier sink of the same pipeline and stage id).
-pub fn publish(pipeline: &str, stage: &str, kind: &'static str, metrics: Arc<SinkMetrics>) {
-    let mut sinks = published().lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-    sinks.retain(|sink| !(sink.pipeline == pipeline && sink.stage == stage));
-    sinks.push(PublishedSink { pipeline: pipeline.to_string(), stage: stage.to_string(), kind, metrics });
-}
-
-/// The sinks built so far in this process by pipeline `pipeline`.
-pub fn published_sinks(pipeline: &str) -> Vec<PublishedSink> {
-    let sinks = published().lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-    sinks.iter().filter(|sink| sink.pipeline == pipeline).cloned().collect()
+/// The sinks published in `resources` (a pipeline's build context's).
+pub fn published_sinks(resources: &Resources) -> Vec<PublishedSink> {
+    resources.get::<PublishedSinks>().map(|sinks| sinks.list()).unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -226,14 +233,15 @@ mod tests {
     }
 
     #[test]
-    fn published_sinks_are_listed_by_pipeline_the_latest_per_stage() {
-        let first = SinkMetrics::new();
+    fn published_sinks_are_listed_per_resources_the_latest_per_stage() {
+        let (ours, theirs) = (Resources::default(), Resources::default());
         let second = SinkMetrics::new();
-        publish("metrics-test", "store", "null_sink", first);
-        publish("metrics-test", "store", "null_sink", second.clone());
-        publish("other-pipeline", "store", "null_sink", SinkMetrics::new());
-        let sinks = published_sinks("metrics-test");
+        ours.get_or_default::<PublishedSinks>().publish("store", "null_sink", SinkMetrics::new());
+        ours.get_or_default::<PublishedSinks>().publish("store", "null_sink", second.clone());
+        theirs.get_or_default::<PublishedSinks>().publish("store", "null_sink", SinkMetrics::new());
+        let sinks = published_sinks(&ours);
         assert_eq!(sinks.len(), 1);
         assert!(Arc::ptr_eq(&sinks[0].metrics, &second));
+        assert!(published_sinks(&Resources::default()).is_empty());
     }
 }

@@ -39,12 +39,12 @@ use stageflow::{Consumer, Events};
 use crate::scored::ScoredTweet;
 use batcher::Batch;
 use documents::{EngagementBatch, EngagementDelta, SplitBatch, split_batch};
-pub use metrics::{InsertTimes, PublishedSink, SinkCounters, SinkMetrics, published_sinks};
+pub use metrics::{InsertTimes, PublishedSink, PublishedSinks, SinkCounters, SinkMetrics, published_sinks};
 use stageflow::config::{BuildContext, DispatcherChoices, StageDecl, configure, settings};
 use stageflow::{DemandBounds, Pipeline};
 
-use crate::analysis::StatsHub;
 use crate::settings::duration_setting;
+use crate::timings::InsertTimings;
 
 /// Why a sink could not write, and whether trying again may help.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -333,8 +333,8 @@ pub fn build_sink<S: Sink>(
     make: impl Fn() -> S + Send + Sync + 'static,
 ) -> Result<(), String> {
     let metrics = SinkMetrics::new();
-    metrics.forward_to(StatsHub::for_pipeline(&context.pipeline).insert_timings());
-    metrics::publish(&context.pipeline, &stage.id, kind, metrics.clone());
+    metrics.forward_to(context.resources.get_or_default::<InsertTimings>());
+    context.resources.get_or_default::<PublishedSinks>().publish(&stage.id, kind, metrics.clone());
     let id = stage.id.clone();
     let config = pipeline.consumer(&stage.id, move || SinkStage::new(&id, make(), options, metrics.clone()));
     configure(&one_batch_at_a_time(stage), config, &DispatcherChoices::demand_only(), None)
