@@ -38,13 +38,9 @@ impl<T> Buffer<T> {
     }
 
     /// Events dropped since creation because the buffer was full.
+    #[cfg(test)]
     pub fn dropped(&self) -> u64 {
         self.dropped
-    }
-
-    /// The most events it holds.
-    pub fn capacity(&self) -> usize {
-        self.capacity
     }
 
     /// Appends events at the back, dropping by policy past capacity.

@@ -151,11 +151,6 @@ impl DemandLedger {
         self.outstanding += ask;
         ask
     }
-
-    /// Records credits granted by hand (manual mode).
-    pub fn granted(&mut self, credits: usize) {
-        self.outstanding += credits;
-    }
 }
 
 #[cfg(test)]

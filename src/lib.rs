@@ -197,8 +197,8 @@ mod supervisor;
 mod tap;
 pub mod window;
 
-pub use buffer::{Buffer, BufferKeep};
-pub use demand::{DemandBounds, DemandBoundsError, DemandLedger, DemandMode};
+pub use buffer::BufferKeep;
+pub use demand::{DemandBounds, DemandBoundsError, DemandMode};
 pub use dispatcher::{BroadcastDispatcher, DemandDispatcher, Dispatcher, PartitionDispatcher};
 pub use error::{PipelineError, StageError};
 pub use link::{CancelMode, DemandHandle, EndReason, SubscribeOptions};
@@ -210,5 +210,5 @@ pub use pipeline::{
 pub use pool::{Autoscale, PoolConfig, Routing, autoscale_target};
 pub use stage::{Consumer, Emitter, Events, Flow, Nothing, Producer, ProducerConsumer, Wakeup};
 pub use subscription::Subscription;
-pub use supervisor::{Escalation, RestartPolicy, RestartTracker};
-pub use tap::{Sampler, TapOptions, TapStream};
+pub use supervisor::{Escalation, RestartPolicy};
+pub use tap::{TapOptions, TapStream};
