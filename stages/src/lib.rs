@@ -6,6 +6,7 @@
 //! all; the events that flow between them are in [`events`].
 
 pub mod analysis;
+pub mod backoff;
 pub mod broker;
 pub mod broker_stages;
 pub mod cli;
@@ -22,6 +23,7 @@ pub mod serve;
 pub mod settings;
 pub mod sse;
 pub mod storage;
+pub mod sync;
 pub mod timings;
 pub mod tweet;
 

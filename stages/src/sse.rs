@@ -52,7 +52,9 @@ use stageflow::{Nothing, Pipeline};
 
 use crate::analysis::StatsHub;
 use crate::analysis::flow::partition_of_id;
+use crate::backoff::backoff;
 use crate::settings::at_least_one;
+use crate::sync::lock;
 
 /// The first wait after a failed attempt, by default.
 pub const DEFAULT_INITIAL_BACKOFF: Duration = Duration::from_millis(100);
@@ -184,11 +186,6 @@ impl SseStats {
     }
 }
 
-/// Locks a mutex that holds plain data, whether or not a holder panicked.
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
 /// Where and how an [`SseReceiver`] connects; clone it into the stage factory.
 #[derive(Debug, Clone)]
 pub struct SseSourceConfig {
@@ -248,15 +245,6 @@ impl SseSourceConfig {
     }
 }
 
-/// How long to wait before the next attempt after `failures` consecutive failed ones.
-pub fn backoff_delay(failures: u32, initial: Duration, max: Duration) -> Duration {
-    if failures == 0 {
-        return Duration::ZERO;
-    }
-    let factor = 1u32.checked_shl(failures - 1).unwrap_or(u32::MAX);
-    initial.saturating_mul(factor).min(max)
-}
-
 /// How long to wait before the next attempt: the backoff after `failures`
 /// consecutive failed attempts, but never less than the server's
 /// reconnection time (`retry:`) once it gave one. Without one, a reconnect
@@ -267,7 +255,7 @@ pub fn reconnect_delay(
     initial: Duration,
     max: Duration,
 ) -> Duration {
-    backoff_delay(failures, initial, max).max(reconnection_time.unwrap_or(Duration::ZERO))
+    backoff(failures, initial, max).max(reconnection_time.unwrap_or(Duration::ZERO))
 }
 
 /// A producer stage reading one SSE stream of tweets, only against demand.
@@ -537,14 +525,6 @@ impl Kind for SseKind {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn backoff_doubles_from_the_initial_delay_up_to_the_maximum() {
-        let (initial, max) = (Duration::from_millis(100), Duration::from_secs(5));
-        let delays: Vec<u128> = (0..10).map(|f| backoff_delay(f, initial, max).as_millis()).collect();
-        assert_eq!(delays, [0, 100, 200, 400, 800, 1600, 3200, 5000, 5000, 5000]);
-        assert_eq!(backoff_delay(u32::MAX, initial, max), max);
-    }
 
     #[test]
     fn the_servers_reconnection_time_is_a_floor_and_without_it_a_reconnect_is_immediate() {

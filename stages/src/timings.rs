@@ -20,10 +20,11 @@
 //! ```
 
 use std::fmt;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
+use crate::sync::lock;
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 
@@ -50,12 +51,12 @@ impl LatencyRecorder {
     /// Records one duration (microsecond resolution, 1 µs to 1 h; 1% precision).
     pub fn record(&self, elapsed: Duration) {
         let micros = (elapsed.as_micros().min(MAX_MICROS as u128) as u64).max(1);
-        self.histogram.lock().unwrap_or_else(PoisonError::into_inner).saturating_record(micros);
+        lock(&self.histogram).saturating_record(micros);
     }
 
     /// The summary of what was recorded since the last `take`, and starts afresh.
     pub fn take(&self) -> TimingSummary {
-        let mut histogram = self.histogram.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut histogram = lock(&self.histogram);
         let summary = TimingSummary::of(&histogram);
         histogram.reset();
         summary

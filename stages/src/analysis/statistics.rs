@@ -37,10 +37,7 @@ use stageflow::config::{BuildContext, DispatcherChoices, Kind, StageDecl, config
 use stageflow::{BufferKeep, Nothing, Pipeline};
 
 use crate::settings::a_period;
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-}
+use crate::sync::lock;
 
 /// One frame of statistics: what the statistics stage emits, prints and publishes.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

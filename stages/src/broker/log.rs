@@ -16,9 +16,33 @@ use std::time::Duration;
 
 use tokio::sync::{Notify, watch};
 
-use super::SyncMode;
 use super::queue::AckedSet;
 use super::record::{self, CheckpointEntry, Decoded, FRAME_HEADER, MAX_PAYLOAD, Record, StoredEvent};
+
+/// When the log is fsynced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SyncMode {
+    /// Before `ok` is sent for every `pub`, `sub`, `unsub` and `ack` (grouped across clients).
+    Always,
+    /// In groups, at least every 100 ms.
+    Batched,
+    /// Never explicitly: the operating system writes when it likes.
+    Off,
+}
+
+impl std::str::FromStr for SyncMode {
+    type Err = String;
+
+    /// Reads `always`, `batched` or `off` (the `--sync` flag).
+    fn from_str(text: &str) -> Result<Self, String> {
+        match text {
+            "always" => Ok(SyncMode::Always),
+            "batched" => Ok(SyncMode::Batched),
+            "off" => Ok(SyncMode::Off),
+            other => Err(format!("expected always, batched or off, got '{other}'")),
+        }
+    }
+}
 
 /// How often batched mode fsyncs, at the latest.
 pub const SYNC_INTERVAL: Duration = Duration::from_millis(100);
@@ -202,7 +226,7 @@ impl TopicLog {
 
     /// Locks the log for appending (a short, synchronous critical section: never hold it across an await).
     pub fn lock(&self) -> LogGuard<'_> {
-        LogGuard { log: self, state: self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) }
+        LogGuard { log: self, state: crate::sync::lock(&self.state) }
     }
 
     /// The highest sequence number assigned so far.
@@ -594,6 +618,17 @@ fn read_full(reader: &mut impl Read, buffer: &mut [u8]) -> io::Result<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sync_modes_read_from_their_flag_words() {
+        assert_eq!("always".parse(), Ok(SyncMode::Always));
+        assert_eq!("batched".parse(), Ok(SyncMode::Batched));
+        assert_eq!("off".parse(), Ok(SyncMode::Off));
+        assert_eq!(
+            "Always".parse::<SyncMode>(),
+            Err("expected always, batched or off, got 'Always'".to_string())
+        );
+    }
 
     fn event(seq: u64) -> StoredEvent {
         StoredEvent { seq, priority: 0, id: format!("e{seq}"), body: format!("{{\"n\":{seq}}}") }

@@ -34,6 +34,7 @@ pub mod protocol;
 mod queue;
 pub mod record;
 mod server;
+mod subscription;
 mod topic;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -48,29 +49,20 @@ use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
-pub use delivery::Delivery;
-pub use log::{CompactionReport, SYNC_INTERVAL};
+pub use log::{CompactionReport, SYNC_INTERVAL, SyncMode};
 pub use protocol::{Command, EventInput, parse_command};
 pub use queue::{AckedSet, PendingQueue};
 pub use record::StoredEvent;
 pub use server::{BrokerServer, ServerConfig, serve};
+pub use subscription::Delivery;
 
-use delivery::{DeliverySetup, SubscriptionCommand, run_delivery};
-use topic::{SubscriptionState, Topic, lock};
+use crate::sync::lock;
+use delivery::{DeliverySetup, run_delivery};
+use subscription::SubscriptionCommand;
+use topic::{SubscriptionState, Topic};
 
 /// Default window: deliveries that may await an ack at once.
 pub const DEFAULT_WINDOW: usize = 10;
-
-/// When the log is fsynced.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum SyncMode {
-    /// Before `ok` is sent for every `pub`, `sub`, `unsub` and `ack` (grouped across clients).
-    Always,
-    /// In groups, at least every 100 ms.
-    Batched,
-    /// Never explicitly: the operating system writes when it likes.
-    Off,
-}
 
 /// An error from the broker, worded for the `error: ...` reply.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -138,7 +130,7 @@ pub struct BrokerArgs {
     #[arg(long, default_value = "broker-data")]
     pub data_dir: PathBuf,
     /// When to fsync the log: always (before each ok), batched (at least every 100 ms), off. Example: --sync always
-    #[arg(long, value_enum, default_value = "batched")]
+    #[arg(long, default_value = "batched")]
     pub sync: SyncMode,
     /// Shared secret clients must send with `auth <token>` before other commands. Example: --token s3cret
     #[arg(long)]

@@ -18,11 +18,11 @@ use std::sync::{Arc, Mutex};
 use stageflow::{BroadcastDispatcher, BufferKeep, Emitter, Flow, Pipeline, PipelineHandle, Producer};
 use tokio::sync::mpsc;
 
-use super::SyncMode;
-use super::delivery::SubscriptionCommand;
-use super::log::{LogGuard, Recovery, TopicLog};
+use super::log::{LogGuard, Recovery, SyncMode, TopicLog};
 use super::queue::AckedSet;
 use super::record::{CheckpointEntry, Record, StoredEvent};
+use super::subscription::SubscriptionCommand;
+use crate::sync::lock;
 
 /// The id of the producer stage in each topic's pipeline.
 pub(crate) const FEED_STAGE: &str = "feed";
@@ -94,11 +94,6 @@ impl Producer for TopicFeed {
             Flow::Continue
         }
     }
-}
-
-/// Locks a std mutex, ignoring poisoning (the data stays consistent: no panics while held).
-pub(crate) fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl Topic {

@@ -11,9 +11,9 @@ use stageflow::{Consumer, Events};
 
 use super::client::{ClientError, Connection, Incoming};
 use crate::analysis::StatsFrame;
+use crate::backoff::backoff;
 use crate::broker::protocol::parse_event;
 use crate::scored::ScoredTweet;
-use crate::storage::backoff;
 use crate::storage::documents::split_batch;
 use std::time::{SystemTime, UNIX_EPOCH};
 

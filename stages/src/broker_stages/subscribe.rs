@@ -26,7 +26,7 @@ use serde_json::Value;
 use stageflow::{Emitter, Flow, Producer};
 
 use super::client::{ClientError, Connection, Incoming};
-use crate::storage::backoff;
+use crate::backoff::backoff;
 use stageflow::config::{BuildContext, DispatcherChoices, Kind, StageDecl, configure, settings};
 use stageflow::{Nothing, Pipeline};
 

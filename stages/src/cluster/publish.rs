@@ -22,7 +22,7 @@ use tokio::sync::OnceCell;
 use super::CutStats;
 use super::build::{StreamSpec, connect, ensure_stream_named};
 use super::wire::{Wire, partition_of};
-use crate::storage::backoff;
+use crate::backoff::backoff;
 
 type AckFuture = Pin<Box<dyn Future<Output = Result<PublishAck, PublishError>> + Send>>;
 

@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use crate::sync::lock;
 use axum::body::Body;
 use axum::extract::{Extension, Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
@@ -133,7 +134,7 @@ impl StatsRegistry {
             bytes_written: AtomicU64::new(0),
             open: AtomicBool::new(true),
         });
-        let mut connections = self.connections.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut connections = lock(&self.connections);
         if connections.len() >= MAX_TRACKED_CONNECTIONS {
             let oldest_closed = connections.iter().position(|c| !c.open.load(Ordering::Relaxed));
             connections.remove(oldest_closed.unwrap_or(0));
@@ -143,7 +144,7 @@ impl StatsRegistry {
     }
 
     pub(super) fn snapshot(&self) -> EmulatorStats {
-        let connections = self.connections.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let connections = lock(&self.connections);
         EmulatorStats {
             connections: connections
                 .iter()

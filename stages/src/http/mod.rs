@@ -33,6 +33,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
 use crate::broker::Broker;
+use crate::sync::lock;
 
 /// Reads `--http`'s address: `HOST:PORT`, or a bare `PORT` on the loopback interface.
 pub fn parse_addr(text: &str) -> Result<SocketAddr, String> {
@@ -120,7 +121,7 @@ impl Observed {
     }
 
     fn slot(&self) -> std::sync::MutexGuard<'_, Option<PipelineView>> {
-        self.pipeline.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        lock(&self.pipeline)
     }
 
     /// The pipeline shown now.

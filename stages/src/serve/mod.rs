@@ -35,6 +35,7 @@ use tokio::task::{JoinHandle, JoinSet};
 
 pub use pipeline::{LINES_STAGE, STATS_LINES};
 
+use crate::sync::lock;
 use pipeline::Hub;
 use session::SessionShared;
 
@@ -199,7 +200,7 @@ pub(crate) struct Server {
 
 impl Server {
     fn sessions(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, Arc<SessionShared>>> {
-        self.sessions.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        lock(&self.sessions)
     }
 
     /// Lines dropped for slow sessions since the server started.

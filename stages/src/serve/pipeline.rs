@@ -30,6 +30,7 @@ use super::protocol::TWEET_PREFIX;
 use crate::analysis::logger::{LoggerKind, LoggerOutput};
 use crate::analysis::{OutputTarget, StatsHub};
 use crate::cli::EMULATOR_URL;
+use crate::sync::lock;
 
 /// The id of the broadcast stage of logger lines that sessions subscribe to.
 pub const LINES_STAGE: &str = "log_lines";
@@ -482,7 +483,7 @@ async fn sample(reader: MetricsReader, resources: Resources, samples: Samples) {
         ticker.tick().await;
         let sample = take_sample(&reader, &resources);
         let now = sample.at;
-        let mut samples = samples.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut samples = lock(&samples);
         samples.push_back(sample);
         while samples.front().is_some_and(|old| now.duration_since(old.at) > RATE_WINDOW) {
             samples.pop_front();

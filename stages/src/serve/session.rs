@@ -18,6 +18,7 @@ use super::Server;
 use super::outbox::{Outbox, Outgoing};
 use super::protocol::{Command, GREETING, HELP, parse_command};
 use crate::line_reader::{LineRead, read_line};
+use crate::sync::lock;
 
 /// Replies a session may have queued for writing; past it, its commands wait.
 const REPLY_QUEUE: usize = 16;
@@ -43,7 +44,7 @@ impl SessionShared {
     }
 
     pub(crate) fn outbox(&self) -> MutexGuard<'_, Outbox> {
-        self.outbox.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        lock(&self.outbox)
     }
 
     pub(crate) fn watching(&self) -> bool {

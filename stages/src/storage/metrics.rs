@@ -6,13 +6,14 @@
 //! [`published_sinks`] lists them.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use hdrhistogram::Histogram;
 
 use stageflow::config::Resources;
 
+use crate::sync::lock;
 use crate::timings::InsertTimings;
 
 /// Largest time recorded, in microseconds (one hour); longer ones are clamped.
@@ -88,10 +89,6 @@ pub struct SinkMetrics {
     engagement_updates: AtomicU64,
     /// The statistics stage's recorder, also fed every insert.
     forward: OnceLock<Arc<InsertTimings>>,
-}
-
-fn lock(times: &Mutex<InsertTimes>) -> MutexGuard<'_, InsertTimes> {
-    times.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 fn micros(duration: Duration) -> u64 {
@@ -187,14 +184,14 @@ pub struct PublishedSinks(Mutex<Vec<PublishedSink>>);
 impl PublishedSinks {
     /// Publishes a sink's metrics (replacing an earlier sink of the same stage id).
     pub fn publish(&self, stage: &str, kind: &'static str, metrics: Arc<SinkMetrics>) {
-        let mut sinks = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut sinks = lock(&self.0);
         sinks.retain(|sink| sink.stage != stage);
         sinks.push(PublishedSink { stage: stage.to_string(), kind, metrics });
     }
 
     /// The sinks published so far.
     pub fn list(&self) -> Vec<PublishedSink> {
-        self.0.lock().unwrap_or_else(PoisonError::into_inner).clone()
+        lock(&self.0).clone()
     }
 }
 

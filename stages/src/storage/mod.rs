@@ -43,6 +43,7 @@ pub use metrics::{InsertTimes, PublishedSink, PublishedSinks, SinkCounters, Sink
 use stageflow::config::{BuildContext, DispatcherChoices, StageDecl, configure, settings};
 use stageflow::{DemandBounds, Pipeline};
 
+use crate::backoff::backoff;
 use crate::settings::duration_setting;
 use crate::timings::InsertTimings;
 
@@ -161,12 +162,6 @@ impl Default for SinkOptions {
             retry_max: Duration::from_secs(5),
         }
     }
-}
-
-/// The wait before retry number `attempt` (1, 2, …): doubling from `initial`, at most `max`.
-pub fn backoff(attempt: u32, initial: Duration, max: Duration) -> Duration {
-    let factor = 1u32 << attempt.saturating_sub(1).min(16);
-    initial.saturating_mul(factor).min(max)
 }
 
 /// A sink run as a stage taking batches of scored tweets.
@@ -343,14 +338,6 @@ pub fn build_sink<S: Sink>(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn backoff_doubles_up_to_the_cap() {
-        let (initial, max) = (Duration::from_millis(100), Duration::from_secs(5));
-        let waits: Vec<u128> = (1..=8).map(|n| backoff(n, initial, max).as_millis()).collect();
-        assert_eq!(waits, [100, 200, 400, 800, 1600, 3200, 5000, 5000]);
-        assert_eq!(backoff(u32::MAX, initial, max), max);
-    }
 
     #[test]
     fn write_ids_are_unique() {
