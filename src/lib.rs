@@ -184,6 +184,7 @@ pub mod config;
 mod demand;
 pub mod dispatcher;
 mod error;
+pub mod failure;
 mod graph;
 mod link;
 mod metrics;

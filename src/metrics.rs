@@ -25,6 +25,7 @@ pub struct StageMetrics {
     pub(crate) dropped: AtomicU64,
     pub(crate) restarts: AtomicU64,
     pub(crate) lost: AtomicU64,
+    pub(crate) dead_lettered: AtomicU64,
     pub(crate) credit_violations: AtomicU64,
     pub(crate) demand_held: AtomicU64,
     pub(crate) demand_asked: AtomicU64,
@@ -41,6 +42,7 @@ impl Default for StageMetrics {
             dropped: AtomicU64::new(0),
             restarts: AtomicU64::new(0),
             lost: AtomicU64::new(0),
+            dead_lettered: AtomicU64::new(0),
             credit_violations: AtomicU64::new(0),
             demand_held: AtomicU64::new(0),
             demand_asked: AtomicU64::new(0),
@@ -90,6 +92,7 @@ impl StageMetrics {
             dropped: load(&self.dropped),
             restarts: load(&self.restarts),
             lost: load(&self.lost),
+            dead_lettered: load(&self.dead_lettered),
             credit_violations: load(&self.credit_violations),
             demand_held: load(&self.demand_held),
             demand_asked: load(&self.demand_asked),
@@ -178,6 +181,8 @@ pub struct StageSnapshot {
     pub restarts: u64,
     /// Events lost to panics (the one each panicking callback held).
     pub lost: u64,
+    /// Events handed to the stage's dead-letter handler after panicking on every try.
+    pub dead_lettered: u64,
     /// Events received beyond the credits granted (always 0 unless the protocol is broken).
     pub credit_violations: u64,
     /// Credits held from downstream subscribers, not yet used.

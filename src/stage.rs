@@ -7,6 +7,7 @@ use std::time::Duration;
 use tokio::sync::Notify;
 
 use crate::DemandHandle;
+use crate::failure::KeepFn;
 
 /// Whether a producer has more to give.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,19 +51,44 @@ impl Wakeup {
 /// last is the one lost (and counted); the events it had not taken yet are
 /// handed to the restarted stage. Events a callback leaves untaken when it
 /// returns are discarded and counted as dropped.
-#[derive(Debug)]
 pub struct Events<T> {
     items: std::vec::IntoIter<T>,
     limit: usize,
     /// Events taken by the last `take_batch`, all "being processed" at once.
     bulk_taken: usize,
+    /// Copies the events being processed, for a stage with a failure policy.
+    keep: Option<KeepFn<T>>,
+    /// Copies of the events being processed (the last taken, or the last `take_batch`).
+    held: Vec<T>,
+}
+
+impl<T: std::fmt::Debug> std::fmt::Debug for Events<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Events")
+            .field("items", &self.items)
+            .field("limit", &self.limit)
+            .field("bulk_taken", &self.bulk_taken)
+            .field("keeps_copies", &self.keep.is_some())
+            .finish()
+    }
 }
 
 impl<T> Events<T> {
     /// A cursor over a batch (used by tests and custom runners).
     pub fn new(batch: Vec<T>) -> Self {
         let limit = batch.len();
-        Events { items: batch.into_iter(), limit, bulk_taken: 0 }
+        Events { items: batch.into_iter(), limit, bulk_taken: 0, keep: None, held: Vec::new() }
+    }
+
+    /// A cursor that keeps a copy of each event being processed, so it can be
+    /// tried again or dead-lettered if the callback panics.
+    pub(crate) fn keeping(batch: Vec<T>, keep: Option<KeepFn<T>>) -> Self {
+        Events { keep, ..Events::new(batch) }
+    }
+
+    /// Takes the copies of the events being processed (empty without a keep function).
+    pub(crate) fn take_held(&mut self) -> Vec<T> {
+        std::mem::take(&mut self.held)
     }
 
     /// Takes every event left for this callback at once, as a vector (no
@@ -79,6 +105,9 @@ impl<T> Events<T> {
         };
         self.limit = 0;
         self.bulk_taken = batch.len();
+        if let Some(keep) = &self.keep {
+            self.held = batch.iter().filter_map(|event| keep(event)).collect();
+        }
         batch
     }
 
@@ -92,6 +121,7 @@ impl<T> Events<T> {
     pub(crate) fn start_share(&mut self, limit: usize) {
         self.limit = limit;
         self.bulk_taken = 0;
+        self.held.clear();
     }
 
     /// Events left for this callback.
@@ -125,6 +155,10 @@ impl<T> Iterator for Events<T> {
         let item = self.items.next()?;
         self.limit -= 1;
         self.bulk_taken = 0;
+        if let Some(keep) = &self.keep {
+            self.held.clear();
+            self.held.extend(keep(&item));
+        }
         Some(item)
     }
 

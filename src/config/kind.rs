@@ -62,11 +62,15 @@
 
 use std::any::TypeId;
 use std::marker::PhantomData;
+use std::sync::Arc;
 
 use serde::de::DeserializeOwned;
 
 use super::StageDecl;
-use super::registry::{BuildContext, EventType, Role, SettingDoc, StageKind};
+use super::registry::{
+    BuildContext, DeadLetterRecord, DeadLetterWriter, EventType, Role, SettingDoc, StageKind,
+};
+use crate::failure::{DeadLetter, FailurePolicy, KeepFn};
 use crate::pipeline::Pipeline;
 use crate::stage::Nothing;
 
@@ -76,14 +80,64 @@ pub use stageflow_derive::settings;
 pub trait Event: Send + 'static {
     /// Shown in `stageflow kinds` and in type errors.
     const NAME: &'static str;
+
+    /// A copy kept while a callback handles the event, so a stage with
+    /// `max_attempts` or `dead_letter` can try it again or dead-letter it
+    /// after a panic; `None` (the default) when it cannot be copied.
+    fn retained(&self) -> Option<Self>
+    where
+        Self: Sized,
+    {
+        None
+    }
+
+    /// The event as JSON text, for its dead letter; `None` (the default) when it has no such form.
+    fn to_json(&self) -> Option<String> {
+        None
+    }
 }
 
 impl Event for u64 {
     const NAME: &'static str = "u64";
+
+    fn retained(&self) -> Option<Self> {
+        Some(*self)
+    }
+
+    fn to_json(&self) -> Option<String> {
+        Some(self.to_string())
+    }
 }
 
 impl Event for String {
     const NAME: &'static str = "text";
+
+    fn retained(&self) -> Option<Self> {
+        Some(self.clone())
+    }
+
+    fn to_json(&self) -> Option<String> {
+        Some(json_string(self))
+    }
+}
+
+/// `text` as a JSON string literal.
+fn json_string(text: &str) -> String {
+    let mut quoted = String::with_capacity(text.len() + 2);
+    quoted.push('"');
+    for c in text.chars() {
+        match c {
+            '"' => quoted.push_str("\\\""),
+            '\\' => quoted.push_str("\\\\"),
+            '\n' => quoted.push_str("\\n"),
+            '\r' => quoted.push_str("\\r"),
+            '\t' => quoted.push_str("\\t"),
+            c if (c as u32) < 0x20 => quoted.push_str(&format!("\\u{:04x}", c as u32)),
+            c => quoted.push(c),
+        }
+    }
+    quoted.push('"');
+    quoted
 }
 
 /// The "no events" side: a producer takes `Nothing`, a consumer emits `Nothing`.
@@ -184,5 +238,27 @@ impl<K: Kind> StageKind for KindOf<K> {
         context: &BuildContext,
     ) -> Result<(), String> {
         Self::checked(stage)?.build(stage, pipeline, context)
+    }
+    fn build_failure_policy(
+        &self,
+        stage: &StageDecl,
+        pipeline: &mut Pipeline,
+        dead_letters: Option<DeadLetterWriter>,
+    ) -> Result<(), String> {
+        let max_attempts = stage.max_attempts.map_or(1, |(attempts, _)| attempts);
+        let keep: KeepFn<K::In> = Arc::new(|event: &K::In| event.retained());
+        let mut policy = FailurePolicy::with_keep(max_attempts, keep);
+        if let Some(write) = dead_letters {
+            policy = policy.dead_letter(Arc::new(move |letter: DeadLetter<K::In>| {
+                let event = letter.event.to_json();
+                write(DeadLetterRecord {
+                    stage: letter.stage,
+                    error: letter.error,
+                    attempts: letter.attempts,
+                    event,
+                })
+            }));
+        }
+        pipeline.on_failure::<K::In>(&stage.id, policy)
     }
 }

@@ -38,6 +38,7 @@ pub use parse::parse_pipeline;
 pub use registry::{
     BuildContext, DispatcherChoices, EventType, Registry, Role, SettingDoc, StageKind, configure,
 };
+pub use registry::{DeadLetterRecord, DeadLetterTargets, DeadLetterWriter};
 pub use render::{to_dot, to_mermaid};
 pub use resources::Resources;
 pub use suggest::closest;
@@ -211,6 +212,10 @@ pub struct StageDecl {
     pub workers: Option<(PoolConfig, Location)>,
     /// `part = "..."`: which process of a scaled-out run holds the stage, and where it was written.
     pub part: Option<(String, Location)>,
+    /// `dead_letter = "<target>"`: where events it panics on (and documents a store rejects) go, and where.
+    pub dead_letter: Option<(String, Location)>,
+    /// `max_attempts = N`: tries per event before it is dead-lettered or lost (default 1), and where.
+    pub max_attempts: Option<(u32, Location)>,
 }
 
 impl StageDecl {

@@ -41,8 +41,18 @@ struct RawPipeline {
 }
 
 /// The keys every stage table may have; anything else is a kind-specific setting.
-pub(crate) const COMMON_KEYS: [&str; 8] =
-    ["id", "kind", "subscribe_to", "dispatcher", "buffer_size", "buffer_keep", "workers", "part"];
+pub(crate) const COMMON_KEYS: [&str; 10] = [
+    "id",
+    "kind",
+    "subscribe_to",
+    "dispatcher",
+    "buffer_size",
+    "buffer_keep",
+    "workers",
+    "part",
+    "dead_letter",
+    "max_attempts",
+];
 
 const SUBSCRIPTION_KEYS: [&str; 7] =
     ["id", "max_demand", "min_demand", "partition", "selector", "cancel", "partition_by"];
@@ -140,6 +150,8 @@ impl Reader<'_> {
             buffer_keep: None,
             workers: None,
             part: None,
+            dead_letter: None,
+            max_attempts: None,
         };
         for (key, value) in &table {
             let location = self.at(key.span().start);
@@ -158,6 +170,12 @@ impl Reader<'_> {
                 "buffer_keep" => buffer_keep(&value).map(|keep| decl.buffer_keep = Some(keep)),
                 "workers" => workers(&value).map(|pool| decl.workers = Some((pool, location))),
                 "part" => part(&value).map(|part| decl.part = Some((part, location))),
+                "dead_letter" => {
+                    dead_letter(&value).map(|target| decl.dead_letter = Some((target, location)))
+                }
+                "max_attempts" => {
+                    max_attempts(&value).map(|attempts| decl.max_attempts = Some((attempts, location)))
+                }
                 other => {
                     decl.settings.push(Setting { key: other.to_string(), value, location });
                     Ok(())
@@ -302,6 +320,22 @@ fn dispatcher(value: &toml::Value) -> Result<DispatcherDecl, String> {
         ("partition", Some(partitions)) => Ok(DispatcherDecl::Partition { partitions }),
         ("partition", None) => Err("a partition dispatcher needs `partitions = N`".into()),
         _ => Err(EXPECTED.into()),
+    }
+}
+
+fn dead_letter(value: &toml::Value) -> Result<String, String> {
+    match value.as_str() {
+        Some(target) if !target.trim().is_empty() => Ok(target.to_string()),
+        _ => Err(format!(
+            "`dead_letter` must name a target, e.g. \"file\", \"file:rejected.jsonl\" or \"broker://127.0.0.1:8000/dead\", got {value}"
+        )),
+    }
+}
+
+fn max_attempts(value: &toml::Value) -> Result<u32, String> {
+    match value.as_integer() {
+        Some(attempts) if (1..=1_000).contains(&attempts) => Ok(attempts as u32),
+        _ => Err(format!("`max_attempts` must be a whole number from 1 to 1000, got {value}")),
     }
 }
 

@@ -66,6 +66,31 @@ impl BuildContext {
     }
 }
 
+/// One dead letter as a program's target receives it: the event already as JSON.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeadLetterRecord {
+    /// The stage that gave up on the event.
+    pub stage: String,
+    /// Why: the last panic's message, or the store's error.
+    pub error: String,
+    /// How many times it was tried.
+    pub attempts: u32,
+    /// The event as JSON text (`None` for events with no JSON form).
+    pub event: Option<String>,
+}
+
+/// Writes dead letters to one target; the returned future ends once the letter is stored.
+pub type DeadLetterWriter =
+    Arc<dyn Fn(DeadLetterRecord) -> futures::future::BoxFuture<'static, ()> + Send + Sync>;
+
+/// The dead-letter targets a program offers to `dead_letter = "..."` (see [`Registry::dead_letters`]).
+pub trait DeadLetterTargets: Send + Sync + 'static {
+    /// Checks a target's spelling, without opening anything; the error says what was expected.
+    fn check(&self, target: &str) -> Result<(), String>;
+    /// The writer of stage `stage`'s dead letters to `target`.
+    fn open(&self, stage: &str, target: &str, context: &BuildContext) -> Result<DeadLetterWriter, String>;
+}
+
 /// A kind of stage that pipeline files can name in `kind = "..."`: the
 /// registry's view of a [`Kind`], which is how kinds are written.
 pub trait StageKind: Send + Sync + 'static {
@@ -88,6 +113,13 @@ pub trait StageKind: Send + Sync + 'static {
     /// Adds the stage to `pipeline` (usually through [`configure`] for the common keys).
     fn build(&self, stage: &StageDecl, pipeline: &mut Pipeline, context: &BuildContext)
     -> Result<(), String>;
+    /// Gives the built stage its `max_attempts` and dead-letter writer.
+    fn build_failure_policy(
+        &self,
+        stage: &StageDecl,
+        pipeline: &mut Pipeline,
+        dead_letters: Option<DeadLetterWriter>,
+    ) -> Result<(), String>;
 }
 
 /// Makes a broadcast dispatcher for an output type that can be cloned.
@@ -175,6 +207,7 @@ pub fn configure<In: Send + 'static, Out: Send + 'static>(
 #[derive(Default)]
 pub struct Registry {
     kinds: BTreeMap<&'static str, Box<dyn StageKind>>,
+    dead_letters: Option<Arc<dyn DeadLetterTargets>>,
 }
 
 impl Registry {
@@ -187,6 +220,38 @@ impl Registry {
     pub fn add<K: Kind>(&mut self) -> &mut Self {
         self.kinds.insert(K::NAME, Box::new(KindOf::<K>::new()));
         self
+    }
+
+    /// Offers `targets` to the stages' `dead_letter = "..."` (without, only `max_attempts` works).
+    pub fn dead_letters(&mut self, targets: impl DeadLetterTargets) -> &mut Self {
+        self.dead_letters = Some(Arc::new(targets));
+        self
+    }
+
+    /// The dead-letter targets this program offers, if any.
+    pub fn dead_letter_targets(&self) -> Option<Arc<dyn DeadLetterTargets>> {
+        self.dead_letters.clone()
+    }
+
+    /// The problem with a stage's `dead_letter` and `max_attempts`, if any, and where it was written.
+    fn check_failure_policy(&self, stage: &StageDecl, kind: &dyn StageKind) -> Option<(Location, String)> {
+        let written =
+            stage.dead_letter.as_ref().map(|(_, at)| *at).or(stage.max_attempts.map(|(_, at)| at))?;
+        if kind.role() == Role::Producer {
+            return Some((
+                written,
+                format!(
+                    "kind \"{}\" is a producer: `dead_letter` and `max_attempts` are for stages that take events",
+                    stage.kind
+                ),
+            ));
+        }
+        let (target, at) = stage.dead_letter.as_ref()?;
+        let result = match &self.dead_letters {
+            Some(targets) => targets.check(target),
+            None => Err("this program offers no dead-letter targets".to_string()),
+        };
+        result.err().map(|why| (*at, format!("`dead_letter`: {why}")))
     }
 
     /// The kind called `name`.
@@ -214,7 +279,12 @@ impl Registry {
             file.stages.iter().map(|stage| (stage.id.as_str(), stage)).collect();
         for stage in &file.stages {
             match self.kind(&stage.kind) {
-                Some(kind) => self.check_settings(stage, kind, &mut report),
+                Some(kind) => {
+                    self.check_settings(stage, kind, &mut report);
+                    if let Some((location, why)) = self.check_failure_policy(stage, kind) {
+                        report(location, &stage.id, why);
+                    }
+                }
                 None => {
                     let hint = did_you_mean(&stage.kind, self.kinds.keys().copied(), '"');
                     let known: Vec<&str> = self.kinds.keys().copied().collect();
@@ -303,7 +373,17 @@ impl Registry {
         let mut errors = Vec::new();
         for stage in &file.stages {
             let kind = self.kind(&stage.kind).expect("checked");
-            if let Err(message) = kind.build(stage, &mut pipeline, context) {
+            let built = kind.build(stage, &mut pipeline, context).and_then(|()| {
+                if stage.dead_letter.is_none() && stage.max_attempts.is_none() {
+                    return Ok(());
+                }
+                let writer = match (&stage.dead_letter, &self.dead_letters) {
+                    (Some((target, _)), Some(targets)) => Some(targets.open(&stage.id, target, context)?),
+                    _ => None,
+                };
+                kind.build_failure_policy(stage, &mut pipeline, writer)
+            });
+            if let Err(message) = built {
                 errors.push(ConfigError {
                     file: file.path.clone(),
                     location: Some(stage.location),

@@ -12,6 +12,7 @@ use super::spec::{ProducerSpec, StageSpec, processor_spec};
 use crate::buffer::BufferKeep;
 use crate::dispatcher::Dispatcher;
 use crate::error::PipelineError;
+use crate::failure::FailurePolicy;
 use crate::graph::{self, Node, Problem};
 use crate::link::{Link, SubscribeOptions};
 use crate::metrics::{StageKind, StageMetrics};
@@ -36,6 +37,7 @@ pub struct StageConfig<In, Out> {
     pub(super) restart: RestartPolicy,
     pub(super) subscriptions: Vec<(String, SubscribeOptions<In>)>,
     pub(super) pool: Option<PoolConfig>,
+    pub(super) failure: Option<FailurePolicy<In>>,
 }
 
 impl<In, Out> StageConfig<In, Out> {
@@ -48,6 +50,7 @@ impl<In, Out> StageConfig<In, Out> {
             restart: RestartPolicy::default(),
             subscriptions: Vec::new(),
             pool: None,
+            failure: None,
         }
     }
 
@@ -85,6 +88,12 @@ impl<In, Out> StageConfig<In, Out> {
     /// Runs this stage as a pool of workers.
     pub fn workers(&mut self, pool: PoolConfig) -> &mut Self {
         self.pool = Some(pool);
+        self
+    }
+
+    /// Retries events a callback panicked on and dead-letters them (see [`crate::failure`]).
+    pub fn on_failure(&mut self, policy: FailurePolicy<In>) -> &mut Self {
+        self.failure = Some(policy);
         self
     }
 }
@@ -155,6 +164,23 @@ impl Pipeline {
     ) -> &mut StageConfig<C::In, Nothing> {
         let spec = processor_spec(id, Arc::new(move || AsProcessor(factory())), StageKind::Consumer);
         &mut self.push_spec(spec).config
+    }
+
+    /// Sets the failure policy of the stage `id` added earlier, whose events are `In`.
+    pub fn on_failure<In: Send + 'static>(
+        &mut self,
+        id: &str,
+        policy: FailurePolicy<In>,
+    ) -> Result<(), String> {
+        let spec = self.specs.iter_mut().find(|spec| spec.id() == id).ok_or(format!("no stage '{id}'"))?;
+        if spec.set_failure(Box::new(policy)) {
+            Ok(())
+        } else {
+            Err(format!(
+                "stage '{id}' takes no {} events to retry or dead-letter",
+                std::any::type_name::<In>()
+            ))
+        }
     }
 
     /// Every problem with the graph, without starting anything.

@@ -12,6 +12,7 @@ use crate::buffer::Buffer;
 use crate::demand::{DemandLedger, bounds_problem};
 use crate::dispatcher::DemandDispatcher;
 use crate::error::StageError;
+use crate::failure::FailurePolicy;
 use crate::graph::{EventType, Node};
 use crate::link::{INBOX_BATCHES, Inbox, Link, Subscriber};
 use crate::metrics::{StageKind, StageMetrics};
@@ -44,6 +45,8 @@ pub(super) trait StageSpec: Send + Any {
     fn link_upstream(&mut self, index: usize, link: Arc<Link>) -> Box<dyn Any + Send>;
     fn accept(&mut self, subscriber: Box<dyn Any + Send>) -> Result<(), String>;
     fn follows_sources(&self) -> bool;
+    /// Sets the failure policy (a boxed `FailurePolicy<In>`); false if the stage takes no such events.
+    fn set_failure(&mut self, policy: Box<dyn Any + Send>) -> bool;
     /// Starts the stage's task; `follows` is set for a producer that ends with the pipeline's data.
     fn start(
         self: Box<Self>,
@@ -146,6 +149,9 @@ impl<P: Producer> StageSpec for ProducerSpec<P> {
     fn follows_sources(&self) -> bool {
         P::FOLLOWS_SOURCES
     }
+    fn set_failure(&mut self, _: Box<dyn Any + Send>) -> bool {
+        false
+    }
     fn start(
         self: Box<Self>,
         shutdown: watch::Receiver<bool>,
@@ -242,6 +248,15 @@ impl<P: ProducerConsumer> StageSpec for ProcessorSpec<P> {
     fn follows_sources(&self) -> bool {
         false
     }
+    fn set_failure(&mut self, policy: Box<dyn Any + Send>) -> bool {
+        match policy.downcast::<FailurePolicy<P::In>>() {
+            Ok(policy) => {
+                self.config.failure = Some(*policy);
+                true
+            }
+            Err(_) => false,
+        }
+    }
     fn start(self: Box<Self>, shutdown: watch::Receiver<bool>, _: Option<watch::Receiver<bool>>) -> Started {
         let this = *self;
         drop(this.inbox);
@@ -261,7 +276,7 @@ impl<P: ProducerConsumer> StageSpec for ProcessorSpec<P> {
         };
         let task: futures::future::BoxFuture<'static, Result<(), StageError>> = match this.config.pool {
             Some(pool) => Box::pin(crate::run::pool::run_pool(
-                this.factory,
+                (this.factory, this.config.failure),
                 pool,
                 queue_capacity,
                 this.inlet,
@@ -271,6 +286,7 @@ impl<P: ProducerConsumer> StageSpec for ProcessorSpec<P> {
             )),
             None => Box::pin(crate::run::processor::run_processor(
                 this.factory,
+                this.config.failure,
                 this.inlet,
                 this.outlet,
                 control_rx,

@@ -10,10 +10,11 @@ use super::processor::{Supervised, emit, subscribe, upstream_budget};
 use super::{Control, Factory, TaskContext, shutdown_requested};
 use crate::StageError;
 use crate::dispatcher::SubscriberId;
+use crate::failure::FailurePolicy;
 use crate::link::{EndReason, Inbox};
 use crate::metrics;
 use crate::pool::{PoolConfig, Routing, autoscale_target};
-use crate::stage::{Events, ProducerConsumer};
+use crate::stage::ProducerConsumer;
 
 enum Report<O> {
     Processed { worker: usize, link: SubscriberId, out: Vec<O>, error: Option<StageError> },
@@ -28,14 +29,15 @@ struct Worker<I> {
 
 async fn run_worker<P: ProducerConsumer>(
     factory: Factory<P>,
+    failure: Option<FailurePolicy<P::In>>,
     worker: usize,
     mut queue: mpsc::Receiver<(SubscriberId, P::In)>,
     reports: mpsc::Sender<Report<P::Out>>,
     context: TaskContext,
 ) {
-    let mut supervised = Supervised::new(factory, context, Vec::new());
+    let mut supervised = Supervised::new(factory, context, Vec::new(), failure);
     while let Some((link, event)) = queue.recv().await {
-        let mut events = Events::new(vec![event]);
+        let mut events = supervised.events(vec![event]);
         let report = match supervised.handle_chunk(&mut events, 1).await {
             Ok((_, out)) => Report::Processed { worker, link, out, error: None },
             Err(error) => Report::Processed { worker, link, out: Vec::new(), error: Some(error) },
@@ -55,6 +57,7 @@ async fn run_worker<P: ProducerConsumer>(
 
 struct Pool<P: ProducerConsumer> {
     factory: Factory<P>,
+    failure: Option<FailurePolicy<P::In>>,
     config: PoolConfig,
     context: TaskContext,
     workers: Vec<Worker<P::In>>,
@@ -79,6 +82,7 @@ impl<P: ProducerConsumer> Pool<P> {
         self.next_id += 1;
         tokio::spawn(run_worker(
             self.factory.clone(),
+            self.failure.clone(),
             id,
             receiver,
             self.reports.clone(),
@@ -139,8 +143,9 @@ impl<P: ProducerConsumer> Pool<P> {
     }
 }
 
+/// Runs a pooled stage: its workers are made by the factory and share the failure policy.
 pub(crate) async fn run_pool<P: ProducerConsumer>(
-    factory: Factory<P>,
+    (factory, failure): (Factory<P>, Option<FailurePolicy<P::In>>),
     config: PoolConfig,
     queue_capacity: usize,
     mut inlet: Inlet<P::In>,
@@ -153,6 +158,7 @@ pub(crate) async fn run_pool<P: ProducerConsumer>(
     let (reports, mut report_rx) = mpsc::channel(queue_capacity + config.max);
     let mut pool = Pool {
         factory,
+        failure,
         config,
         context: context.clone(),
         workers: Vec::new(),

@@ -10,27 +10,84 @@ use super::inlet::{AfterEnd, Inlet};
 use super::outlet::Outlet;
 use super::{Control, Factory, TaskContext, panic_message, shutdown_requested};
 use crate::StageError;
+use crate::failure::{DeadLetter, FailurePolicy};
 use crate::link::{DemandHandle, EndReason, Inbox, Subscriber};
 use crate::metrics;
 use crate::stage::{Emitter, Events, ProducerConsumer};
 use crate::supervisor::RestartTracker;
 
 /// A stage state and what keeps it supervised.
-pub(crate) struct Supervised<P> {
+pub(crate) struct Supervised<P: ProducerConsumer> {
     pub(crate) stage: P,
     factory: Factory<P>,
     tracker: RestartTracker,
     context: TaskContext,
     manual: Vec<DemandHandle>,
+    failure: Option<FailurePolicy<P::In>>,
 }
 
 impl<P: ProducerConsumer> Supervised<P> {
-    pub(crate) fn new(factory: Factory<P>, context: TaskContext, manual: Vec<DemandHandle>) -> Self {
+    pub(crate) fn new(
+        factory: Factory<P>,
+        context: TaskContext,
+        manual: Vec<DemandHandle>,
+        failure: Option<FailurePolicy<P::In>>,
+    ) -> Self {
         let mut stage = factory();
         for handle in &manual {
             stage.handle_subscribe(handle.clone());
         }
-        Supervised { stage, tracker: RestartTracker::new(context.restart), factory, context, manual }
+        Supervised { stage, tracker: RestartTracker::new(context.restart), factory, context, manual, failure }
+    }
+
+    /// A cursor over `batch` that keeps copies of the events being handled when the stage has a failure policy.
+    pub(crate) fn events(&self, batch: Vec<P::In>) -> Events<P::In> {
+        Events::keeping(batch, self.failure.as_ref().map(|policy| policy.keep.clone()))
+    }
+
+    /// After a panic on `held` (copies of the events it was handling): tries
+    /// them again on the restarted stage up to `max_attempts` in all, then
+    /// dead-letters them, or counts them lost without a handler.
+    async fn try_again(
+        &mut self,
+        mut held: Vec<P::In>,
+        mut error: String,
+        out: &mut Emitter<P::Out>,
+    ) -> Result<(), StageError> {
+        let Some(policy) = self.failure.clone() else { return Ok(()) };
+        let mut attempts = 1;
+        while attempts < policy.max_attempts && !held.is_empty() {
+            attempts += 1;
+            let again: Vec<P::In> = held.iter().filter_map(|event| (policy.keep)(event)).collect();
+            let count = held.len();
+            let mut events = Events::new(held);
+            events.start_share(count);
+            let result = AssertUnwindSafe(async { self.stage.handle_events(&mut events, out).await })
+                .catch_unwind()
+                .await;
+            match result {
+                Ok(()) => {
+                    metrics::add(&self.context.metrics.dropped, events.discard_share());
+                    return Ok(());
+                }
+                Err(payload) => {
+                    error = panic_message(payload.as_ref());
+                    self.crashed(error.clone(), 0)?;
+                    held = again;
+                }
+            }
+        }
+        match &policy.dead_letter {
+            Some(handler) => {
+                for event in held {
+                    let stage = self.context.stage.clone();
+                    handler(DeadLetter { stage, error: error.clone(), attempts, event }).await;
+                    metrics::add(&self.context.metrics.dead_lettered, 1);
+                }
+            }
+            None => metrics::add(&self.context.metrics.lost, held.len()),
+        }
+        Ok(())
     }
 
     /// Counts a panic, restarts the stage, or escalates past the restart limit.
@@ -67,7 +124,14 @@ impl<P: ProducerConsumer> Supervised<P> {
                 let untaken = events.discard_share();
                 metrics::add(&self.context.metrics.dropped, untaken);
             }
-            Err(payload) => self.crashed(panic_message(payload.as_ref()), events.in_progress(taken))?,
+            Err(payload) => {
+                let panic = panic_message(payload.as_ref());
+                let held = events.take_held();
+                // What the policy cannot retry (no copy was kept) is lost, as without one.
+                let lost = events.in_progress(taken).saturating_sub(held.len());
+                self.crashed(panic.clone(), lost)?;
+                self.try_again(held, panic, &mut out).await?;
+            }
         }
         Ok((before - events.remaining_in_batch(), out.take()))
     }
@@ -143,7 +207,7 @@ async fn handle_message<P: ProducerConsumer>(
         Inbox::Events { link, batch } => {
             inlet.received(link, batch.len());
             let chunk = inlet.chunk(link);
-            let mut events = Events::new(batch);
+            let mut events = supervised.events(batch);
             while events.remaining_in_batch() > 0 {
                 let (done, emitted) = supervised.handle_chunk(&mut events, chunk).await?;
                 emit(outlet, emitted).await;
@@ -162,6 +226,7 @@ async fn handle_message<P: ProducerConsumer>(
 
 pub(crate) async fn run_processor<P: ProducerConsumer>(
     factory: Factory<P>,
+    failure: Option<FailurePolicy<P::In>>,
     mut inlet: Inlet<P::In>,
     mut outlet: Option<Outlet<P::Out>>,
     mut control: mpsc::Receiver<Control<P::Out>>,
@@ -169,7 +234,7 @@ pub(crate) async fn run_processor<P: ProducerConsumer>(
 ) -> Result<(), StageError> {
     let mut shutdown = context.shutdown.clone();
     let stage_id = context.stage.clone();
-    let mut supervised = Supervised::new(factory, context, inlet.manual_handles());
+    let mut supervised = Supervised::new(factory, context, inlet.manual_handles(), failure);
     let mut ticker = supervised.stage.tick_interval().map(|period| {
         let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

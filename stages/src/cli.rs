@@ -265,7 +265,8 @@ pub async fn run(registry: &Registry, file: PipelineFile, options: RunOptions) -
     let _ = view.await;
     let elapsed = started.elapsed();
     let stages = running.metrics();
-    println!("{}", summary_table(&stages, elapsed));
+    let dead_letters = crate::dead_letters::DeadLetterCounts::of(&context).snapshot();
+    println!("{}", summary_table(&stages, &dead_letters, elapsed));
     if !report.is_empty() {
         println!("{}", report.table());
     }
@@ -312,6 +313,16 @@ pub fn where_the_data_went(data_dir: &Path) -> String {
     let hashtags = data_dir.join("hashtags.json");
     if hashtags.exists() {
         text.push_str(&format!("  hashtags: {}\n", hashtags.display()));
+    }
+    if let Ok(summary) = crate::dead_letters::summarize(&data_dir.join(crate::dead_letters::DIRECTORY))
+        && summary.total > 0
+    {
+        text.push_str(&format!(
+            "  dead letters: {} in {}  (try: stageflow dead-letters {})\n",
+            summary.total,
+            data_dir.join(crate::dead_letters::DIRECTORY).display(),
+            data_dir.display()
+        ));
     }
     text
 }
@@ -379,8 +390,12 @@ async fn live_view(reader: MetricsReader, cut: crate::cluster::CutReport) {
     }
 }
 
-/// The table printed when a run ends.
-pub fn summary_table(stages: &[StageSnapshot], elapsed: Duration) -> Table {
+/// The table printed when a run ends; `dead_letters` are the letters written per stage.
+pub fn summary_table(
+    stages: &[StageSnapshot],
+    dead_letters: &std::collections::BTreeMap<String, u64>,
+    elapsed: Duration,
+) -> Table {
     let mut table = Table::new();
     table.set_header(vec![
         "stage",
@@ -389,6 +404,7 @@ pub fn summary_table(stages: &[StageSnapshot], elapsed: Duration) -> Table {
         "events/s",
         "dropped",
         "lost",
+        "dead-lettered",
         "restarts",
         "workers",
         "p50 µs/event",
@@ -403,6 +419,7 @@ pub fn summary_table(stages: &[StageSnapshot], elapsed: Duration) -> Table {
             format!("{:.0}", moved(stage) as f64 / seconds),
             stage.dropped.to_string(),
             stage.lost.to_string(),
+            dead_letters.get(&stage.stage).copied().unwrap_or(0).max(stage.dead_lettered).to_string(),
             stage.restarts.to_string(),
             stage.workers.to_string(),
             format!("{:.3}", stage.processing.p50_us),

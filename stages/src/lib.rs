@@ -12,6 +12,7 @@ pub mod broker_stages;
 pub mod cli;
 pub mod cluster;
 pub mod csv_source;
+pub mod dead_letters;
 pub mod demo;
 pub mod emulator;
 pub mod events;
@@ -56,6 +57,11 @@ pub fn registry() -> Registry {
         .add::<broker_stages::publish::BrokerPublishKind>()
         .add::<broker_stages::publish::BrokerTweetsKind>()
         .add::<broker_stages::publish::BrokerStatsKind>()
-        .add::<broker_stages::subscribe::BrokerSubscribeKind>();
+        .add::<broker_stages::subscribe::BrokerSubscribeKind>()
+        .add::<dead_letters::replay::ReplaySseKind>()
+        .add::<dead_letters::replay::ReplayFlowKind>()
+        .add::<dead_letters::replay::ReplayScoredKind>()
+        .add::<dead_letters::replay::ReplayBatchKind>()
+        .dead_letters(dead_letters::Targets);
     registry
 }

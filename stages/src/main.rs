@@ -88,6 +88,32 @@ enum Command {
     Emulate(stageflow_stages::emulator::EmulateArgs),
     /// Runs the telnet server: `twitter` watches the live tweet pipeline, shared by every session.
     Serve(stageflow_stages::serve::ServeArgs),
+    /// Lists the dead letters of a data directory (its dead-letters/*.jsonl) by stage and error.
+    #[command(after_help = "Example:\n  stageflow dead-letters stageflow-data")]
+    DeadLetters {
+        /// The data directory (or a directory of dead-letter files).
+        dir: PathBuf,
+    },
+    /// Feeds the events of a dead-letter file back into a stage of a pipeline, once the cause is fixed.
+    #[command(
+        after_help = "Example:\n  stageflow replay stageflow-data/dead-letters/store.jsonl --into pipelines/tweets.toml --stage store"
+    )]
+    Replay {
+        /// The dead-letter file (JSONL).
+        file: PathBuf,
+        /// The pipeline file whose stage gets the events; only that stage and what is downstream of it run.
+        #[arg(long)]
+        into: PathBuf,
+        /// The stage to feed (its records in FILE are replayed).
+        #[arg(long)]
+        stage: String,
+        /// Directory for embedded stores and output files.
+        #[arg(long, default_value = "stageflow-data")]
+        data_dir: PathBuf,
+        /// How long draining may take at the end before the run fails.
+        #[arg(long, value_parser = humantime::parse_duration, default_value = "60s")]
+        drain_timeout: Duration,
+    },
     /// Prints a sample of the events a stage of a running pipeline emits, as JSON lines (needs `run --http`).
     #[command(
         after_help = "Examples:\n  stageflow run pipelines/tweets.toml --http 9090 &\n  stageflow tap http://127.0.0.1:9090 tweets --limit 5\n  stageflow tap http://127.0.0.1:9090 aggregator --sample 0.01"
@@ -148,6 +174,18 @@ fn main() -> ExitCode {
         Command::Kinds => {
             print!("{}", cli::kinds_report(&registry));
             Ok(())
+        }
+        Command::DeadLetters { dir } => {
+            stageflow_stages::dead_letters::list(&dir).map(|text| println!("{text}"))
+        }
+        Command::Replay { file, into, stage, data_dir, drain_timeout } => {
+            runtime.block_on(stageflow_stages::dead_letters::replay::run_replay(
+                &registry,
+                &file,
+                &into,
+                &stage,
+                RunOptions { duration: None, data_dir, drain_timeout, http: None, parts: Vec::new() },
+            ))
         }
         Command::Broker(args) => runtime.block_on(stageflow_stages::broker::run_broker(args)),
         Command::Emulate(args) => runtime.block_on(stageflow_stages::emulator::run_emulate(args)),

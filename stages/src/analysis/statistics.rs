@@ -31,6 +31,7 @@ use stageflow::{Emitter, Flow, MetricsReader, Producer, Wakeup};
 use tokio::sync::watch;
 
 use super::aggregator::JoinStats;
+use crate::dead_letters::DeadLetterCounts;
 use crate::sse::SseStats;
 use crate::timings::{InsertTimings, LatencyRecorder, TimingSummary};
 use stageflow::config::{BuildContext, DispatcherChoices, Kind, StageDecl, configure, settings};
@@ -68,13 +69,16 @@ pub struct StatsFrame {
     pub dropped: u64,
     /// Drops by where they happened: `<stage>` (engine), `<stage>.evicted`, `<stage>.malformed`.
     pub dropped_by: BTreeMap<String, u64>,
+    /// Dead letters written since start, by stage (events it panicked on, documents its store rejected).
+    #[serde(default)]
+    pub dead_lettered: BTreeMap<String, u64>,
 }
 
 impl fmt::Display for StatsFrame {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "stats #{} ({} ms): logger {}; tweets insert {}; users insert {}; crashes {}; ingested {} tweets, {} users; dropped {}",
+            "stats #{} ({} ms): logger {}; tweets insert {}; users insert {}; crashes {}; ingested {} tweets, {} users; dropped {}; dead-lettered {}",
             self.sequence,
             self.frame_ms,
             self.logger,
@@ -83,7 +87,8 @@ impl fmt::Display for StatsFrame {
             self.crashes,
             self.tweets_ingested,
             self.users_ingested,
-            self.dropped
+            self.dropped,
+            self.dead_lettered.values().sum::<u64>()
         )
     }
 }
@@ -96,6 +101,7 @@ pub struct StatsHub {
     logger_crashes: AtomicU64,
     joins: Mutex<BTreeMap<String, Arc<JoinStats>>>,
     sources: Mutex<BTreeMap<String, Arc<SseStats>>>,
+    dead_letters: Mutex<Option<Arc<DeadLetterCounts>>>,
     metrics: Mutex<Option<MetricsReader>>,
     latest: watch::Sender<Option<StatsFrame>>,
 }
@@ -121,6 +127,7 @@ impl StatsHub {
             logger_crashes: AtomicU64::new(0),
             joins: Mutex::default(),
             sources: Mutex::default(),
+            dead_letters: Mutex::default(),
             metrics: Mutex::default(),
             latest: watch::channel(None).0,
         }
@@ -156,6 +163,11 @@ impl StatsHub {
         lock(&self.sources).insert(stage.to_string(), stats);
     }
 
+    /// Reports the pipeline's dead letters per stage in every frame.
+    pub fn watch_dead_letters(&self, counts: Arc<DeadLetterCounts>) {
+        *lock(&self.dead_letters) = Some(counts);
+    }
+
     /// The SSE sources watched, by stage id, with their counters now.
     pub fn sources(&self) -> Vec<(String, crate::sse::SseStatsSnapshot)> {
         lock(&self.sources).iter().map(|(stage, stats)| (stage.clone(), stats.snapshot())).collect()
@@ -177,10 +189,17 @@ impl StatsHub {
     pub fn frame(&self, sequence: u64, frame: Duration, statistics_stage: &str) -> StatsFrame {
         let mut dropped_by = BTreeMap::new();
         let (mut crashes, mut lost) = (self.logger_crashes.load(Ordering::Relaxed), 0);
+        let mut dead_lettered =
+            lock(&self.dead_letters).as_ref().map(|counts| counts.snapshot()).unwrap_or_default();
         if let Some(reader) = lock(&self.metrics).as_ref() {
             let stages = reader.snapshot();
             crashes = stages.iter().map(|stage| stage.restarts).sum();
             lost = stages.iter().map(|stage| stage.lost).sum();
+            // Without a target of this program the engine's count is the only one.
+            for stage in stages.iter().filter(|stage| stage.dead_lettered > 0) {
+                let count = dead_lettered.entry(stage.stage.clone()).or_default();
+                *count = (*count).max(stage.dead_lettered);
+            }
             for stage in stages.iter().filter(|stage| stage.dropped > 0 && stage.stage != statistics_stage) {
                 dropped_by.insert(stage.stage.clone(), stage.dropped);
             }
@@ -206,6 +225,7 @@ impl StatsHub {
             users_ingested: self.inserts.users_ingested(),
             dropped: dropped_by.values().sum(),
             dropped_by,
+            dead_lettered,
         };
         self.latest.send_replace(Some(frame.clone()));
         frame

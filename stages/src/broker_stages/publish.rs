@@ -414,6 +414,7 @@ impl StatsEncoder {
         logger.insert("lost".into(), Value::from(frame.lost));
         logger.insert("dropped".into(), Value::from(frame.dropped));
         logger.insert("dropped_by".into(), to_json(&frame.dropped_by));
+        logger.insert("dead_lettered".into(), to_json(&frame.dead_lettered));
         let mut tweets = head();
         tweets.insert("insert".into(), to_json(&frame.tweets_insert));
         tweets.insert("ingested".into(), Value::from(frame.tweets_ingested));
@@ -697,6 +698,7 @@ mod tests {
             users_ingested: 90,
             dropped: 4,
             dropped_by: [("sse.malformed".to_string(), 4)].into_iter().collect(),
+            dead_lettered: [("store".to_string(), 3)].into_iter().collect(),
         };
         let mut out = Vec::new();
         let mut encoder = StatsEncoder::new("logger_stats", "tweets_stats", "users_stats", 6, "r1");

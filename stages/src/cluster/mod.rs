@@ -37,7 +37,7 @@ use stageflow::config::{ConfigError, PipelineFile, Registry};
 
 pub use build::{PartPipeline, RunningCut, build_cut, connect, ensure_stream};
 pub use plan::{Cut, CutEdge, cut, cut_edges, parts};
-pub use publish::{NatsPublish, NatsPublishKind};
+pub use publish::{NatsPublish, NatsPublishKind, check_subject};
 pub use subscribe::{NatsSubscribe, NatsSubscribeKind, fair_share};
 
 /// `[pipeline.cluster]`: where the log joining the parts is.

@@ -173,6 +173,8 @@ pub(crate) fn add_broker(file: &mut PipelineFile, addr: &str) -> Result<(), Stri
         buffer_keep: None,
         workers: None,
         part: None,
+        dead_letter: None,
+        max_attempts: None,
     };
     let aggregator =
         file.stages.iter_mut().find(|stage| stage.kind == "aggregator").ok_or_else(|| {

@@ -74,6 +74,8 @@ pub struct SinkCounters {
     pub retries: u64,
     /// Per-user engagement upserts applied.
     pub engagement_updates: u64,
+    /// Documents the store rejected for good (dead-lettered).
+    pub rejected: u64,
 }
 
 /// Timings and counters of one sink stage, shared between the stage and its readers.
@@ -87,6 +89,7 @@ pub struct SinkMetrics {
     users_inserted: AtomicU64,
     retries: AtomicU64,
     engagement_updates: AtomicU64,
+    rejected: AtomicU64,
     /// The statistics stage's recorder, also fed every insert.
     forward: OnceLock<Arc<InsertTimings>>,
 }
@@ -126,15 +129,23 @@ impl SinkMetrics {
             }
         }
         let new = written.new_tweets.len();
+        // A rejected tweet is neither new nor a duplicate: it is counted in `rejected`.
+        let rejected =
+            written.rejected.iter().filter(|r| r.collection == crate::storage::Collection::Tweets).count();
         self.batches.fetch_add(1, Ordering::Relaxed);
         self.tweets_inserted.fetch_add(new as u64, Ordering::Relaxed);
-        self.tweets_duplicate.fetch_add(tweets.saturating_sub(new) as u64, Ordering::Relaxed);
+        self.tweets_duplicate.fetch_add(tweets.saturating_sub(new + rejected) as u64, Ordering::Relaxed);
         self.users_inserted.fetch_add(written.new_users as u64, Ordering::Relaxed);
     }
 
     /// Records a write tried again after a transient failure.
     pub fn record_retry(&self) {
         self.retries.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Records documents the store rejected for good.
+    pub fn record_rejected(&self, documents: usize) {
+        self.rejected.fetch_add(documents as u64, Ordering::Relaxed);
     }
 
     /// Records `users` per-user engagement upserts applied.
@@ -161,6 +172,7 @@ impl SinkMetrics {
             users_inserted: self.users_inserted.load(Ordering::Relaxed),
             retries: self.retries.load(Ordering::Relaxed),
             engagement_updates: self.engagement_updates.load(Ordering::Relaxed),
+            rejected: self.rejected.load(Ordering::Relaxed),
         }
     }
 }
@@ -213,6 +225,7 @@ mod tests {
             new_users: 1,
             tweets_time: Duration::from_millis(ms),
             users_time: Duration::from_millis(ms / 2),
+            rejected: Vec::new(),
         };
         for ms in [10, 20, 30, 40] {
             metrics.record_batch(&written(ms), 3, 2);

@@ -20,6 +20,21 @@
 //! dropped), counts the engagement of the tweets that were new per user and
 //! upserts it in batches ([`documents::EngagementBatch`]), and records
 //! insert times in [`SinkMetrics`].
+//!
+//! ## Transient and permanent failures
+//!
+//! Each sink sorts its errors ([`SinkError::transient`]): a refused or
+//! reset connection, a timeout, a server that is not primary or is busy
+//! may pass, and the batch is retried with backoff, held. A document the
+//! store will never take (over its size limit, failing a validator or a
+//! constraint, malformed) is permanent: the sink reports such documents in
+//! [`Inserted::rejected`] when the store says which ones they were (MongoDB's
+//! per-document write errors), and when the whole batch was refused
+//! (SQLite's transaction, the driver's size check) the stage stores its
+//! documents one at a time to find them. Every document that is fine is
+//! stored, each rejected one is dead-lettered with the store's error — its
+//! scored tweet as the event, so `stageflow replay` can store it once the
+//! cause is fixed — and the pipeline goes on.
 
 pub mod batcher;
 pub mod documents;
@@ -44,8 +59,10 @@ use stageflow::config::{BuildContext, DispatcherChoices, StageDecl, configure, s
 use stageflow::{DemandBounds, Pipeline};
 
 use crate::backoff::backoff;
+use crate::dead_letters::{DeadLetterOut, Record};
 use crate::settings::duration_setting;
 use crate::timings::InsertTimings;
+use stageflow::config::DeadLetterRecord;
 
 /// Why a sink could not write, and whether trying again may help.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -102,9 +119,31 @@ impl WriteId {
     }
 }
 
+/// Which collection refused a document.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Collection {
+    /// `tweets`: the index is into [`SplitBatch::tweets`].
+    Tweets,
+    /// `users`: the index is into [`SplitBatch::users`].
+    Users,
+}
+
+/// A document the store refused for good.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejected {
+    /// Its collection.
+    pub collection: Collection,
+    /// Its index in the batch's documents of that collection.
+    pub index: usize,
+    /// The store's error.
+    pub error: String,
+}
+
 /// What a successful insert did.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Inserted {
+    /// Documents the store refused for good (the others were stored).
+    pub rejected: Vec<Rejected>,
     /// Indices (into [`SplitBatch::tweets`]) of the tweets that were new; the others were already stored.
     pub new_tweets: Vec<usize>,
     /// Users that were new.
@@ -125,7 +164,10 @@ pub trait Sink: Send + 'static {
     /// Whether [`Sink::insert`] needs the documents (false: keys and scores are enough).
     const NEEDS_DOCUMENTS: bool = true;
 
-    /// Stores the tweets and users of a batch, each key once; says which tweets were new.
+    /// Stores the tweets and users of a batch, each key once; says which
+    /// tweets were new and which documents the store refused for good (when
+    /// it says so per document; a permanent error for the whole batch makes
+    /// the stage try its documents one at a time).
     fn insert(
         &mut self,
         batch: &SplitBatch,
@@ -171,6 +213,7 @@ pub struct SinkStage<S> {
     options: SinkOptions,
     engagements: EngagementBatch,
     metrics: Arc<SinkMetrics>,
+    dead_letters: Option<DeadLetterOut>,
 }
 
 impl<S: Sink> SinkStage<S> {
@@ -182,23 +225,32 @@ impl<S: Sink> SinkStage<S> {
             sink,
             options,
             metrics,
+            dead_letters: None,
         }
     }
 
-    /// Writes one batch, retrying transient failures until it is stored.
+    /// Sends documents the store rejects to `out` (without, they are logged and counted only).
+    pub fn with_dead_letters(mut self, out: DeadLetterOut) -> Self {
+        self.dead_letters = Some(out);
+        self
+    }
+
+    /// Writes one batch, retrying transient failures until it is stored;
+    /// documents the store rejects for good are dead-lettered.
     pub async fn write_batch(&mut self, batch: &[ScoredTweet]) {
         if batch.is_empty() {
             return;
         }
         let split = if S::NEEDS_DOCUMENTS { split_batch(batch) } else { documents::split_keys(batch) };
         let mut write = WriteId::fresh();
-        let inserted = loop {
-            match self.sink.insert(&split, &write).await {
-                Ok(inserted) => break inserted,
-                Err(error) => self.failed(&error, &mut write, "batch insert").await,
-            }
+        let inserted = match self.insert_retrying(&split, &mut write).await {
+            Ok(inserted) => inserted,
+            Err(error) => self.insert_one_by_one(&split, &mut write, &error).await,
         };
         self.metrics.record_batch(&inserted, split.tweets.len(), split.users.len());
+        if !inserted.rejected.is_empty() {
+            self.dead_letter(batch, &split, &inserted.rejected).await;
+        }
         for &index in &inserted.new_tweets {
             if let Some(tweet) = split.tweets.get(index) {
                 self.engagements.add(&tweet.user_id, tweet.engagement);
@@ -206,6 +258,104 @@ impl<S: Sink> SinkStage<S> {
         }
         if self.engagements.is_due(tokio::time::Instant::now()) {
             self.flush_engagements().await;
+        }
+    }
+
+    /// Inserts `split`, retrying transient failures; a permanent one is returned.
+    async fn insert_retrying(
+        &mut self,
+        split: &SplitBatch,
+        write: &mut WriteId,
+    ) -> Result<Inserted, SinkError> {
+        loop {
+            match self.sink.insert(split, write).await {
+                Ok(inserted) => return Ok(inserted),
+                Err(error) if error.transient => self.wait_to_retry(&error, write, "batch insert").await,
+                Err(error) => return Err(error),
+            }
+        }
+    }
+
+    /// After the store refused a whole batch for good: stores its documents
+    /// one at a time (same write id, so earlier tries count as this write's),
+    /// collecting those it refuses.
+    async fn insert_one_by_one(
+        &mut self,
+        split: &SplitBatch,
+        write: &mut WriteId,
+        error: &SinkError,
+    ) -> Inserted {
+        tracing::warn!(
+            stage = %self.stage,
+            "the store refused a batch ({error}); storing its {} tweets and {} users one at a time to find the documents it rejects",
+            split.tweets.len(),
+            split.users.len()
+        );
+        let mut total = Inserted::default();
+        for (index, tweet) in split.tweets.iter().enumerate() {
+            let one = SplitBatch { tweets: vec![tweet.clone()], users: Vec::new() };
+            match self.insert_retrying(&one, write).await {
+                Ok(inserted) => {
+                    if !inserted.new_tweets.is_empty() {
+                        total.new_tweets.push(index);
+                    }
+                    total.tweets_time += inserted.tweets_time;
+                    total.rejected.extend(inserted.rejected.into_iter().map(|r| Rejected { index, ..r }));
+                }
+                Err(error) => total.rejected.push(Rejected {
+                    collection: Collection::Tweets,
+                    index,
+                    error: error.message,
+                }),
+            }
+        }
+        for (index, user) in split.users.iter().enumerate() {
+            let one = SplitBatch { tweets: Vec::new(), users: vec![user.clone()] };
+            match self.insert_retrying(&one, write).await {
+                Ok(inserted) => {
+                    total.new_users += inserted.new_users;
+                    total.users_time += inserted.users_time;
+                    total.rejected.extend(inserted.rejected.into_iter().map(|r| Rejected { index, ..r }));
+                }
+                Err(error) => total.rejected.push(Rejected {
+                    collection: Collection::Users,
+                    index,
+                    error: error.message,
+                }),
+            }
+        }
+        total
+    }
+
+    /// Dead-letters the rejected documents: for each, the scored tweet it came from, with the store's error.
+    async fn dead_letter(&mut self, batch: &[ScoredTweet], split: &SplitBatch, rejected: &[Rejected]) {
+        self.metrics.record_rejected(rejected.len());
+        let mut records = Vec::with_capacity(rejected.len());
+        for rejection in rejected {
+            let (collection, key, source) = match rejection.collection {
+                Collection::Tweets => {
+                    let id = split.tweets.get(rejection.index).map_or("", |doc| doc.id.as_str());
+                    ("tweets", id, batch.iter().find(|scored| scored.tweet.id_str == id))
+                }
+                Collection::Users => {
+                    let id = split.users.get(rejection.index).map_or("", |doc| doc.id.as_str());
+                    ("users", id, batch.iter().find(|scored| scored.tweet.user.id_str == id))
+                }
+            };
+            let error = format!("{collection} rejected document {key:?}: {}", rejection.error);
+            tracing::error!(stage = %self.stage, "{error}");
+            records.push(DeadLetterRecord {
+                stage: self.stage.clone(),
+                error,
+                attempts: 1,
+                event: source.and_then(stageflow::config::Event::to_json),
+            });
+        }
+        match &self.dead_letters {
+            Some(out) => out.write(records.into_iter().map(Record::now).collect()).await,
+            None => {
+                tracing::error!(stage = %self.stage, "{} rejected documents: this sink has no dead-letter target", records.len())
+            }
         }
     }
 
@@ -233,6 +383,11 @@ impl<S: Sink> SinkStage<S> {
             // past its restart limit, fails the pipeline with this message.
             panic!("sink '{}': {what} failed: {error}", self.stage);
         }
+        self.wait_to_retry(error, write, what).await;
+    }
+
+    /// Waits before the next try of a transient failure.
+    async fn wait_to_retry(&mut self, error: &SinkError, write: &mut WriteId, what: &str) {
         write.attempt += 1;
         self.metrics.record_retry();
         let wait = backoff(write.attempt, self.options.retry_initial, self.options.retry_max);
@@ -316,7 +471,9 @@ fn one_batch_at_a_time(stage: &StageDecl) -> StageDecl {
     stage
 }
 
-/// Adds a sink stage of kind `kind` running `make()` and publishes its metrics.
+/// Adds a sink stage of kind `kind` running `make()` and publishes its metrics;
+/// documents the store rejects go to the stage's `dead_letter` target
+/// (default `dead-letters/<stage>.jsonl` in the data directory).
 /// A subscription that leaves the credit bounds at their defaults gets
 /// `max_demand = 1, min_demand = 0`: one batch at a time.
 pub fn build_sink<S: Sink>(
@@ -330,8 +487,12 @@ pub fn build_sink<S: Sink>(
     let metrics = SinkMetrics::new();
     metrics.forward_to(context.resources.get_or_default::<InsertTimings>());
     context.resources.get_or_default::<PublishedSinks>().publish(&stage.id, kind, metrics.clone());
+    let target = stage.dead_letter.as_ref().map(|(target, _)| target.as_str());
+    let dead_letters = DeadLetterOut::open(&stage.id, target, context)?;
     let id = stage.id.clone();
-    let config = pipeline.consumer(&stage.id, move || SinkStage::new(&id, make(), options, metrics.clone()));
+    let config = pipeline.consumer(&stage.id, move || {
+        SinkStage::new(&id, make(), options, metrics.clone()).with_dead_letters(dead_letters.clone())
+    });
     configure(&one_batch_at_a_time(stage), config, &DispatcherChoices::demand_only(), None)
 }
 

@@ -15,7 +15,12 @@
 //!   being killed.
 //! - Failures are sorted into transient (network, timeouts, server
 //!   selection, server errors) and permanent (bad URI, authentication,
-//!   rejected documents).
+//!   rejected documents). A document the server refuses for good in an
+//!   unordered insert (a validator's 121, a key too long, ...) is reported
+//!   as rejected while the others are stored; a document over the server's
+//!   `maxBsonObjectSize` is refused by the driver before anything is sent,
+//!   which fails the whole batch permanently, and the stage then stores the
+//!   documents one at a time (see [`super`]).
 
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
@@ -27,7 +32,7 @@ use mongodb::{Client, Database};
 use serde_json::Value;
 
 use super::documents::{EngagementDelta, SplitBatch};
-use super::{Inserted, Sink, SinkError, WriteId};
+use super::{Collection, Inserted, Rejected, Sink, SinkError, WriteId};
 use stageflow::config::{BuildContext, Kind, StageDecl, settings};
 use stageflow::{Nothing, Pipeline};
 
@@ -160,18 +165,41 @@ pub fn classify(error: &Error) -> SinkError {
     if transient { SinkError::transient(message) } else { SinkError::permanent(message) }
 }
 
-/// The indices an unordered `insert_many` reported as duplicate keys, or the error if anything else failed.
-fn duplicates<T>(result: Result<T, Error>) -> Result<Vec<usize>, SinkError> {
+/// What an unordered `insert_many` reported per document.
+#[derive(Debug, Default, PartialEq)]
+struct WriteOutcome {
+    /// Indices of documents already stored (duplicate key).
+    duplicates: Vec<usize>,
+    /// Indices of documents the server refused for good, with its error.
+    rejected: Vec<(usize, String)>,
+}
+
+/// Duplicates and permanently rejected documents of an unordered
+/// `insert_many` (the others were stored), or the error when anything else
+/// failed: a transient per-document error retries the whole batch (its
+/// stored documents then count as duplicates of this write).
+fn write_outcome<T>(result: Result<T, Error>) -> Result<WriteOutcome, SinkError> {
     let error = match result {
-        Ok(_) => return Ok(Vec::new()),
+        Ok(_) => return Ok(WriteOutcome::default()),
         Err(error) => error,
     };
     if let ErrorKind::InsertMany(failure) = error.kind.as_ref()
         && failure.write_concern_error.is_none()
     {
         let errors = failure.write_errors.as_deref().unwrap_or_default();
-        if errors.iter().all(|write| write.code == DUPLICATE_KEY) {
-            return Ok(errors.iter().map(|write| write.index).collect());
+        let settled = |code: i32| code == DUPLICATE_KEY || PERMANENT_CODES.contains(&code);
+        if errors.iter().all(|write| settled(write.code)) {
+            let mut outcome = WriteOutcome::default();
+            for write in errors {
+                if write.code == DUPLICATE_KEY {
+                    outcome.duplicates.push(write.index);
+                } else {
+                    outcome
+                        .rejected
+                        .push((write.index, format!("mongodb error {}: {}", write.code, write.message)));
+                }
+            }
+            return Ok(outcome);
         }
     }
     Err(classify(&error))
@@ -243,12 +271,19 @@ impl Sink for MongoSink {
             })
             .collect();
         let started = Instant::now();
-        let duplicate_tweets = if documents.is_empty() {
-            Vec::new()
+        let outcome = if documents.is_empty() {
+            WriteOutcome::default()
         } else {
-            duplicates(tweets.insert_many(documents).ordered(false).await)?
+            write_outcome(tweets.insert_many(documents).ordered(false).await)?
         };
         let tweets_time = started.elapsed();
+        let duplicate_tweets = outcome.duplicates;
+        let rejected_tweets: HashSet<usize> = outcome.rejected.iter().map(|(index, _)| *index).collect();
+        let mut rejected: Vec<Rejected> = outcome
+            .rejected
+            .into_iter()
+            .map(|(index, error)| Rejected { collection: Collection::Tweets, index, error })
+            .collect();
         // A duplicate stored under this write's own token was stored by an
         // earlier try of this write whose reply was lost: it is new.
         let mine: HashSet<String> = if duplicate_tweets.is_empty() {
@@ -262,6 +297,7 @@ impl Sink for MongoSink {
         };
         let duplicate_set: HashSet<usize> = duplicate_tweets.into_iter().collect();
         let new_tweets = (0..batch.tweets.len())
+            .filter(|index| !rejected_tweets.contains(index))
             .filter(|index| !duplicate_set.contains(index) || mine.contains(&batch.tweets[*index].id))
             .collect();
 
@@ -269,13 +305,19 @@ impl Sink for MongoSink {
         let documents: Vec<Document> = batch.users.iter().map(|user| keyed(&user.id, &user.doc)).collect();
         let count = documents.len();
         let started = Instant::now();
-        let duplicate_users = if documents.is_empty() {
-            Vec::new()
+        let outcome = if documents.is_empty() {
+            WriteOutcome::default()
         } else {
-            duplicates(users.insert_many(documents).ordered(false).await)?
+            write_outcome(users.insert_many(documents).ordered(false).await)?
         };
         let users_time = started.elapsed();
-        Ok(Inserted { new_tweets, new_users: count - duplicate_users.len(), tweets_time, users_time })
+        let new_users = count - outcome.duplicates.len() - outcome.rejected.len();
+        rejected.extend(outcome.rejected.into_iter().map(|(index, error)| Rejected {
+            collection: Collection::Users,
+            index,
+            error,
+        }));
+        Ok(Inserted { new_tweets, new_users, tweets_time, users_time, rejected })
     }
 
     async fn add_engagements(

@@ -3,12 +3,18 @@
 //! ```sql
 //! CREATE TABLE tweets            (id TEXT PRIMARY KEY, doc TEXT NOT NULL); -- id_str, tweet JSON
 //! CREATE TABLE users             (id TEXT PRIMARY KEY, doc TEXT NOT NULL); -- id_str, user JSON
+//!     -- both: CHECK (id <> ''), CHECK (length(doc) <= 16 MiB)
 //! CREATE TABLE users_engagements (id TEXT PRIMARY KEY, doc TEXT NOT NULL); -- user id_str,
 //!     -- {"user_id", "tweet_count", "engagement_sum", "ratio"}
 //! ```
 //!
-//! A batch is one transaction of `INSERT OR IGNORE`s: a replayed tweet or
-//! user changes nothing, and only rows actually inserted count as new. An
+//! A batch is one transaction of `INSERT ... ON CONFLICT DO NOTHING`: a
+//! replayed tweet or user changes nothing, and only rows actually inserted
+//! count as new. The tables refuse an empty id and a document over 16 MiB
+//! (MongoDB's limit, so both stores take the same documents); such a row
+//! fails the transaction with a constraint error, which is permanent, and
+//! the stage then stores the batch's documents one at a time so only the
+//! refused ones are dead-lettered. An
 //! engagement flush is one transaction of upserts. Work runs on tokio's
 //! blocking pool, never on the runtime's threads.
 
@@ -31,8 +37,10 @@ pub const DEFAULT_FILE: &str = "stageflow.db";
 const SCHEMA: &str = "
     PRAGMA journal_mode = WAL;
     PRAGMA synchronous = NORMAL;
-    CREATE TABLE IF NOT EXISTS tweets (id TEXT PRIMARY KEY, doc TEXT NOT NULL);
-    CREATE TABLE IF NOT EXISTS users (id TEXT PRIMARY KEY, doc TEXT NOT NULL);
+    CREATE TABLE IF NOT EXISTS tweets (id TEXT PRIMARY KEY CHECK (id <> ''),
+        doc TEXT NOT NULL CHECK (length(CAST(doc AS BLOB)) <= 16777216));
+    CREATE TABLE IF NOT EXISTS users (id TEXT PRIMARY KEY CHECK (id <> ''),
+        doc TEXT NOT NULL CHECK (length(CAST(doc AS BLOB)) <= 16777216));
     CREATE TABLE IF NOT EXISTS users_engagements (id TEXT PRIMARY KEY, doc TEXT NOT NULL);
 ";
 
@@ -126,8 +134,8 @@ impl Sink for SqliteSink {
             let started = Instant::now();
             let mut new_tweets = Vec::new();
             {
-                let mut insert =
-                    transaction.prepare_cached("INSERT OR IGNORE INTO tweets (id, doc) VALUES (?1, ?2)")?;
+                let mut insert = transaction
+                    .prepare_cached("INSERT INTO tweets (id, doc) VALUES (?1, ?2) ON CONFLICT DO NOTHING")?;
                 for (index, (id, doc)) in tweets.iter().enumerate() {
                     if insert.execute(params![id, doc])? > 0 {
                         new_tweets.push(index);
@@ -138,14 +146,20 @@ impl Sink for SqliteSink {
             let started = Instant::now();
             let mut new_users = 0;
             {
-                let mut insert =
-                    transaction.prepare_cached("INSERT OR IGNORE INTO users (id, doc) VALUES (?1, ?2)")?;
+                let mut insert = transaction
+                    .prepare_cached("INSERT INTO users (id, doc) VALUES (?1, ?2) ON CONFLICT DO NOTHING")?;
                 for (id, doc) in &users {
                     new_users += insert.execute(params![id, doc])?;
                 }
             }
             transaction.commit()?;
-            Ok(Inserted { new_tweets, new_users, tweets_time, users_time: started.elapsed() })
+            Ok(Inserted {
+                new_tweets,
+                new_users,
+                tweets_time,
+                users_time: started.elapsed(),
+                rejected: Vec::new(),
+            })
         })
         .await
     }
