@@ -410,7 +410,7 @@ fn load(path: &Path) -> Result<PipelineFile, String> {
     let overrides: Vec<String> =
         OVERRIDES.iter().filter(|arg| **arg != "--set").map(|s| s.to_string()).collect();
     let vars = HashMap::from([("EMULATOR_URL".to_string(), "http://127.0.0.1:1".to_string())]);
-    stageflow_stages::cli::load(&stageflow_stages::registry(), path, &overrides, &vars)
+    stageflow_stages::pipelines::load(&stageflow_stages::registry(), path, &overrides, &vars)
 }
 
 /// The cut edge from the tweet hub to part `process`, and the cluster settings.
@@ -588,7 +588,7 @@ impl Stageflow {
     fn start(args: &[&str], env: &[(&str, String)], data_dir: &Path) -> Result<Stageflow, String> {
         let mut command = Command::new(env!("CARGO_BIN_EXE_stageflow"));
         command.current_dir(repository()).args(args).args(OVERRIDES).arg("--data-dir").arg(data_dir);
-        command.env_remove("EMULATOR_URL").env("RUST_LOG", "warn,stageflow_stages::cli=info");
+        command.env_remove("EMULATOR_URL").env("RUST_LOG", "warn,stageflow_stages::cmd::run=info");
         for (name, value) in env {
             command.env(name, value);
         }

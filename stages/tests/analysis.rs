@@ -744,7 +744,7 @@ fn every_analysis_kind_is_registered() {
         let found = registry.kind(kind).unwrap_or_else(|| panic!("kind {kind} is not registered"));
         assert!(!found.summary().is_empty());
     }
-    let kinds = stageflow_stages::cli::kinds_report(&registry);
+    let kinds = stageflow_stages::cmd::kinds::kinds_report(&registry);
     assert!(kinds.contains("ignore_kill_messages") && kinds.contains("ttl_ms") && kinds.contains("frame_ms"));
 }
 

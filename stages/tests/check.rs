@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use stageflow::config::parse_pipeline;
-use stageflow_stages::cli::EMULATOR_URL;
+use stageflow_stages::pipelines::EMULATOR_URL;
 use stageflow_stages::registry;
 
 fn repository() -> PathBuf {

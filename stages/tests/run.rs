@@ -9,7 +9,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use stageflow_stages::analysis::HashtagWindow;
-use stageflow_stages::cli::embedded_emulator;
+use stageflow_stages::cmd::run::embedded_emulator;
 use stageflow_stages::emulator::generator::{GeneratedEvent, TweetGenerator, Vocabulary};
 use stageflow_stages::emulator::{EmulatorConfig, EmulatorHandle, Rate, start_emulator};
 use stageflow_stages::tweet::Tweet;

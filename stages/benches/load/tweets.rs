@@ -113,11 +113,11 @@ pub fn tweet_pipeline(
     let mut registry = stageflow_stages::registry();
     registry.add::<ThrottledSinkKind>();
     let vars = HashMap::from([(
-        stageflow_stages::cli::EMULATOR_URL.to_string(),
+        stageflow_stages::pipelines::EMULATOR_URL.to_string(),
         emulator_url.trim_end_matches('/').to_string(),
     )]);
     let overrides = ["logger.output=\"none\"".to_string(), "logger.sleep_mean_ms=0".to_string()];
-    let mut file = stageflow_stages::cli::load(&registry, &tweets_toml(), &overrides, &vars)?;
+    let mut file = stageflow_stages::pipelines::load(&registry, &tweets_toml(), &overrides, &vars)?;
     file.name = name.to_string();
     file.stages.retain(|stage| stage.kind != "statistics");
     let store =

@@ -5,7 +5,7 @@
 //! ## The contract with the sinks
 //!
 //! A sink records each bulk insert into the pipeline's
-//! [`InsertTimings`](crate::timings::InsertTimings), a resource of the
+//! [`InsertTimings`], a resource of the
 //! build context that the pipeline's hub reads too (see [`crate::timings`]).
 //!
 //! ## Where the numbers come from

@@ -307,24 +307,3 @@ pub fn absolute(letters: &Path) -> Result<PathBuf, String> {
     }
     std::path::absolute(letters).map_err(|error| format!("{}: {error}", letters.display()))
 }
-
-/// `stageflow replay FILE --into PIPELINE --stage ID`: runs `PIPELINE` cut
-/// down to `ID` and its downstream, fed with `FILE`'s records of `ID`,
-/// until they are handled; then prints the summary as `run` does.
-pub async fn run_replay(
-    registry: &Registry,
-    letters: &Path,
-    into: &Path,
-    stage: &str,
-    options: crate::cli::RunOptions,
-) -> Result<(), String> {
-    let letters = absolute(letters)?;
-    let file = crate::cli::load(registry, into, &[], &Default::default())?;
-    let replayed = replay_file(registry, &file, &letters, stage)?;
-    let count = read_records(&letters)?.iter().filter(|record| record.stage == stage).count();
-    if count == 0 {
-        return Err(format!("{} holds no dead letters of stage '{stage}'", letters.display()));
-    }
-    println!("replaying {count} dead letters of '{stage}' from {}", letters.display());
-    crate::cli::run(registry, replayed, options).await
-}

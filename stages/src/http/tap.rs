@@ -212,26 +212,17 @@ pub fn tap_url(
     Ok(url)
 }
 
-/// Arguments of `stageflow tap`.
-#[derive(Debug, Clone, clap::Args)]
-pub struct TapArgs {
-    /// The HTTP address of a running `stageflow run --http` (e.g. http://127.0.0.1:9090).
-    pub url: String,
-    /// The stage whose events to show.
-    pub stage: String,
-    /// Stop after this many events.
-    #[arg(long)]
-    pub limit: Option<u64>,
-    /// Share of the events to show, above 0 and at most 1 (e.g. 0.1 for one in ten).
-    #[arg(long)]
-    pub sample: Option<f64>,
-}
-
 /// `stageflow tap`: prints each tapped event as one line of JSON on stdout
 /// until the limit, the stage's end or Ctrl-C; drop notices go to stderr.
-pub async fn run_tap(args: TapArgs, mut out: impl std::io::Write) -> Result<(), String> {
+pub async fn run_tap(
+    base: &str,
+    stage: &str,
+    limit: Option<u64>,
+    sample: Option<f64>,
+    mut out: impl std::io::Write,
+) -> Result<(), String> {
     use reqwest_eventsource::{Error as SourceError, Event as SourceEvent, EventSource, retry::Never};
-    let url = tap_url(&args.url, &args.stage, args.limit, args.sample)?;
+    let url = tap_url(base, stage, limit, sample)?;
     let mut source = EventSource::get(url.clone());
     source.set_retry_policy(Box::new(Never));
     while let Some(item) = source.next().await {

@@ -1,5 +1,5 @@
-//! What the `stageflow` subcommands do: load and check pipeline files, run
-//! them with a live view, draw their graph.
+//! `stageflow run`: starts the emulator a file asks for, loads and runs the
+//! file with a live view of every stage, prints the summary when it ends.
 
 use std::collections::HashMap;
 use std::io::IsTerminal;
@@ -12,15 +12,41 @@ use serde::Deserialize;
 use stageflow::config::{BuildContext, ConfigErrors, PipelineFile, Registry, parse_pipeline};
 use stageflow::{MetricsReader, StageSnapshot};
 
-use crate::emulator::{EmulateArgs, EmulatorConfig, Rate, start_emulator};
+use super::emulate::EmulateArgs;
+use crate::emulator::{EmulatorConfig, Rate, start_emulator};
+use crate::pipelines::{EMULATOR_URL, describe, load};
 
-/// The variable a pipeline file uses for the address of the emulator the
-/// `run` command starts in-process when the file has `[pipeline.settings.emulator]`.
-pub const EMULATOR_URL: &str = "EMULATOR_URL";
+/// Arguments of `stageflow run`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct RunArgs {
+    /// The pipeline file (TOML).
+    pub file: PathBuf,
+    /// Stop after this long (e.g. 30s, 5m), draining what was accepted.
+    #[arg(long = "for", value_parser = humantime::parse_duration)]
+    pub duration: Option<Duration>,
+    /// Directory for embedded stores and output files.
+    #[arg(long, default_value = "stageflow-data")]
+    pub data_dir: PathBuf,
+    /// How long draining may take after the end, `--for` or Ctrl-C before the run fails.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "60s")]
+    pub drain_timeout: Duration,
+    /// Overrides a stage setting: stage.key=value (value read as TOML, else as text). Repeatable.
+    #[arg(long = "set", value_name = "STAGE.KEY=VALUE")]
+    pub overrides: Vec<String>,
+    /// Serves the live page, /metrics, /healthz, /readyz, /api and /tap at this address (PORT means 127.0.0.1:PORT).
+    #[arg(long, value_name = "ADDR", value_parser = crate::http::parse_addr)]
+    pub http: Option<std::net::SocketAddr>,
+    /// Runs only the stages of this part (repeatable); edges to other parts go through
+    /// NATS JetStream (`[pipeline.cluster]`). Without it every part runs here.
+    #[arg(long = "part", value_name = "PART")]
+    pub parts: Vec<String>,
+}
 
-/// Where `stageflow emulate` listens by default: what `check` and `graph`
-/// substitute for `${EMULATOR_URL}` when it is not set.
-const DEFAULT_EMULATOR_URL: &str = "http://127.0.0.1:4000";
+/// Runs `stageflow run` with its arguments.
+pub async fn run_command(registry: &Registry, args: RunArgs) -> Result<(), String> {
+    let RunArgs { file, duration, data_dir, drain_timeout, overrides, http, parts } = args;
+    run_file(registry, &file, &overrides, RunOptions { duration, data_dir, drain_timeout, http, parts }).await
+}
 
 /// `[pipeline.settings.emulator]`: an emulator started in-process for the run.
 #[derive(Debug, Deserialize)]
@@ -69,92 +95,6 @@ pub fn embedded_emulator(text: &str, path: &Path) -> Result<Option<EmulatorConfi
         close_after: None,
     };
     args.config().map(Some).map_err(wrong)
-}
-
-/// Reads and checks a pipeline file, applying `--set stage.key=value` overrides;
-/// `vars` resolve `${NAME}` before the environment does.
-pub fn load(
-    registry: &Registry,
-    path: &Path,
-    overrides: &[String],
-    vars: &HashMap<String, String>,
-) -> Result<PipelineFile, String> {
-    let text =
-        std::fs::read_to_string(path).map_err(|error| format!("cannot read {}: {error}", path.display()))?;
-    let lookup = |name: &str| {
-        vars.get(name)
-            .cloned()
-            .or_else(|| std::env::var(name).ok())
-            .or_else(|| (name == EMULATOR_URL).then(|| DEFAULT_EMULATOR_URL.to_string()))
-    };
-    let mut file = parse_pipeline(path, &text, &lookup).map_err(|errors| describe(&errors))?;
-    for assignment in overrides {
-        apply_override(&mut file, assignment).map_err(|why| format!("--set {assignment}: {why}"))?;
-    }
-    registry.check(&file).map_err(|errors| describe(&errors))?;
-    let scale_out = crate::cluster::check(&file, registry);
-    if !scale_out.is_empty() {
-        return Err(describe(&ConfigErrors(scale_out)));
-    }
-    Ok(file)
-}
-
-/// Every check error on its own line, then how many there were.
-fn describe(errors: &ConfigErrors) -> String {
-    let count = errors.0.len();
-    format!("{errors}\n{count} problem{} found", if count == 1 { "" } else { "s" })
-}
-
-/// Applies one `stage.key=value` override; the value is read as TOML, or as a plain string.
-pub fn apply_override(file: &mut PipelineFile, assignment: &str) -> Result<(), String> {
-    let (target, raw) = assignment.split_once('=').ok_or("expected stage.key=value")?;
-    let (stage_id, key) = target.split_once('.').ok_or("expected stage.key=value")?;
-    let value = toml::from_str::<toml::Table>(&format!("v = {raw}"))
-        .ok()
-        .and_then(|mut table| table.remove("v"))
-        .unwrap_or_else(|| toml::Value::String(raw.to_string()));
-    let ids: Vec<&str> = file.stages.iter().map(|s| s.id.as_str()).collect();
-    let hint =
-        stageflow::config::closest(stage_id, ids.iter().copied()).map(|n| format!(" (did you mean '{n}'?)"));
-    let stage = file
-        .stages
-        .iter_mut()
-        .find(|stage| stage.id == stage_id)
-        .ok_or_else(|| format!("no stage '{stage_id}' in this file{}", hint.unwrap_or_default()))?;
-    stage.set(key, value);
-    Ok(())
-}
-
-/// `stageflow check`: the report printed for a valid file.
-pub fn check_report(file: &PipelineFile) -> String {
-    let subscriptions: usize = file.stages.iter().map(|s| s.subscribe_to.len()).sum();
-    format!(
-        "{}: ok — pipeline '{}', {} stages, {} subscriptions",
-        file.path.display(),
-        file.name,
-        file.stages.len(),
-        subscriptions
-    )
-}
-
-/// `stageflow kinds`: every stage kind with its settings.
-pub fn kinds_report(registry: &Registry) -> String {
-    let mut text = String::new();
-    for kind in registry.kinds() {
-        let takes = kind.input().map_or("-", |t| t.name);
-        let emits = kind.output().map_or("-", |t| t.name);
-        text.push_str(&format!(
-            "{}  ({:?}; takes {takes}, emits {emits})\n    {}\n",
-            kind.name(),
-            kind.role(),
-            kind.summary()
-        ));
-        for setting in kind.settings() {
-            let required = if setting.required { " (required)" } else { "" };
-            text.push_str(&format!("    {}{required}: {}\n", setting.name, setting.help));
-        }
-    }
-    text
 }
 
 /// Options of `stageflow run`.
