@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use stageflow::{Emitter, Flow, Pipeline, Producer};
 
+use crate::broker::protocol::shorten;
 use crate::sse::{SseEvent, TweetMessage};
 use crate::tweet::{Entities, Hashtag, Tweet, User};
 use stageflow::Nothing;
@@ -37,7 +38,10 @@ pub fn tweet_from_row(headers: &csv::StringRecord, row: &csv::StringRecord) -> R
         match field(name) {
             None | Some("") => Ok(0),
             Some(value) => {
-                value.parse().map_err(|_| format!("column `{name}` must be a whole number, got \"{value}\""))
+                // A quoted field may hold line breaks and any length: quote it shortened, on one line.
+                value.parse().map_err(|_| {
+                    format!("column `{name}` must be a whole number, got \"{}\"", shorten(value))
+                })
             }
         }
     };
@@ -274,6 +278,10 @@ mod tests {
         assert_eq!(missing, "column `text` is missing or empty");
         let not_a_number = tweet_from_row(&headers, &record(&["7", "hi", "42", "many"])).unwrap_err();
         assert_eq!(not_a_number, "column `favorite_count` must be a whole number, got \"many\"");
+        // Found by scripts/fuzz: a quoted field's line breaks and length reached the log line.
+        let long = format!("1\n2,{}", "9".repeat(500));
+        let error = tweet_from_row(&headers, &record(&["7", "hi", "42", &long])).unwrap_err();
+        assert!(!error.contains('\n') && error.len() < 120, "{error}");
     }
 
     proptest! {

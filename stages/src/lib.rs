@@ -16,6 +16,8 @@ pub mod dead_letters;
 pub mod demo;
 pub mod emulator;
 pub mod events;
+#[cfg(test)]
+mod fuzz;
 pub mod http;
 pub mod line_reader;
 pub mod pipelines;

@@ -29,7 +29,7 @@
 //! ```
 
 mod delivery;
-mod log;
+pub(crate) mod log;
 pub mod protocol;
 mod queue;
 pub mod record;

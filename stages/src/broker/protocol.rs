@@ -187,8 +187,10 @@ fn no_arguments(command: &str, rest: &str) -> Result<(), String> {
     if rest.is_empty() { Ok(()) } else { Err(format!("{command} takes no arguments")) }
 }
 
-/// Cuts user text quoted in an error to a readable length, on one line.
-fn shorten(text: &str) -> String {
+/// Cuts outside text quoted in an error to a readable length, on one line
+/// (control characters become `?`): for the broker's replies and any other
+/// parser's errors (CSV rows).
+pub fn shorten(text: &str) -> String {
     const LIMIT: usize = 40;
     let cut: String = text.chars().take(LIMIT).map(|c| if c.is_control() { '?' } else { c }).collect();
     if text.chars().count() > LIMIT { format!("{cut}...") } else { cut }
