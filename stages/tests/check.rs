@@ -160,3 +160,31 @@ fn the_kinds_command_lists_every_kind_with_its_settings() {
     let kinds = listed.lines().filter(|line| !line.starts_with(' ')).count();
     assert_eq!(kinds, registry().kinds().count(), "one entry per registered kind");
 }
+
+/// docs/kinds.md is what `stageflow kinds --markdown` makes from the registry,
+/// so the reference cannot drift from the code. After an intended change:
+/// `cargo run -- kinds --markdown > docs/kinds.md`.
+#[test]
+fn the_kinds_reference_page_is_made_from_the_registry() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/kinds.md");
+    let page = std::fs::read_to_string(&path).expect("docs/kinds.md");
+    let made = stageflow_stages::cmd::kinds::kinds_markdown(&registry());
+    for (line, (got, want)) in page.lines().zip(made.lines()).enumerate() {
+        assert_eq!(
+            got,
+            want,
+            "line {} of {} is stale; regenerate: cargo run -- kinds --markdown > docs/kinds.md",
+            line + 1,
+            path.display()
+        );
+    }
+    assert_eq!(
+        page,
+        made,
+        "{} is stale; regenerate: cargo run -- kinds --markdown > docs/kinds.md",
+        path.display()
+    );
+    for kind in registry().kinds() {
+        assert!(page.contains(&format!("\n## `{}`\n", kind.name())), "{} has no section", kind.name());
+    }
+}

@@ -115,6 +115,21 @@ impl BrokerConfig {
     }
 }
 
+/// One subscription's figures, for the HTTP view's scrape.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct SubscriberFigures {
+    /// The topic.
+    pub topic: String,
+    /// The subscriber's name (durable) or connection key.
+    pub subscriber: String,
+    /// Events waiting for it (in memory and spilled to the log).
+    pub pending: u64,
+    /// Deliveries awaiting its ack: how much of its window it uses.
+    pub in_flight: u64,
+    /// Its window: most deliveries awaiting an ack at once (0 while no client is attached).
+    pub window: u64,
+}
+
 /// Counters of one topic, as `stats` reports them.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct TopicStats {
@@ -316,12 +331,12 @@ impl Broker {
     }
 
     /// Every subscription of every topic, with its backlog and window use (for `/metrics`).
-    pub fn subscriber_figures(&self) -> Vec<crate::http::metrics::SubscriberFigures> {
+    pub fn subscriber_figures(&self) -> Vec<SubscriberFigures> {
         let topics: Vec<Arc<Topic>> = lock(&self.inner.topics).values().cloned().collect();
         let mut figures = Vec::new();
         for topic in topics {
             for s in topic.subscriptions() {
-                figures.push(crate::http::metrics::SubscriberFigures {
+                figures.push(SubscriberFigures {
                     topic: topic.name.to_string(),
                     subscriber: s.key.clone(),
                     pending: s.queued.load(Ordering::Relaxed) as u64 + s.spilled.load(Ordering::Relaxed),

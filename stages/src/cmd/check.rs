@@ -7,7 +7,7 @@ use stageflow::config::{PipelineFile, Registry};
 /// Arguments of `stageflow check`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct CheckArgs {
-    /// The pipeline file (TOML).
+    /// The pipeline file (TOML), or the name of a built-in one (see `stageflow pipelines`).
     pub file: PathBuf,
 }
 

@@ -8,7 +8,7 @@ use stageflow::config::{Registry, to_dot, to_mermaid};
 /// Arguments of `stageflow graph`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct GraphArgs {
-    /// The pipeline file (TOML).
+    /// The pipeline file (TOML), or the name of a built-in one (see `stageflow pipelines`).
     pub file: PathBuf,
     /// Output format.
     #[arg(long, value_enum, default_value_t = GraphFormat::Mermaid)]

@@ -9,6 +9,7 @@ pub mod check;
 pub mod emulate;
 pub mod graph;
 pub mod kinds;
+pub mod pipelines;
 pub mod replay;
 pub mod run;
 pub mod serve;
@@ -43,7 +44,7 @@ enum LogFormat {
 enum Command {
     /// Runs a pipeline file until its sources end, `--for` passes or Ctrl-C; then drains and prints a summary.
     #[command(
-        after_help = "Examples:\n  stageflow run pipelines/demo.toml\n  stageflow run pipelines/demo.toml --for 10s --set numbers.count=5000\n  stageflow run pipelines/tweets-cluster.toml --part process\n  RUST_LOG=debug stageflow run pipelines/demo.toml > run.log"
+        after_help = "Examples:\n  stageflow run demo\n  stageflow run pipelines/demo.toml --for 10s --set numbers.count=5000\n  stageflow run pipelines/tweets-cluster.toml --part process\n  RUST_LOG=debug stageflow run pipelines/demo.toml > run.log"
     )]
     Run(run::RunArgs),
     /// Checks a pipeline file without running it: every problem, with file, line, column and stage.
@@ -55,8 +56,13 @@ enum Command {
     )]
     Graph(graph::GraphArgs),
     /// Lists the stage kinds pipeline files can use, with their settings.
-    #[command(after_help = "Example:\n  stageflow kinds")]
-    Kinds,
+    #[command(after_help = "Examples:\n  stageflow kinds\n  stageflow kinds --markdown > docs/kinds.md")]
+    Kinds(kinds::KindsArgs),
+    /// Lists the pipelines built into the binary; run, check, graph and serve take their names.
+    #[command(
+        after_help = "Examples:\n  stageflow pipelines\n  stageflow run tweets --for 30s\n  stageflow check demo"
+    )]
+    Pipelines,
     /// Runs the message broker: durable topics over a line protocol (try it with nc or telnet).
     Broker(broker::BrokerArgs),
     /// Serves emulated tweet streams (SSE) at /tweets/1 and /tweets/2, the lexicon and per-connection stats.
@@ -111,8 +117,9 @@ pub fn main() -> ExitCode {
         Command::Run(args) => runtime.block_on(run::run_command(&registry, args)),
         Command::Check(args) => check::check_command(&registry, &args),
         Command::Graph(args) => graph::graph_command(&registry, &args),
-        Command::Kinds => {
-            print!("{}", kinds::kinds_report(&registry));
+        Command::Kinds(args) => kinds::kinds_command(&registry, &args),
+        Command::Pipelines => {
+            print!("{}", pipelines::pipelines_report());
             Ok(())
         }
         Command::Broker(args) => runtime.block_on(broker::run_broker(args)),

@@ -19,7 +19,7 @@ use crate::pipelines::{EMULATOR_URL, describe, load};
 /// Arguments of `stageflow run`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct RunArgs {
-    /// The pipeline file (TOML).
+    /// The pipeline file (TOML), or the name of a built-in one (see `stageflow pipelines`).
     pub file: PathBuf,
     /// Stop after this long (e.g. 30s, 5m), draining what was accepted.
     #[arg(long = "for", value_parser = humantime::parse_duration)]
@@ -119,13 +119,12 @@ pub async fn run_file(
     overrides: &[String],
     options: RunOptions,
 ) -> Result<(), String> {
-    let text =
-        std::fs::read_to_string(path).map_err(|error| format!("cannot read {}: {error}", path.display()))?;
+    let (shown, text) = crate::pipelines::read(path)?;
     let mut vars = HashMap::new();
     let mut emulator = None;
     if std::env::var_os(EMULATOR_URL).is_none()
-        && runs_a_source_of_the_emulator(&text, path, &options.parts)
-        && let Some(config) = embedded_emulator(&text, path)?
+        && runs_a_source_of_the_emulator(&text, &shown, &options.parts)
+        && let Some(config) = embedded_emulator(&text, &shown)?
     {
         let handle = start_emulator("127.0.0.1:0", config).await?;
         tracing::info!("embedded emulator serving tweets at {}", handle.url("/tweets/1"));

@@ -20,8 +20,8 @@ pub struct ServeArgs {
     /// Number of SSE streams (replaces the file's `sse` stages by stream1… reading <sse-url>/1…); default: as the file says. Example: --streams 4
     #[arg(long)]
     pub streams: Option<usize>,
-    /// The pipeline file. Example: --pipeline pipelines/tweets.toml
-    #[arg(long, default_value = "pipelines/tweets.toml")]
+    /// The pipeline file, or the name of a built-in one (see `stageflow pipelines`). Example: --pipeline my-tweets.toml
+    #[arg(long, default_value = "tweets")]
     pub pipeline: PathBuf,
     /// Directory for embedded stores and output files. Example: --data-dir /tmp/serve-data
     #[arg(long, default_value = "stageflow-data")]

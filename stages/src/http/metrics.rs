@@ -11,6 +11,7 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::{Registry, Unit};
 use stageflow::{PROCESSING_BUCKETS_US, StageSnapshot};
 
+pub use crate::broker::SubscriberFigures;
 use crate::broker::TopicStats;
 use crate::storage::{InsertTimes, SinkCounters};
 
@@ -30,21 +31,6 @@ pub struct SinkFigures {
     pub counters: SinkCounters,
     /// Every insert time since it started, in microseconds.
     pub inserts: InsertTimes,
-}
-
-/// One broker subscription's figures at scrape time.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct SubscriberFigures {
-    /// The topic.
-    pub topic: String,
-    /// The subscriber's name (durable) or connection key.
-    pub subscriber: String,
-    /// Events waiting for it (in memory and spilled to the log).
-    pub pending: u64,
-    /// Deliveries awaiting its ack: how much of its window it uses.
-    pub in_flight: u64,
-    /// Its window: most deliveries awaiting an ack at once (0 while no client is attached).
-    pub window: u64,
 }
 
 /// One cut edge's figures at scrape time (`run --part`: the edge's events go over NATS JetStream).

@@ -2,7 +2,7 @@
 //! `twitter` watches the live tweet pipeline, shared by every session.
 //!
 //! - The first `twitter` builds and starts the pipeline from a file
-//!   (default `pipelines/tweets.toml`, `${EMULATOR_URL}` resolved from
+//!   (default: the built-in `tweets`, `${EMULATOR_URL}` resolved from
 //!   `--sse-url`) with the logger's lines routed into a broadcast stage,
 //!   [`LINES_STAGE`]; each watching session subscribes to it from outside
 //!   the pipeline. Later sessions join the same run; when the last one stops
