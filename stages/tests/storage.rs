@@ -31,13 +31,14 @@ use stageflow::config::{
 };
 use stageflow::ops::FromIter;
 use stageflow::{DemandBounds, Emitter, Flow, Nothing, Pipeline, Producer, SubscribeOptions};
+use stageflow_stages::receipt::Receipt;
 use stageflow_stages::scored::ScoredTweet;
 use stageflow_stages::storage::batcher::{Batch, Batcher};
 use stageflow_stages::storage::documents::{EngagementDelta, SplitBatch, split_batch};
 use stageflow_stages::storage::mongo::{MongoConfig, MongoSink};
 use stageflow_stages::storage::sqlite::SqliteSink;
 use stageflow_stages::storage::{
-    Inserted, Sink, SinkError, SinkMetrics, SinkOptions, SinkStage, WriteId, published_sinks,
+    EngagementFlush, FlushId, Inserted, Sink, SinkError, SinkMetrics, SinkOptions, SinkStage, published_sinks,
 };
 use stageflow_stages::timings::InsertTimings;
 use stageflow_stages::tweet::{Entities, Tweet, User};
@@ -201,7 +202,7 @@ impl TestSink {
 impl Sink for TestSink {
     const NEEDS_DOCUMENTS: bool = false;
 
-    async fn insert(&mut self, batch: &SplitBatch, _: &WriteId) -> Result<Inserted, SinkError> {
+    async fn insert(&mut self, batch: &SplitBatch, _: &FlushId) -> Result<Inserted, SinkError> {
         self.gate.wait_for(|open| *open).await.expect("the gate sender lives as long as the test");
         tokio::time::sleep(self.delay).await;
         self.batches.lock().unwrap().push((batch.tweets.len(), Instant::now()));
@@ -209,7 +210,7 @@ impl Sink for TestSink {
         Ok(Inserted { new_tweets: (0..batch.tweets.len()).collect(), ..Inserted::default() })
     }
 
-    async fn add_engagements(&mut self, _: &[EngagementDelta], _: &WriteId) -> Result<(), SinkError> {
+    async fn add_engagements(&mut self, _: &EngagementFlush) -> Result<(), SinkError> {
         Ok(())
     }
 }
@@ -482,28 +483,137 @@ async fn the_mongo_sink_stores_each_tweet_and_user_once_and_counts_engagement_on
 }
 
 #[tokio::test]
-async fn a_mongo_write_retried_after_a_lost_reply_counts_its_tweets_and_engagements_once() {
+async fn a_mongo_flush_repeated_after_a_lost_reply_is_applied_once() {
     let Some(server) = Secantus::start(false).await else { return };
     let mut sink = MongoSink::new(MongoConfig::new(server.uri("retry")));
     let batch = split_batch(&stream(1, 20));
-    let write = WriteId::fresh();
-    let first = sink.insert(&batch, &write).await.expect("stored");
+    let next = FlushId { writer: "w".into(), seq: 0 };
+    let first = sink.insert(&batch, &next).await.expect("stored");
     assert_eq!(first.new_tweets.len(), 20);
-    // The same write again, as after a failure whose reply was lost: the
-    // tweets it stored itself are still new to it…
-    let retried = WriteId { attempt: 1, ..write.clone() };
-    assert_eq!(sink.insert(&batch, &retried).await.expect("stored").new_tweets, first.new_tweets);
-    // …while another write of the same tweets (a replay) finds nothing new.
-    assert!(sink.insert(&batch, &WriteId::fresh()).await.expect("stored").new_tweets.is_empty());
+    // The same tweets again (a redelivery): nothing new, all still to count.
+    let again = sink.insert(&batch, &next).await.expect("stored");
+    assert!(again.new_tweets.is_empty());
+    assert_eq!(again.uncounted.len(), 20);
 
-    let deltas = [EngagementDelta { user_id: "u1".into(), tweets: 2, engagement_sum: 0.5 }];
-    let flush = WriteId::fresh();
-    sink.add_engagements(&deltas, &flush).await.expect("applied");
-    sink.add_engagements(&deltas, &WriteId { attempt: 1, ..flush }).await.expect("a retry is a no-op");
-    sink.add_engagements(&deltas, &WriteId::fresh()).await.expect("applied");
+    let flush = |seq| EngagementFlush {
+        id: FlushId { writer: "w".into(), seq },
+        deltas: vec![EngagementDelta { user_id: "u1".into(), tweets: 2, engagement_sum: 0.5 }],
+        tweet_ids: Vec::new(),
+    };
+    sink.add_engagements(&flush(0)).await.expect("applied");
+    sink.add_engagements(&flush(0)).await.expect("a repeat is a no-op");
+    sink.add_engagements(&flush(1)).await.expect("applied");
     let client = server.client().await;
     let engagements = mongo_engagements(&client, "retry").await;
-    assert_eq!(engagements["u1"], (4, 1.0, 0.25), "two flushes applied, the retry not");
+    assert_eq!(engagements["u1"], (4, 1.0, 0.25), "two flushes applied, the repeat not");
+    // Flush 0 reached user u1 only: u1's tweets are counted, the others are not.
+    let replay = sink.insert(&batch, &FlushId { writer: "v".into(), seq: 0 }).await.expect("stored");
+    let others: Vec<usize> = (0..batch.tweets.len()).filter(|&i| batch.tweets[i].user_id != "u1").collect();
+    assert!(others.len() < batch.tweets.len());
+    assert_eq!(replay.uncounted, others);
+}
+
+/// Counts how many receipts were released (acks sent).
+struct Released(Arc<AtomicU64>);
+
+impl Drop for Released {
+    fn drop(&mut self) {
+        self.0.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+/// A real sink whose first engagement flush fails (transiently), noting how
+/// many acks had been released by then.
+struct FirstFlushFails<S> {
+    sink: S,
+    released: Arc<AtomicU64>,
+    released_at_flush: Arc<Mutex<Option<u64>>>,
+}
+
+impl<S: Sink> Sink for FirstFlushFails<S> {
+    async fn insert(&mut self, batch: &SplitBatch, next: &FlushId) -> Result<Inserted, SinkError> {
+        self.sink.insert(batch, next).await
+    }
+
+    async fn add_engagements(&mut self, flush: &EngagementFlush) -> Result<(), SinkError> {
+        let first = {
+            let mut seen = self.released_at_flush.lock().unwrap();
+            let first = seen.is_none();
+            seen.get_or_insert(self.released.load(Ordering::SeqCst));
+            first
+        };
+        if first {
+            return Err(SinkError::transient("the first flush fails"));
+        }
+        self.sink.add_engagements(flush).await
+    }
+}
+
+/// A worker dies after storing its tweets and before writing their
+/// engagement (its stage is dropped unflushed, as by SIGKILL); the tweets
+/// are redelivered to another and are counted once, and a redelivery after
+/// the count changes nothing. Acks wait for the count.
+async fn crash_before_the_flush_then_replay<S: Sink>(
+    make: impl Fn() -> S,
+    engagements: impl AsyncFn() -> BTreeMap<String, (u64, f64, f64)>,
+) {
+    let tweets = stream(500, 60);
+    let options = SinkOptions {
+        user_batch_size: 10_000,
+        user_flush_interval: Duration::from_secs(3600),
+        retry_initial: Duration::from_millis(10),
+        ..Default::default()
+    };
+    let mut dying = SinkStage::new("store", make(), options, SinkMetrics::new());
+    dying.write_batch(&tweets).await;
+    drop(dying);
+    assert!(engagements().await.is_empty(), "the dead worker wrote no engagement");
+
+    let released = Arc::new(AtomicU64::new(0));
+    let released_at_flush = Arc::new(Mutex::new(None));
+    let redelivered: Vec<ScoredTweet> = tweets
+        .iter()
+        .map(|scored| ScoredTweet { receipt: Receipt::new(Released(released.clone())), ..scored.clone() })
+        .collect();
+    let sink = FirstFlushFails {
+        sink: make(),
+        released: released.clone(),
+        released_at_flush: released_at_flush.clone(),
+    };
+    let mut survivor = SinkStage::new("store", sink, options, SinkMetrics::new());
+    survivor.write_batch(&redelivered).await;
+    drop(redelivered);
+    assert_eq!(*released_at_flush.lock().unwrap(), Some(0), "no ack before the engagement is written");
+    assert_eq!(released.load(Ordering::SeqCst), tweets.len() as u64, "every ack once it is");
+    let counts = |stored: BTreeMap<String, (u64, f64, f64)>| -> BTreeMap<String, u64> {
+        stored.into_iter().map(|(user, (count, _, _))| (user, count)).collect()
+    };
+    let wanted: BTreeMap<String, u64> =
+        expected_engagements(&tweets).into_iter().map(|(user, (count, _))| (user, count)).collect();
+    assert_eq!(counts(engagements().await), wanted, "each tweet counted once");
+
+    survivor.write_batch(&tweets).await;
+    survivor.flush_engagements().await;
+    assert_eq!(counts(engagements().await), wanted, "a redelivery after the count is not counted");
+}
+
+#[tokio::test]
+async fn the_mongo_sink_counts_a_redelivered_tweet_once_after_a_crash_before_its_flush() {
+    let Some(server) = Secantus::start(false).await else { return };
+    let client = server.client().await;
+    let uri = server.uri("crash");
+    crash_before_the_flush_then_replay(
+        || MongoSink::new(MongoConfig::new(uri.clone())),
+        async || mongo_engagements(&client, "crash").await,
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn the_sqlite_sink_counts_a_redelivered_tweet_once_after_a_crash_before_its_flush() {
+    let directory = tempfile::tempdir().unwrap();
+    let path = directory.path().join("crash.db");
+    crash_before_the_flush_then_replay(|| SqliteSink::new(&path), async || sqlite_engagements(&path)).await;
 }
 
 /// Emits its tweets at most 10 per millisecond; after `hold_after` of them

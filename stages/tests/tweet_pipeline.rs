@@ -44,9 +44,10 @@ use stageflow_stages::analysis::{Lexicon, sentiment_score};
 use stageflow_stages::emulator::generator::{GeneratedEvent, TweetGenerator, Vocabulary};
 use stageflow_stages::emulator::{EmulatorConfig, EmulatorHandle, Rate, start_emulator};
 use stageflow_stages::storage::batcher::Batch;
-use stageflow_stages::storage::documents::{EngagementDelta, SplitBatch};
+use stageflow_stages::storage::documents::SplitBatch;
 use stageflow_stages::storage::{
-    Inserted, Sink, SinkCounters, SinkError, SinkMetrics, SinkOptions, SinkStage, WriteId, published_sinks,
+    EngagementFlush, FlushId, Inserted, Sink, SinkCounters, SinkError, SinkMetrics, SinkOptions, SinkStage,
+    published_sinks,
 };
 use stageflow_stages::tweet::{Tweet, User};
 use tokio::sync::watch;
@@ -618,14 +619,14 @@ struct SlowSink {
 impl Sink for SlowSink {
     const NEEDS_DOCUMENTS: bool = false;
 
-    async fn insert(&mut self, batch: &SplitBatch, _: &WriteId) -> Result<Inserted, SinkError> {
+    async fn insert(&mut self, batch: &SplitBatch, _: &FlushId) -> Result<Inserted, SinkError> {
         self.gate.wait_for(|open| *open).await.expect("the test holds the gate");
         tokio::time::sleep(Duration::from_millis(self.delay_ms.load(Ordering::SeqCst))).await;
         self.stored.fetch_add(batch.tweets.len() as u64, Ordering::SeqCst);
         Ok(Inserted { new_tweets: (0..batch.tweets.len()).collect(), ..Inserted::default() })
     }
 
-    async fn add_engagements(&mut self, _: &[EngagementDelta], _: &WriteId) -> Result<(), SinkError> {
+    async fn add_engagements(&mut self, _: &EngagementFlush) -> Result<(), SinkError> {
         Ok(())
     }
 }

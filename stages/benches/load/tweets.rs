@@ -18,9 +18,9 @@ use stageflow_stages::emulator::{EmulatorConfig, Rate};
 use stageflow_stages::scored::ScoredTweet;
 use stageflow_stages::sse::{SseEvent, SseReceiver, SseSourceConfig};
 use stageflow_stages::storage::batcher::Batch;
-use stageflow_stages::storage::documents::{EngagementDelta, SplitBatch};
+use stageflow_stages::storage::documents::SplitBatch;
 use stageflow_stages::storage::{
-    Inserted, Sink, SinkError, SinkMetrics, SinkOptions, SinkStage, WriteId, build_sink,
+    EngagementFlush, FlushId, Inserted, Sink, SinkError, SinkMetrics, SinkOptions, SinkStage, build_sink,
 };
 use tokio::sync::mpsc;
 
@@ -61,7 +61,7 @@ pub struct ThrottledSink {
 impl Sink for ThrottledSink {
     const NEEDS_DOCUMENTS: bool = false;
 
-    async fn insert(&mut self, batch: &SplitBatch, _: &WriteId) -> Result<Inserted, SinkError> {
+    async fn insert(&mut self, batch: &SplitBatch, _: &FlushId) -> Result<Inserted, SinkError> {
         tokio::time::sleep(Duration::from_secs_f64(batch.tweets.len() as f64 / self.tweets_per_s)).await;
         Ok(Inserted {
             new_tweets: (0..batch.tweets.len()).collect(),
@@ -70,7 +70,7 @@ impl Sink for ThrottledSink {
         })
     }
 
-    async fn add_engagements(&mut self, _: &[EngagementDelta], _: &WriteId) -> Result<(), SinkError> {
+    async fn add_engagements(&mut self, _: &EngagementFlush) -> Result<(), SinkError> {
         Ok(())
     }
 }

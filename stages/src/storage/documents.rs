@@ -136,6 +136,9 @@ pub struct EngagementBatch {
     pending: HashMap<String, EngagementDelta>,
     /// Order of first arrival, so a flush writes users in a stable order.
     order: Vec<String>,
+    /// The tweets counted, so a sink can mark them counted with the flush
+    /// and a repeat of one of them before the flush is not counted twice.
+    tweet_ids: HashSet<String>,
     /// How long the oldest pending increment has waited, as of the last `add` or `age`.
     oldest: Option<tokio::time::Instant>,
 }
@@ -148,12 +151,16 @@ impl EngagementBatch {
             max_age,
             pending: HashMap::new(),
             order: Vec::new(),
+            tweet_ids: HashSet::new(),
             oldest: None,
         }
     }
 
-    /// Counts one new tweet of `user_id` with this engagement score.
-    pub fn add(&mut self, user_id: &str, engagement: f64) {
+    /// Counts tweet `tweet_id` of `user_id` with this engagement score, unless it is counted already.
+    pub fn add(&mut self, tweet_id: &str, user_id: &str, engagement: f64) {
+        if !self.tweet_ids.insert(tweet_id.to_string()) {
+            return;
+        }
         self.oldest.get_or_insert_with(tokio::time::Instant::now);
         match self.pending.entry(user_id.to_string()) {
             Entry::Occupied(mut entry) => {
@@ -170,6 +177,16 @@ impl EngagementBatch {
                 });
             }
         }
+    }
+
+    /// Whether tweet `tweet_id` is counted in this batch.
+    pub fn holds(&self, tweet_id: &str) -> bool {
+        self.tweet_ids.contains(tweet_id)
+    }
+
+    /// The tweets counted in this batch, in no particular order.
+    pub fn tweet_ids(&self) -> Vec<String> {
+        self.tweet_ids.iter().cloned().collect()
     }
 
     /// Distinct users waiting.
@@ -201,6 +218,7 @@ impl EngagementBatch {
     pub fn clear(&mut self) {
         self.pending.clear();
         self.order.clear();
+        self.tweet_ids.clear();
         self.oldest = None;
     }
 }
@@ -300,15 +318,20 @@ mod tests {
     #[test]
     fn engagement_batch_sums_per_user_in_arrival_order() {
         let mut batch = EngagementBatch::new(100, Duration::from_secs(3));
-        batch.add("b", 0.5);
-        batch.add("a", 1.0);
-        batch.add("b", 1.5);
+        batch.add("t1", "b", 0.5);
+        batch.add("t2", "a", 1.0);
+        batch.add("t3", "b", 1.5);
+        batch.add("t3", "b", 1.5);
         assert_eq!(batch.users(), 2);
+        assert!(batch.holds("t3") && !batch.holds("t4"));
+        let mut ids = batch.tweet_ids();
+        ids.sort();
+        assert_eq!(ids, ["t1", "t2", "t3"], "a tweet repeated before the flush is counted once");
         let deltas = batch.deltas();
         assert_eq!(deltas[0], EngagementDelta { user_id: "b".into(), tweets: 2, engagement_sum: 2.0 });
         assert_eq!(deltas[1], EngagementDelta { user_id: "a".into(), tweets: 1, engagement_sum: 1.0 });
         batch.clear();
-        assert!(batch.is_empty());
+        assert!(batch.is_empty() && !batch.holds("t1"));
         assert!(!batch.is_due(tokio::time::Instant::now() + Duration::from_secs(10)));
     }
 
@@ -316,11 +339,11 @@ mod tests {
     async fn engagement_batch_is_due_at_max_users_or_max_age() {
         let mut batch = EngagementBatch::new(2, Duration::from_secs(3));
         let start = tokio::time::Instant::now();
-        batch.add("a", 1.0);
-        batch.add("a", 1.0);
+        batch.add("t1", "a", 1.0);
+        batch.add("t2", "a", 1.0);
         assert!(!batch.is_due(start), "one user, just now");
         assert!(batch.is_due(start + Duration::from_secs(3)), "the oldest is 3 s old");
-        batch.add("b", 1.0);
+        batch.add("t3", "b", 1.0);
         assert!(batch.is_due(start), "two users");
     }
 

@@ -225,7 +225,7 @@ mod tests {
             new_users: 1,
             tweets_time: Duration::from_millis(ms),
             users_time: Duration::from_millis(ms / 2),
-            rejected: Vec::new(),
+            ..Inserted::default()
         };
         for ms in [10, 20, 30, 40] {
             metrics.record_batch(&written(ms), 3, 2);

@@ -21,6 +21,16 @@
 //! upserts it in batches ([`documents::EngagementBatch`]), and records
 //! insert times in [`SinkMetrics`].
 //!
+//! ## Engagement counted once
+//!
+//! Engagement is counted exactly once per stored tweet, even across crashes
+//! of a worker whose input is redelivered (a JetStream cut): a tweet is
+//! stored marked with the flush meant to count it, the flush is applied once
+//! per [`FlushId`], and the [`Receipt`]s of the counted tweets (their acks)
+//! are held until the flush is written. A redelivered tweet that is already
+//! stored is counted again only if its flush never reached the store (see
+//! [`Sink`]).
+//!
 //! ## Transient and permanent failures
 //!
 //! Each sink sorts its errors ([`SinkError::transient`]): a refused or
@@ -51,6 +61,7 @@ use std::time::Duration;
 
 use stageflow::{Consumer, Events};
 
+use crate::receipt::Receipt;
 use crate::scored::ScoredTweet;
 use batcher::Batch;
 use documents::{EngagementBatch, EngagementDelta, SplitBatch, split_batch};
@@ -94,29 +105,14 @@ impl fmt::Display for SinkError {
 
 impl std::error::Error for SinkError {}
 
-/// Identifies one write (a batch or an engagement flush) across its retries.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct WriteId {
-    /// Unique per write in this process and across processes; the same on every retry.
-    pub token: String,
-    /// 0 for the first try, then 1, 2, …
-    pub attempt: u32,
-}
-
-impl WriteId {
-    /// A fresh write id, attempt 0.
-    pub fn fresh() -> Self {
-        static NEXT: AtomicU64 = AtomicU64::new(0);
-        static STARTED: std::sync::OnceLock<u128> = std::sync::OnceLock::new();
-        let started = STARTED.get_or_init(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |since| since.as_nanos())
-        });
-        let token =
-            format!("{:x}-{:x}-{:x}", started, std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed));
-        WriteId { token, attempt: 0 }
-    }
+/// A token unique to this call in this process and across processes: names a sink stage instance as a writer.
+pub fn writer_token() -> String {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    static STARTED: std::sync::OnceLock<u128> = std::sync::OnceLock::new();
+    let started = STARTED.get_or_init(|| {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |since| since.as_nanos())
+    });
+    format!("{:x}-{:x}-{:x}", started, std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed))
 }
 
 /// Which collection refused a document.
@@ -146,6 +142,9 @@ pub struct Inserted {
     pub rejected: Vec<Rejected>,
     /// Indices (into [`SplitBatch::tweets`]) of the tweets that were new; the others were already stored.
     pub new_tweets: Vec<usize>,
+    /// Indices of tweets already stored whose engagement never reached the
+    /// store (stored by a try or a worker that failed before its flush).
+    pub uncounted: Vec<usize>,
     /// Users that were new.
     pub new_users: usize,
     /// How long the tweets bulk insert took.
@@ -154,32 +153,55 @@ pub struct Inserted {
     pub users_time: Duration,
 }
 
+/// Names one engagement flush: its writer and its number (the same on every retry).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct FlushId {
+    /// Unique per sink stage instance (a restarted stage is a new writer).
+    pub writer: String,
+    /// 0, 1, 2, … per writer: flushes of one writer are written in this order.
+    pub seq: u64,
+}
+
+/// One engagement flush: the increments and the tweets they count.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EngagementFlush {
+    /// Which flush this is.
+    pub id: FlushId,
+    /// Per-user increments.
+    pub deltas: Vec<EngagementDelta>,
+    /// The tweets counted by these increments.
+    pub tweet_ids: Vec<String>,
+}
+
 /// A place scored tweets are stored: idempotent inserts and engagement upserts.
 ///
 /// Both calls may be repeated with the same arguments after a transient
 /// error, whether or not the failed call had taken effect; implementations
-/// make that safe (a tweet is stored once and counted new once; an
-/// engagement flush is applied once).
+/// make that safe. A tweet is stored once, and its engagement counted once
+/// even when a worker dies between the two writes and the tweet is
+/// redelivered: `insert` learns which flush will count the new tweets
+/// (`next`) and reports the already stored tweets whose count never reached
+/// the store ([`Inserted::uncounted`]); `add_engagements` applies a flush
+/// once per [`FlushId`].
 pub trait Sink: Send + 'static {
     /// Whether [`Sink::insert`] needs the documents (false: keys and scores are enough).
     const NEEDS_DOCUMENTS: bool = true;
+    /// Whether the sink stores engagement (false: nothing is counted or flushed).
+    const STORES_ENGAGEMENT: bool = true;
 
     /// Stores the tweets and users of a batch, each key once; says which
-    /// tweets were new and which documents the store refused for good (when
-    /// it says so per document; a permanent error for the whole batch makes
-    /// the stage try its documents one at a time).
+    /// tweets were new, which were stored but not counted (flush `next` will
+    /// count both) and which documents the store refused for good (when it
+    /// says so per document; a permanent error for the whole batch makes the
+    /// stage try its documents one at a time).
     fn insert(
         &mut self,
         batch: &SplitBatch,
-        write: &WriteId,
+        next: &FlushId,
     ) -> impl Future<Output = Result<Inserted, SinkError>> + Send;
 
     /// Adds per-user engagement increments to `users_engagements` (count, sum and their ratio).
-    fn add_engagements(
-        &mut self,
-        deltas: &[EngagementDelta],
-        write: &WriteId,
-    ) -> impl Future<Output = Result<(), SinkError>> + Send;
+    fn add_engagements(&mut self, flush: &EngagementFlush) -> impl Future<Output = Result<(), SinkError>> + Send;
 }
 
 /// How a [`SinkStage`] batches engagement upserts and retries.
@@ -212,6 +234,10 @@ pub struct SinkStage<S> {
     sink: S,
     options: SinkOptions,
     engagements: EngagementBatch,
+    /// The flush that will count what is inserted next.
+    next_flush: FlushId,
+    /// Receipts of the tweets counted in `engagements`: acked once the flush is written.
+    held: Vec<Receipt>,
     metrics: Arc<SinkMetrics>,
     dead_letters: Option<DeadLetterOut>,
 }
@@ -222,6 +248,8 @@ impl<S: Sink> SinkStage<S> {
         SinkStage {
             stage: stage.to_string(),
             engagements: EngagementBatch::new(options.user_batch_size, options.user_flush_interval),
+            next_flush: FlushId { writer: writer_token(), seq: 0 },
+            held: Vec::new(),
             sink,
             options,
             metrics,
@@ -242,21 +270,30 @@ impl<S: Sink> SinkStage<S> {
             return;
         }
         let split = if S::NEEDS_DOCUMENTS { split_batch(batch) } else { documents::split_keys(batch) };
-        let mut write = WriteId::fresh();
-        let inserted = match self.insert_retrying(&split, &mut write).await {
+        let mut attempt = 0;
+        let inserted = match self.insert_retrying(&split, &mut attempt).await {
             Ok(inserted) => inserted,
-            Err(error) => self.insert_one_by_one(&split, &mut write, &error).await,
+            Err(error) => self.insert_one_by_one(&split, &mut attempt, &error).await,
         };
         self.metrics.record_batch(&inserted, split.tweets.len(), split.users.len());
         if !inserted.rejected.is_empty() {
             self.dead_letter(batch, &split, &inserted.rejected).await;
         }
-        for &index in &inserted.new_tweets {
+        if !S::STORES_ENGAGEMENT {
+            return;
+        }
+        for &index in inserted.new_tweets.iter().chain(&inserted.uncounted) {
             if let Some(tweet) = split.tweets.get(index) {
-                self.engagements.add(&tweet.user_id, tweet.engagement);
+                self.engagements.add(&tweet.id, &tweet.user_id, tweet.engagement);
             }
         }
-        if self.engagements.is_due(tokio::time::Instant::now()) {
+        let counted = batch
+            .iter()
+            .filter(|scored| scored.receipt.is_some() && self.engagements.holds(&scored.tweet.id_str));
+        self.held.extend(counted.map(|scored| scored.receipt.clone()));
+        // Held receipts are acks a redelivery waits on: written now, not
+        // when `user_batch_size` users have gathered.
+        if !self.held.is_empty() || self.engagements.is_due(tokio::time::Instant::now()) {
             self.flush_engagements().await;
         }
     }
@@ -265,24 +302,23 @@ impl<S: Sink> SinkStage<S> {
     async fn insert_retrying(
         &mut self,
         split: &SplitBatch,
-        write: &mut WriteId,
+        attempt: &mut u32,
     ) -> Result<Inserted, SinkError> {
         loop {
-            match self.sink.insert(split, write).await {
+            match self.sink.insert(split, &self.next_flush).await {
                 Ok(inserted) => return Ok(inserted),
-                Err(error) if error.transient => self.wait_to_retry(&error, write, "batch insert").await,
+                Err(error) if error.transient => self.wait_to_retry(&error, attempt, "batch insert").await,
                 Err(error) => return Err(error),
             }
         }
     }
 
     /// After the store refused a whole batch for good: stores its documents
-    /// one at a time (same write id, so earlier tries count as this write's),
-    /// collecting those it refuses.
+    /// one at a time, collecting those it refuses.
     async fn insert_one_by_one(
         &mut self,
         split: &SplitBatch,
-        write: &mut WriteId,
+        attempt: &mut u32,
         error: &SinkError,
     ) -> Inserted {
         tracing::warn!(
@@ -294,10 +330,13 @@ impl<S: Sink> SinkStage<S> {
         let mut total = Inserted::default();
         for (index, tweet) in split.tweets.iter().enumerate() {
             let one = SplitBatch { tweets: vec![tweet.clone()], users: Vec::new() };
-            match self.insert_retrying(&one, write).await {
+            match self.insert_retrying(&one, attempt).await {
                 Ok(inserted) => {
                     if !inserted.new_tweets.is_empty() {
                         total.new_tweets.push(index);
+                    }
+                    if !inserted.uncounted.is_empty() {
+                        total.uncounted.push(index);
                     }
                     total.tweets_time += inserted.tweets_time;
                     total.rejected.extend(inserted.rejected.into_iter().map(|r| Rejected { index, ..r }));
@@ -311,7 +350,7 @@ impl<S: Sink> SinkStage<S> {
         }
         for (index, user) in split.users.iter().enumerate() {
             let one = SplitBatch { tweets: Vec::new(), users: vec![user.clone()] };
-            match self.insert_retrying(&one, write).await {
+            match self.insert_retrying(&one, attempt).await {
                 Ok(inserted) => {
                     total.new_users += inserted.new_users;
                     total.users_time += inserted.users_time;
@@ -364,34 +403,41 @@ impl<S: Sink> SinkStage<S> {
         if self.engagements.is_empty() {
             return;
         }
-        let deltas = self.engagements.deltas();
-        let mut write = WriteId::fresh();
+        let flush = EngagementFlush {
+            id: self.next_flush.clone(),
+            deltas: self.engagements.deltas(),
+            tweet_ids: self.engagements.tweet_ids(),
+        };
+        let mut attempt = 0;
         loop {
-            match self.sink.add_engagements(&deltas, &write).await {
+            match self.sink.add_engagements(&flush).await {
                 Ok(()) => break,
-                Err(error) => self.failed(&error, &mut write, "engagement upsert").await,
+                Err(error) => self.failed(&error, &mut attempt, "engagement upsert").await,
             }
         }
-        self.metrics.record_engagements(deltas.len());
+        self.next_flush.seq += 1;
+        self.metrics.record_engagements(flush.deltas.len());
         self.engagements.clear();
+        // The counted tweets are finished with: their acks may go.
+        self.held.clear();
     }
 
     /// Waits before the next try of a transient failure; a permanent one fails the stage.
-    async fn failed(&mut self, error: &SinkError, write: &mut WriteId, what: &str) {
+    async fn failed(&mut self, error: &SinkError, attempt: &mut u32, what: &str) {
         if !error.transient {
             // The engine counts the batch as lost, restarts the stage and,
             // past its restart limit, fails the pipeline with this message.
             panic!("sink '{}': {what} failed: {error}", self.stage);
         }
-        self.wait_to_retry(error, write, what).await;
+        self.wait_to_retry(error, attempt, what).await;
     }
 
     /// Waits before the next try of a transient failure.
-    async fn wait_to_retry(&mut self, error: &SinkError, write: &mut WriteId, what: &str) {
-        write.attempt += 1;
+    async fn wait_to_retry(&mut self, error: &SinkError, attempt: &mut u32, what: &str) {
+        *attempt += 1;
         self.metrics.record_retry();
-        let wait = backoff(write.attempt, self.options.retry_initial, self.options.retry_max);
-        tracing::warn!(stage = %self.stage, attempt = write.attempt, wait = ?wait, "{what}: {error}; retrying");
+        let wait = backoff(*attempt, self.options.retry_initial, self.options.retry_max);
+        tracing::warn!(stage = %self.stage, attempt = *attempt, wait = ?wait, "{what}: {error}; retrying");
         tokio::time::sleep(wait).await;
     }
 
@@ -501,11 +547,8 @@ mod tests {
     use super::*;
 
     #[test]
-    fn write_ids_are_unique() {
-        let a = WriteId::fresh();
-        let b = WriteId::fresh();
-        assert_ne!(a.token, b.token);
-        assert_eq!(a.attempt, 0);
+    fn writer_tokens_are_unique() {
+        assert_ne!(writer_token(), writer_token());
     }
 
     #[test]

@@ -2,14 +2,19 @@
 //! `users_engagements` of the database named in the URI (or set apart).
 //!
 //! - Tweets and users: unordered `insert_many` keyed by `_id = id_str`; a
-//!   duplicate key (11000) means "already stored" and is success. Each tweet
-//!   also carries `ingest_batch`, the token of the write that stored it, so a
-//!   retry after a failure whose outcome was lost can tell "stored by my own
-//!   earlier try" (new) from "stored by an earlier batch" (a replay).
+//!   duplicate key (11000) means "already stored" and is success.
 //! - `users_engagements`: `{_id, user_id, tweet_count, engagement_sum,
-//!   ratio, last_flush}`, one `update` command of upserts per flush that add
-//!   the increments and recompute `ratio`; the filter
-//!   `last_flush != token` makes a retried flush a duplicate-key no-op.
+//!   ratio, applied}`, one `update` command of upserts per flush that add
+//!   the increments and recompute `ratio`. `applied` maps each writer (a sink
+//!   stage instance) to the last flush number it applied to this user; the
+//!   filter `applied.<writer> < seq` makes a repeated flush a duplicate-key
+//!   no-op.
+//! - Counted exactly once across crashes: a tweet is stored with
+//!   `engagement_counted: {writer, seq}`, the flush that will count it, and
+//!   that flush records `applied.<writer> = seq` in the same upsert as the
+//!   increments. A tweet found already stored (a redelivery after its worker
+//!   died) is counted again only if its user's `applied` shows its flush never
+//!   landed ([`count_state`]); it is then re-marked with the flush that will.
 //! - Writes ask for journaled acknowledgement (`j: true`) unless the URI
 //!   sets a write concern's `journal`, so a stored batch survives the server
 //!   being killed.
@@ -22,7 +27,9 @@
 //!   which fails the whole batch permanently, and the stage then stores the
 //!   documents one at a time (see [`super`]).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
+
+use futures::TryStreamExt;
 use std::time::{Duration, Instant};
 
 use mongodb::bson::{Bson, Document, doc};
@@ -32,7 +39,7 @@ use mongodb::{Client, Database};
 use serde_json::Value;
 
 use super::documents::{EngagementDelta, SplitBatch};
-use super::{Collection, Inserted, Rejected, Sink, SinkError, WriteId};
+use super::{Collection, EngagementFlush, FlushId, Inserted, Rejected, Sink, SinkError};
 use stageflow::config::{BuildContext, Kind, StageDecl, settings};
 use stageflow::{Nothing, Pipeline};
 
@@ -258,7 +265,7 @@ impl MongoSink {
 }
 
 impl Sink for MongoSink {
-    async fn insert(&mut self, batch: &SplitBatch, write: &WriteId) -> Result<Inserted, SinkError> {
+    async fn insert(&mut self, batch: &SplitBatch, next: &FlushId) -> Result<Inserted, SinkError> {
         let database = self.database().await?;
         let tweets = database.collection::<Document>("tweets");
         let documents: Vec<Document> = batch
@@ -266,7 +273,7 @@ impl Sink for MongoSink {
             .iter()
             .map(|tweet| {
                 let mut document = keyed(&tweet.id, &tweet.doc);
-                document.insert("ingest_batch", write.token.as_str());
+                document.insert(COUNTED, flush_mark(next));
                 document
             })
             .collect();
@@ -284,21 +291,10 @@ impl Sink for MongoSink {
             .into_iter()
             .map(|(index, error)| Rejected { collection: Collection::Tweets, index, error })
             .collect();
-        // A duplicate stored under this write's own token was stored by an
-        // earlier try of this write whose reply was lost: it is new.
-        let mine: HashSet<String> = if duplicate_tweets.is_empty() {
-            HashSet::new()
-        } else {
-            let ids: Vec<&str> =
-                duplicate_tweets.iter().filter_map(|&i| batch.tweets.get(i)).map(|t| t.id.as_str()).collect();
-            let filter = doc! { "_id": { "$in": ids }, "ingest_batch": write.token.as_str() };
-            let found = tweets.distinct("_id", filter).await.map_err(|error| classify(&error))?;
-            found.into_iter().filter_map(|id| id.as_str().map(str::to_string)).collect()
-        };
+        let uncounted = uncounted(&database, batch, &duplicate_tweets, next).await?;
         let duplicate_set: HashSet<usize> = duplicate_tweets.into_iter().collect();
         let new_tweets = (0..batch.tweets.len())
-            .filter(|index| !rejected_tweets.contains(index))
-            .filter(|index| !duplicate_set.contains(index) || mine.contains(&batch.tweets[*index].id))
+            .filter(|index| !rejected_tweets.contains(index) && !duplicate_set.contains(index))
             .collect();
 
         let users = database.collection::<Document>("users");
@@ -317,18 +313,14 @@ impl Sink for MongoSink {
             index,
             error,
         }));
-        Ok(Inserted { new_tweets, new_users, tweets_time, users_time, rejected })
+        Ok(Inserted { new_tweets, uncounted, new_users, tweets_time, users_time, rejected })
     }
 
-    async fn add_engagements(
-        &mut self,
-        deltas: &[EngagementDelta],
-        write: &WriteId,
-    ) -> Result<(), SinkError> {
+    async fn add_engagements(&mut self, flush: &EngagementFlush) -> Result<(), SinkError> {
         let database = self.database().await?;
-        for chunk in deltas.chunks(UPSERTS_PER_COMMAND) {
+        for chunk in flush.deltas.chunks(UPSERTS_PER_COMMAND) {
             let updates: Vec<Document> =
-                chunk.iter().map(|delta| engagement_upsert(delta, &write.token)).collect();
+                chunk.iter().map(|delta| engagement_upsert(delta, &flush.id)).collect();
             let mut command = doc! { "update": "users_engagements", "updates": updates, "ordered": false };
             // `run_command` does not add the database's write concern by itself.
             if let Some(concern) = database.write_concern() {
@@ -343,17 +335,114 @@ impl Sink for MongoSink {
     }
 }
 
-/// One upsert statement adding `delta` to a user's totals, skipped if this flush (`token`) was applied.
-pub fn engagement_upsert(delta: &EngagementDelta, token: &str) -> Document {
+/// Of the tweets a batch found already stored, those whose engagement never
+/// reached the store, re-marked to be counted by flush `next`.
+async fn uncounted(
+    database: &Database,
+    batch: &SplitBatch,
+    duplicates: &[usize],
+    next: &FlushId,
+) -> Result<Vec<usize>, SinkError> {
+    if duplicates.is_empty() {
+        return Ok(Vec::new());
+    }
+    let tweets = database.collection::<Document>("tweets");
+    let by_id: HashMap<&str, usize> =
+        duplicates.iter().filter_map(|&i| batch.tweets.get(i).map(|tweet| (tweet.id.as_str(), i))).collect();
+    let ids: Vec<&str> = by_id.keys().copied().collect();
+    let filter = doc! { "_id": { "$in": &ids }, COUNTED: { "$type": "object" } };
+    let marks = find_all(&tweets, filter, doc! { COUNTED: 1, "user_id": 1 }).await?;
+    if marks.is_empty() {
+        return Ok(Vec::new());
+    }
+    let users: HashSet<&str> = marks.iter().filter_map(|mark| mark.get_str("user_id").ok()).collect();
+    let users: Vec<&str> = users.into_iter().collect();
+    let engagements = database.collection::<Document>("users_engagements");
+    let applied: HashMap<String, Document> =
+        find_all(&engagements, doc! { "_id": { "$in": users } }, doc! { "applied": 1 })
+            .await?
+            .into_iter()
+            .filter_map(|user| {
+                Some((user.get_str("_id").ok()?.to_string(), user.get_document("applied").ok()?.clone()))
+            })
+            .collect();
+    let mut uncounted = Vec::new();
+    for mark in &marks {
+        let Ok(id) = mark.get_str("_id") else { continue };
+        let applied = mark.get_str("user_id").ok().and_then(|user| applied.get(user));
+        if count_state(mark.get(COUNTED), applied) == CountState::Uncounted {
+            uncounted.push(id.to_string());
+        }
+    }
+    if !uncounted.is_empty() {
+        let filter = doc! { "_id": { "$in": &uncounted } };
+        tweets
+            .update_many(filter, doc! { "$set": { COUNTED: flush_mark(next) } })
+            .await
+            .map_err(|e| classify(&e))?;
+    }
+    let mut indices: Vec<usize> = uncounted.iter().filter_map(|id| by_id.get(id.as_str()).copied()).collect();
+    indices.sort_unstable();
+    Ok(indices)
+}
+
+/// Every document of `collection` matching `filter`, only the `projection` fields.
+async fn find_all(
+    collection: &mongodb::Collection<Document>,
+    filter: Document,
+    projection: Document,
+) -> Result<Vec<Document>, SinkError> {
+    let cursor = collection.find(filter).projection(projection).await.map_err(|error| classify(&error))?;
+    cursor.try_collect().await.map_err(|error| classify(&error))
+}
+
+/// The field of a tweet document saying whether its engagement is counted.
+const COUNTED: &str = "engagement_counted";
+/// The mark of a tweet to be counted by flush `id`.
+fn flush_mark(id: &FlushId) -> Document {
+    doc! { "writer": id.writer.as_str(), "seq": seq_bson(id.seq) }
+}
+
+/// A flush number as BSON (Int64; flush numbers never reach 2^63).
+fn seq_bson(seq: u64) -> i64 {
+    i64::try_from(seq).unwrap_or(i64::MAX)
+}
+
+/// Where a stored tweet's engagement count stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CountState {
+    /// In its user's totals (or stored before counting was tracked).
+    Counted,
+    /// Not in its user's totals: count it.
+    Uncounted,
+}
+
+/// Reads a tweet's `engagement_counted` mark (the flush meant to count it)
+/// against its user's `applied` map (the last flush of each writer applied).
+pub fn count_state(mark: Option<&Bson>, applied: Option<&Document>) -> CountState {
+    let Some(Bson::Document(mark)) = mark else { return CountState::Counted };
+    let (Ok(writer), Ok(seq)) = (mark.get_str("writer"), mark.get_i64("seq")) else {
+        return CountState::Uncounted;
+    };
+    let landed = applied.and_then(|applied| applied.get_i64(writer).ok()).is_some_and(|done| done >= seq);
+    if landed { CountState::Counted } else { CountState::Uncounted }
+}
+
+/// One upsert statement adding `delta` to a user's totals, skipped if `flush` was applied to them.
+pub fn engagement_upsert(delta: &EngagementDelta, flush: &FlushId) -> Document {
     let tweets = i64::try_from(delta.tweets).unwrap_or(i64::MAX);
+    let (writer, seq) = (flush.writer.as_str(), seq_bson(flush.seq));
+    let done = format!("applied.{writer}");
     doc! {
-        "q": { "_id": delta.user_id.as_str(), "last_flush": { "$ne": token } },
+        // `$not: {$gte}` also matches a user this writer never reached; an
+        // `$or` would do the same but makes some servers scan the collection.
+        "q": { "_id": delta.user_id.as_str(), &done: { "$not": { "$gte": seq } } },
         "u": [
             { "$set": {
                 "user_id": delta.user_id.as_str(),
                 "tweet_count": { "$add": [{ "$ifNull": ["$tweet_count", 0_i64] }, tweets] },
                 "engagement_sum": { "$add": [{ "$ifNull": ["$engagement_sum", 0.0] }, delta.engagement_sum] },
-                "last_flush": token,
+                "applied": { "$mergeObjects": [{ "$ifNull": ["$applied", {}] }, { writer: seq }] },
             } },
             { "$set": { "ratio": { "$divide": ["$engagement_sum", "$tweet_count"] } } },
         ],
@@ -465,6 +554,19 @@ mod tests {
         assert_eq!(document.get_f64("c").unwrap(), 0.5);
         assert_eq!(document.get_array("d").unwrap(), &vec![Bson::Boolean(true), Bson::Null]);
         assert_eq!(document.get_document("e").unwrap().get_str("f").unwrap(), "x");
+    }
+
+    #[test]
+    fn a_stored_tweet_is_counted_again_only_if_its_flush_never_reached_its_user() {
+        let mark = |seq: i64| Bson::Document(doc! { "writer": "w", "seq": seq });
+        let applied = doc! { "w": 3_i64, "other": 9_i64 };
+        assert_eq!(count_state(None, None), CountState::Counted, "stored before marks existed");
+        assert_eq!(count_state(Some(&mark(3)), Some(&applied)), CountState::Counted);
+        assert_eq!(count_state(Some(&mark(2)), Some(&applied)), CountState::Counted);
+        assert_eq!(count_state(Some(&mark(4)), Some(&applied)), CountState::Uncounted);
+        assert_eq!(count_state(Some(&mark(1)), None), CountState::Uncounted, "the user was never written");
+        let garbled = Bson::Document(doc! { "writer": 1 });
+        assert_eq!(count_state(Some(&garbled), Some(&applied)), CountState::Uncounted);
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! The `null` sink: counts what it is given and stores nothing (for benchmarks).
 
-use super::documents::{EngagementDelta, SplitBatch};
-use super::{Inserted, Sink, SinkError, WriteId};
+use super::documents::SplitBatch;
+use super::{EngagementFlush, FlushId, Inserted, Sink, SinkError};
 use stageflow::config::{BuildContext, Kind, StageDecl, settings};
 use stageflow::{Nothing, Pipeline};
 
@@ -14,8 +14,9 @@ pub struct NullSink;
 
 impl Sink for NullSink {
     const NEEDS_DOCUMENTS: bool = false;
+    const STORES_ENGAGEMENT: bool = false;
 
-    async fn insert(&mut self, batch: &SplitBatch, _: &WriteId) -> Result<Inserted, SinkError> {
+    async fn insert(&mut self, batch: &SplitBatch, _: &FlushId) -> Result<Inserted, SinkError> {
         Ok(Inserted {
             new_tweets: (0..batch.tweets.len()).collect(),
             new_users: batch.users.len(),
@@ -23,7 +24,7 @@ impl Sink for NullSink {
         })
     }
 
-    async fn add_engagements(&mut self, _: &[EngagementDelta], _: &WriteId) -> Result<(), SinkError> {
+    async fn add_engagements(&mut self, _: &EngagementFlush) -> Result<(), SinkError> {
         Ok(())
     }
 }

@@ -1,7 +1,8 @@
 //! The embedded sink: the three collections as tables of one SQLite file.
 //!
 //! ```sql
-//! CREATE TABLE tweets            (id TEXT PRIMARY KEY, doc TEXT NOT NULL); -- id_str, tweet JSON
+//! CREATE TABLE tweets            (id TEXT PRIMARY KEY, doc TEXT NOT NULL, -- id_str, tweet JSON
+//!                                 engagement_counted INTEGER NOT NULL DEFAULT 1);
 //! CREATE TABLE users             (id TEXT PRIMARY KEY, doc TEXT NOT NULL); -- id_str, user JSON
 //!     -- both: CHECK (id <> ''), CHECK (length(doc) <= 16 MiB)
 //! CREATE TABLE users_engagements (id TEXT PRIMARY KEY, doc TEXT NOT NULL); -- user id_str,
@@ -14,17 +15,19 @@
 //! (MongoDB's limit, so both stores take the same documents); such a row
 //! fails the transaction with a constraint error, which is permanent, and
 //! the stage then stores the batch's documents one at a time so only the
-//! refused ones are dead-lettered. An
-//! engagement flush is one transaction of upserts. Work runs on tokio's
-//! blocking pool, never on the runtime's threads.
+//! refused ones are dead-lettered. A tweet is inserted with
+//! `engagement_counted = 0`; an engagement flush is one transaction of
+//! upserts that also sets it to 1 for the flush's tweets, so a replayed
+//! tweet still at 0 is counted again and one at 1 never is. Work runs on
+//! tokio's blocking pool, never on the runtime's threads.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use rusqlite::{Connection, ErrorCode, params};
 
-use super::documents::{EngagementDelta, SplitBatch};
-use super::{Inserted, Sink, SinkError, WriteId};
+use super::documents::SplitBatch;
+use super::{EngagementFlush, FlushId, Inserted, Sink, SinkError};
 use stageflow::config::{BuildContext, Kind, StageDecl, settings};
 use stageflow::{Nothing, Pipeline};
 
@@ -38,7 +41,8 @@ const SCHEMA: &str = "
     PRAGMA journal_mode = WAL;
     PRAGMA synchronous = NORMAL;
     CREATE TABLE IF NOT EXISTS tweets (id TEXT PRIMARY KEY CHECK (id <> ''),
-        doc TEXT NOT NULL CHECK (length(CAST(doc AS BLOB)) <= 16777216));
+        doc TEXT NOT NULL CHECK (length(CAST(doc AS BLOB)) <= 16777216),
+        engagement_counted INTEGER NOT NULL DEFAULT 1);
     CREATE TABLE IF NOT EXISTS users (id TEXT PRIMARY KEY CHECK (id <> ''),
         doc TEXT NOT NULL CHECK (length(CAST(doc AS BLOB)) <= 16777216));
     CREATE TABLE IF NOT EXISTS users_engagements (id TEXT PRIMARY KEY, doc TEXT NOT NULL);
@@ -63,7 +67,20 @@ pub fn open(path: &Path) -> Result<Connection, SinkError> {
     let connection = Connection::open(path).map_err(|error| classify(path, error))?;
     connection.busy_timeout(Duration::from_secs(5)).map_err(|error| classify(path, error))?;
     connection.execute_batch(SCHEMA).map_err(|error| classify(path, error))?;
+    add_counted_column(&connection).map_err(|error| classify(path, error))?;
     Ok(connection)
+}
+
+/// Gives a `tweets` table of an older version its `engagement_counted`
+/// column; its rows were counted when they were stored.
+fn add_counted_column(connection: &Connection) -> Result<(), rusqlite::Error> {
+    let mut columns = connection.prepare("SELECT name FROM pragma_table_info('tweets')")?;
+    let names = columns.query_map([], |row| row.get::<_, String>(0))?.collect::<Result<Vec<_>, _>>()?;
+    if !names.iter().any(|name| name == "engagement_counted") {
+        connection
+            .execute_batch("ALTER TABLE tweets ADD COLUMN engagement_counted INTEGER NOT NULL DEFAULT 1")?;
+    }
+    Ok(())
 }
 
 /// Sorts a SQLite error: a busy or locked database, a full disk or an I/O error may pass.
@@ -124,7 +141,7 @@ impl SqliteSink {
 }
 
 impl Sink for SqliteSink {
-    async fn insert(&mut self, batch: &SplitBatch, _: &WriteId) -> Result<Inserted, SinkError> {
+    async fn insert(&mut self, batch: &SplitBatch, _: &FlushId) -> Result<Inserted, SinkError> {
         let tweets: Vec<(String, String)> =
             batch.tweets.iter().map(|tweet| (tweet.id.clone(), tweet.doc.to_string())).collect();
         let users: Vec<(String, String)> =
@@ -132,13 +149,18 @@ impl Sink for SqliteSink {
         self.run(move |connection| {
             let transaction = connection.transaction()?;
             let started = Instant::now();
-            let mut new_tweets = Vec::new();
+            let (mut new_tweets, mut uncounted) = (Vec::new(), Vec::new());
             {
-                let mut insert = transaction
-                    .prepare_cached("INSERT INTO tweets (id, doc) VALUES (?1, ?2) ON CONFLICT DO NOTHING")?;
+                let mut insert = transaction.prepare_cached(
+                    "INSERT INTO tweets (id, doc, engagement_counted) VALUES (?1, ?2, 0) ON CONFLICT DO NOTHING",
+                )?;
+                let mut counted =
+                    transaction.prepare_cached("SELECT engagement_counted FROM tweets WHERE id = ?1")?;
                 for (index, (id, doc)) in tweets.iter().enumerate() {
                     if insert.execute(params![id, doc])? > 0 {
                         new_tweets.push(index);
+                    } else if counted.query_row(params![id], |row| row.get::<_, i64>(0))? == 0 {
+                        uncounted.push(index);
                     }
                 }
             }
@@ -155,6 +177,7 @@ impl Sink for SqliteSink {
             transaction.commit()?;
             Ok(Inserted {
                 new_tweets,
+                uncounted,
                 new_users,
                 tweets_time,
                 users_time: started.elapsed(),
@@ -164,14 +187,19 @@ impl Sink for SqliteSink {
         .await
     }
 
-    async fn add_engagements(&mut self, deltas: &[EngagementDelta], _: &WriteId) -> Result<(), SinkError> {
-        let deltas = deltas.to_vec();
+    async fn add_engagements(&mut self, flush: &EngagementFlush) -> Result<(), SinkError> {
+        let (deltas, tweet_ids) = (flush.deltas.clone(), flush.tweet_ids.clone());
         self.run(move |connection| {
             let transaction = connection.transaction()?;
             {
                 let mut upsert = transaction.prepare_cached(UPSERT_ENGAGEMENT)?;
                 for delta in &deltas {
                     upsert.execute(params![delta.user_id, delta.tweets as i64, delta.engagement_sum])?;
+                }
+                let mut mark =
+                    transaction.prepare_cached("UPDATE tweets SET engagement_counted = 1 WHERE id = ?1")?;
+                for id in &tweet_ids {
+                    mark.execute(params![id])?;
                 }
             }
             transaction.commit()
@@ -212,7 +240,7 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    use crate::storage::documents::{TweetDoc, UserDoc};
+    use crate::storage::documents::{EngagementDelta, TweetDoc, UserDoc};
 
     fn batch(ids: &[&str]) -> SplitBatch {
         SplitBatch {
@@ -241,14 +269,27 @@ mod tests {
         let directory = tempfile::tempdir().expect("a temporary directory");
         let path = directory.path().join("nested/stageflow.db");
         let mut sink = SqliteSink::new(&path);
-        let first = sink.insert(&batch(&["1", "2"]), &WriteId::fresh()).await.expect("stored");
+        let first = sink.insert(&batch(&["1", "2"]), &next()).await.expect("stored");
         assert_eq!((first.new_tweets, first.new_users), (vec![0, 1], 1));
-        let again = sink.insert(&batch(&["2", "3"]), &WriteId::fresh()).await.expect("stored");
+        let again = sink.insert(&batch(&["2", "3"]), &next()).await.expect("stored");
         assert_eq!((again.new_tweets, again.new_users), (vec![1], 0));
+        assert_eq!(again.uncounted, vec![0], "tweet 2 is stored but no flush counted it");
         let connection = open(&path).expect("opens");
         let count: i64 = connection.query_row("SELECT count(*) FROM tweets", [], |row| row.get(0)).unwrap();
         assert_eq!(count, 3);
         assert_eq!(doc(&connection, "tweets", "3")["id_str"], "3");
+    }
+
+    fn next() -> FlushId {
+        FlushId { writer: "w".into(), seq: 0 }
+    }
+
+    fn flush(seq: u64, tweets: u64, sum: f64, tweet_ids: &[&str]) -> EngagementFlush {
+        EngagementFlush {
+            id: FlushId { writer: "w".into(), seq },
+            deltas: vec![EngagementDelta { user_id: "u".into(), tweets, engagement_sum: sum }],
+            tweet_ids: tweet_ids.iter().map(|id| id.to_string()).collect(),
+        }
     }
 
     #[tokio::test]
@@ -256,11 +297,34 @@ mod tests {
         let directory = tempfile::tempdir().expect("a temporary directory");
         let path = directory.path().join("stageflow.db");
         let mut sink = SqliteSink::new(&path);
-        let delta = |tweets, sum| EngagementDelta { user_id: "u".into(), tweets, engagement_sum: sum };
-        sink.add_engagements(&[delta(2, 1.0)], &WriteId::fresh()).await.expect("stored");
-        sink.add_engagements(&[delta(2, 2.0)], &WriteId::fresh()).await.expect("stored");
+        sink.add_engagements(&flush(0, 2, 1.0, &[])).await.expect("stored");
+        sink.add_engagements(&flush(1, 2, 2.0, &[])).await.expect("stored");
         let row = doc(&open(&path).unwrap(), "users_engagements", "u");
         assert_eq!(row, json!({ "user_id": "u", "tweet_count": 4, "engagement_sum": 3.0, "ratio": 0.75 }));
+    }
+
+    #[tokio::test]
+    async fn a_flush_marks_its_tweets_counted_so_a_replay_is_not_counted_again() {
+        let directory = tempfile::tempdir().expect("a temporary directory");
+        let mut sink = SqliteSink::new(directory.path().join("stageflow.db"));
+        sink.insert(&batch(&["1", "2"]), &next()).await.expect("stored");
+        sink.add_engagements(&flush(0, 1, 1.0, &["1"])).await.expect("stored");
+        let replay = sink.insert(&batch(&["1", "2"]), &next()).await.expect("stored");
+        assert!(replay.new_tweets.is_empty());
+        assert_eq!(replay.uncounted, vec![1], "only tweet 2 still waits for its count");
+    }
+
+    #[tokio::test]
+    async fn a_tweets_table_of_an_older_version_gets_the_column_with_its_rows_counted() {
+        let directory = tempfile::tempdir().expect("a temporary directory");
+        let path = directory.path().join("stageflow.db");
+        let old = Connection::open(&path).unwrap();
+        old.execute_batch("CREATE TABLE tweets (id TEXT PRIMARY KEY, doc TEXT NOT NULL);").unwrap();
+        old.execute("INSERT INTO tweets VALUES ('1', '{}')", []).unwrap();
+        drop(old);
+        let mut sink = SqliteSink::new(&path);
+        let replay = sink.insert(&batch(&["1"]), &next()).await.expect("stored");
+        assert!(replay.new_tweets.is_empty() && replay.uncounted.is_empty(), "{replay:?}");
     }
 
     #[test]
