@@ -18,8 +18,8 @@ use super::{ClusterSettings, CutDirection, CutReport, CutStats};
 /// How long a delivered message may stay unacked before the server delivers it
 /// again: what a killed process left is redelivered to the new owner after
 /// this, so with the 5 s pin timeout its partitions flow again within 10 s.
-/// A message held longer (a stalled store) is delivered again to the same
-/// process: duplicate work the idempotent sinks absorb.
+/// A live process keeps what it holds longer (a slow or stalled store) by
+/// telling the server it is in progress (see [`super::subscribe`]).
 pub const ACK_WAIT: Duration = Duration::from_secs(8);
 
 /// Adds a cut edge's stages for one event type.

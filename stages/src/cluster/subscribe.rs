@@ -1,12 +1,16 @@
 //! The consuming side of a cut edge: one durable pull consumer per partition,
 //! pinned by the server to one live process of the part (JetStream priority
 //! groups), fetched only as downstream demand allows and acked when the
-//! event is finished with.
+//! event is finished with. A message held longer than a quarter of the ack
+//! wait is told "in progress" (`+WPI`) every quarter, so the server
+//! redelivers only what a dead process held, never what a live one is still
+//! working on (which another process would then store and count as well).
 
+use std::collections::HashMap;
 use std::marker::PhantomData;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use async_nats::jetstream::consumer::PullConsumer;
 use async_nats::jetstream::{self, stream::Stream as JetStream};
@@ -28,18 +32,70 @@ pub const PIN_TIMEOUT: Duration = Duration::from_secs(5);
 /// The expiry of each pull: well under [`PIN_TIMEOUT`], so a pulling client keeps its pin.
 const PULL_EXPIRES: Duration = Duration::from_secs(1);
 
-/// A message fetched from a partition and not yet emitted: dropped unread
-/// (at shutdown) it is not acked, so the server delivers it again.
-type Fetched = jetstream::Message;
+/// How often messages still held are told "in progress", and how old they must be.
+const PROGRESS_EVERY: Duration = Duration::from_secs(super::build::ACK_WAIT.as_secs() / 4);
+
+/// A message fetched from a partition and not yet emitted, with its number
+/// among those held: dropped unread (at shutdown) it is not acked, so the
+/// server delivers it again.
+struct Fetched {
+    message: jetstream::Message,
+    held: u64,
+}
+
+/// The messages this process holds and has not acked: their reply subjects
+/// and when they were last acknowledged as received or in progress.
+#[derive(Default)]
+struct Held {
+    next: AtomicU64,
+    replies: std::sync::Mutex<HashMap<u64, (async_nats::Subject, Instant)>>,
+}
+
+impl Held {
+    fn replies(&self) -> std::sync::MutexGuard<'_, HashMap<u64, (async_nats::Subject, Instant)>> {
+        self.replies.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Starts holding a message; its number.
+    fn hold(&self, reply: Option<&async_nats::Subject>) -> u64 {
+        let number = self.next.fetch_add(1, Ordering::Relaxed);
+        if let Some(reply) = reply {
+            self.replies().insert(number, (reply.clone(), Instant::now()));
+        }
+        number
+    }
+
+    fn release(&self, number: u64) {
+        self.replies().remove(&number);
+    }
+
+    /// The replies of messages held `at_least` since they were last
+    /// acknowledged, marked acknowledged now.
+    fn due(&self, at_least: Duration) -> Vec<async_nats::Subject> {
+        let now = Instant::now();
+        let mut replies = self.replies();
+        replies
+            .values_mut()
+            .filter(|(_, since)| now.duration_since(*since) >= at_least)
+            .map(|(reply, since)| {
+                *since = now;
+                reply.clone()
+            })
+            .collect()
+    }
+}
 
 /// Acks a JetStream message when dropped: when every copy of its event is finished with.
 struct AckOnDrop {
     reply: Option<async_nats::Subject>,
+    number: u64,
+    held: Arc<Held>,
     acks: mpsc::Sender<async_nats::Subject>,
 }
 
 impl Drop for AckOnDrop {
     fn drop(&mut self) {
+        self.held.release(self.number);
         let Some(reply) = self.reply.take() else { return };
         // The channel holds as many acks as messages may be unacked, so it has room.
         if let Err(mpsc::error::TrySendError::Full(reply)) = self.acks.try_send(reply) {
@@ -65,6 +121,7 @@ pub(crate) struct Partition {
 /// The receiving end of one inbound cut edge in this process.
 pub struct Inbound<T> {
     fetched: Mutex<mpsc::Receiver<Fetched>>,
+    held: Arc<Held>,
     acks: mpsc::Sender<async_nats::Subject>,
     stats: Arc<CutStats>,
     tasks: Vec<JoinHandle<()>>,
@@ -85,29 +142,44 @@ impl<T: Wire> Inbound<T> {
             mpsc::channel::<async_nats::Subject>(max_demand.max(1) * partitions.len());
         let mut tasks = Vec::new();
         let ack_stats = stats.clone();
+        let acker = client.clone();
         tasks.push(tokio::spawn(async move {
             while let Some(reply) = ack_queue.recv().await {
-                if client.publish(reply, "+ACK".into()).await.is_ok() {
+                if acker.publish(reply, "+ACK".into()).await.is_ok() {
                     ack_stats.acked.fetch_add(1, Ordering::Relaxed);
                 }
             }
         }));
+        let held = Arc::new(Held::default());
+        let progress = held.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut every = tokio::time::interval(PROGRESS_EVERY);
+            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                every.tick().await;
+                for reply in progress.due(PROGRESS_EVERY) {
+                    let _ = client.publish(reply, "+WPI".into()).await;
+                }
+            }
+        }));
         for partition in partitions {
-            let (sender, stats, stream) = (sender.clone(), stats.clone(), stream.clone());
-            tasks.push(tokio::spawn(pull_partition(partition, stream, max_demand, sender, stats)));
+            let (sender, stats, stream, held) = (sender.clone(), stats.clone(), stream.clone(), held.clone());
+            tasks.push(tokio::spawn(pull_partition(partition, stream, max_demand, sender, stats, held)));
         }
-        Inbound { fetched: Mutex::new(fetched), acks, stats, tasks, _events: PhantomData }
+        Inbound { fetched: Mutex::new(fetched), held, acks, stats, tasks, _events: PhantomData }
     }
 
     /// The event a message carries, with its ack attached (or handed back if
     /// the event cannot carry it); `None` for a message that cannot be read,
     /// which is acked and dropped: it never will be readable.
-    fn open(&self, message: Fetched) -> Option<(T, Option<Receipt>)> {
-        let receipt = message
-            .reply
-            .clone()
-            .map(|reply| Receipt::new(AckOnDrop { reply: Some(reply), acks: self.acks.clone() }))
-            .unwrap_or_default();
+    fn open(&self, fetched: Fetched) -> Option<(T, Option<Receipt>)> {
+        let Fetched { message, held } = fetched;
+        let receipt = Receipt::new(AckOnDrop {
+            reply: message.reply.clone(),
+            number: held,
+            held: self.held.clone(),
+            acks: self.acks.clone(),
+        });
         match T::decode(&message.payload) {
             Ok(mut event) => {
                 let receipt = event.attach(receipt);
@@ -138,6 +210,7 @@ async fn pull_partition(
     max_demand: usize,
     sender: mpsc::Sender<Fetched>,
     stats: Arc<CutStats>,
+    held: Arc<Held>,
 ) {
     loop {
         let messages = partition
@@ -197,7 +270,8 @@ async fn pull_partition(
             if message.info().is_ok_and(|info| info.delivered > 1) {
                 stats.redelivered.fetch_add(1, Ordering::Relaxed);
             }
-            if sender.send(message).await.is_err() {
+            let held = held.hold(message.reply.as_ref());
+            if sender.send(Fetched { message, held }).await.is_err() {
                 return; // the stage is gone
             }
         }
@@ -446,6 +520,25 @@ pub fn fair_share(partitions: usize, live: usize) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn held_messages_are_due_for_progress_until_released_and_at_most_once_per_period() {
+        let held = Held::default();
+        let first = held.hold(Some(&"reply.1".into()));
+        let second = held.hold(Some(&"reply.2".into()));
+        held.hold(None);
+        assert_ne!(first, second);
+        let texts = |due: Vec<async_nats::Subject>| -> Vec<String> {
+            let mut due: Vec<String> = due.iter().map(|reply| reply.to_string()).collect();
+            due.sort();
+            due
+        };
+        let due = texts(held.due(Duration::ZERO));
+        assert_eq!(due, ["reply.1", "reply.2"], "a message without a reply has nothing to tell");
+        assert!(held.due(Duration::from_secs(60)).is_empty(), "just told: not due again yet");
+        held.release(first);
+        assert_eq!(texts(held.due(Duration::ZERO)), ["reply.2"]);
+    }
 
     #[test]
     fn shares_round_up_so_every_partition_has_room() {
