@@ -188,8 +188,7 @@ async fn publish_to_broker(
     }
     let connection = connection.as_mut().expect("opened above");
     for record in records {
-        let event =
-            serde_json::json!({ "id": crate::storage::WriteId::fresh().token, "priority": 0, "msg": record });
+        let event = serde_json::json!({ "id": crate::storage::unique_token(), "priority": 0, "msg": record });
         match connection.request(&format!("pub {topic} {event}"), &mut |_, _| {}).await {
             Ok(Ok(_)) => {}
             Ok(Err(why)) => return Err(format!("the broker at {addr} refused the dead letter: {why}")),

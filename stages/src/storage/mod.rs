@@ -105,8 +105,8 @@ impl fmt::Display for SinkError {
 
 impl std::error::Error for SinkError {}
 
-/// A token unique to this call in this process and across processes: names a sink stage instance as a writer.
-pub fn writer_token() -> String {
+/// A token unique to this call in this process and across processes (a sink stage's writer id, a message id).
+pub fn unique_token() -> String {
     static NEXT: AtomicU64 = AtomicU64::new(0);
     static STARTED: std::sync::OnceLock<u128> = std::sync::OnceLock::new();
     let started = STARTED.get_or_init(|| {
@@ -201,7 +201,10 @@ pub trait Sink: Send + 'static {
     ) -> impl Future<Output = Result<Inserted, SinkError>> + Send;
 
     /// Adds per-user engagement increments to `users_engagements` (count, sum and their ratio).
-    fn add_engagements(&mut self, flush: &EngagementFlush) -> impl Future<Output = Result<(), SinkError>> + Send;
+    fn add_engagements(
+        &mut self,
+        flush: &EngagementFlush,
+    ) -> impl Future<Output = Result<(), SinkError>> + Send;
 }
 
 /// How a [`SinkStage`] batches engagement upserts and retries.
@@ -248,7 +251,7 @@ impl<S: Sink> SinkStage<S> {
         SinkStage {
             stage: stage.to_string(),
             engagements: EngagementBatch::new(options.user_batch_size, options.user_flush_interval),
-            next_flush: FlushId { writer: writer_token(), seq: 0 },
+            next_flush: FlushId { writer: unique_token(), seq: 0 },
             held: Vec::new(),
             sink,
             options,
@@ -547,8 +550,8 @@ mod tests {
     use super::*;
 
     #[test]
-    fn writer_tokens_are_unique() {
-        assert_ne!(writer_token(), writer_token());
+    fn unique_tokens_are_unique() {
+        assert_ne!(unique_token(), unique_token());
     }
 
     #[test]
