@@ -135,7 +135,21 @@
 //! # }
 //! ```
 //!
-//! ## Writing a stage
+//! ## Streams in and out
+//!
+//! A stage system meets Rust's own stream type in both directions, as
+//! GenStage meets Elixir's enumerables (`from_enumerable`, `stream`):
+//!
+//! - [`ops::FromStream`] is a producer pulling any `futures::Stream` only as
+//!   far as demand goes, so a source can be written as an
+//!   `async_stream::stream!` block or a `tokio_stream` wrapper (a channel, an
+//!   interval) and still never read ahead of its consumers.
+//! - [`Subscription::into_stream`] turns an outside subscription to a running
+//!   producer into a [`SubscriptionStream`] of its events; credits are granted
+//!   as items are taken, so a stream nobody polls holds the producer back.
+//!
+//! Each has an example on its page.
+//!
 //!
 //! Implement one of the traits. Callbacks take events from an [`Events`]
 //! cursor one at a time and put results into an [`Emitter`]; both belong to
@@ -210,6 +224,6 @@ pub use pipeline::{
 };
 pub use pool::{Autoscale, PoolConfig, Routing, autoscale_target};
 pub use stage::{Consumer, Emitter, Events, Flow, Nothing, Producer, ProducerConsumer, Wakeup};
-pub use subscription::Subscription;
+pub use subscription::{Subscription, SubscriptionStream};
 pub use supervisor::{Escalation, RestartPolicy};
 pub use tap::{TapOptions, TapStream};

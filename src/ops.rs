@@ -2,6 +2,9 @@
 
 use std::future::Future;
 use std::marker::PhantomData;
+use std::pin::Pin;
+
+use futures::{FutureExt, Stream, StreamExt};
 
 use crate::stage::{Consumer, Emitter, Events, Flow, Producer, ProducerConsumer};
 
@@ -28,6 +31,79 @@ where
         out.extend(self.items.by_ref().take(demand));
         let flow = if out.len() < demand { Flow::Done } else { Flow::Continue };
         async move { flow }
+    }
+}
+
+/// A producer that pulls the items of any [`Stream`] only as demand allows,
+/// then ends with the stream (GenStage's `GenStage.from_enumerable/2`).
+///
+/// Each `produce` call awaits one item, then takes what the stream has
+/// ready at once, up to the demand: the stream is never polled for more
+/// than subscribers asked for, so a source written as a stream (an
+/// `async_stream::stream!` block, a `tokio_stream` wrapper around a
+/// channel or an interval) gets backpressure for free. The factory makes a
+/// new stream after a restart, as for every stage.
+///
+/// ```
+/// use std::sync::Arc;
+/// use std::sync::atomic::{AtomicU64, Ordering};
+/// use stageflow::{Pipeline, SubscribeOptions, ops::{ForEach, FromStream}};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let total = Arc::new(AtomicU64::new(0));
+/// let sum = total.clone();
+/// let mut pipeline = Pipeline::new();
+/// pipeline.producer("squares", || {
+///     FromStream::new(async_stream::stream! {
+///         for n in 1..=10u64 {
+///             tokio::task::yield_now().await; // any async work: a read, a timer
+///             yield n * n;
+///         }
+///     })
+/// });
+/// pipeline
+///     .consumer("sum", move || {
+///         let sum = sum.clone();
+///         ForEach::new(move |x: u64| {
+///             sum.fetch_add(x, Ordering::Relaxed);
+///         })
+///     })
+///     .subscribe_to("squares", SubscribeOptions::default());
+/// pipeline.start().expect("a valid graph").wait().await.expect("ends with the stream");
+/// assert_eq!(total.load(Ordering::Relaxed), 385);
+/// # }
+/// ```
+pub struct FromStream<S> {
+    stream: Pin<Box<S>>,
+}
+
+impl<S: Stream> FromStream<S> {
+    /// Emits the items of `stream` in order, as demand allows.
+    pub fn new(stream: S) -> Self {
+        FromStream { stream: Box::pin(stream) }
+    }
+}
+
+impl<S> Producer for FromStream<S>
+where
+    S: Stream + Send + 'static,
+    S::Item: Send + 'static,
+{
+    type Out = S::Item;
+
+    async fn produce(&mut self, demand: usize, out: &mut Emitter<S::Item>) -> Flow {
+        let Some(first) = self.stream.next().await else { return Flow::Done };
+        out.emit(first);
+        while out.len() < demand {
+            // `next` is cancel-safe: a stream with nothing ready loses nothing when asked again later.
+            match self.stream.next().now_or_never() {
+                Some(Some(item)) => out.emit(item),
+                Some(None) => return Flow::Done,
+                None => break,
+            }
+        }
+        Flow::Continue
     }
 }
 

@@ -1,7 +1,10 @@
 //! Subscribing to a running producer from outside the pipeline.
 
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll, ready};
 
+use futures::Stream;
 use tokio::sync::mpsc;
 
 use crate::demand::{DemandBounds, DemandLedger};
@@ -31,27 +34,63 @@ impl<T> Subscription<T> {
 
     /// The next batch, or `None` once the producer ended or the subscription was cancelled.
     pub async fn next_batch(&mut self) -> Option<Vec<T>> {
+        std::future::poll_fn(|cx| self.poll_next_batch(cx)).await
+    }
+
+    /// Polls for the next batch, first granting credits for the batch taken before it.
+    fn poll_next_batch(&mut self, cx: &mut Context<'_>) -> Poll<Option<Vec<T>>> {
         if self.ended.is_some() {
-            return None;
+            return Poll::Ready(None);
         }
         self.ledger.processed(self.taken);
         self.taken = 0;
         self.link.ask(self.ledger.top_up(usize::MAX));
-        match self.inbox.recv().await {
+        match ready!(self.inbox.poll_recv(cx)) {
             Some(Inbox::Events { batch, .. }) => {
                 self.ledger.received(batch.len());
                 self.taken = batch.len();
-                Some(batch)
+                Poll::Ready(Some(batch))
             }
             Some(Inbox::Done { reason, .. }) => {
                 self.ended = Some(reason);
-                None
+                Poll::Ready(None)
             }
             None => {
                 self.ended = Some(EndReason::Normal);
-                None
+                Poll::Ready(None)
             }
         }
+    }
+
+    /// Counts one event of the batch in hand as handled, topping credits up
+    /// once outstanding ones fall to `min_demand`.
+    fn handled_one(&mut self) {
+        self.ledger.processed(1);
+        self.taken -= 1;
+        self.link.ask(self.ledger.top_up(usize::MAX));
+    }
+
+    /// The producer's events one at a time as a [`Stream`], as GenStage's
+    /// `GenStage.stream/2` does. Credits are granted as events are taken: the
+    /// stream asks for more once outstanding credits fall to `min_demand`,
+    /// so a stream nobody polls holds the producer back.
+    ///
+    /// ```
+    /// use futures::StreamExt;
+    /// use stageflow::{Pipeline, SubscribeOptions, ops::FromIter};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let mut pipeline = Pipeline::new();
+    /// pipeline.producer("numbers", || FromIter::new(1..=10u64));
+    /// let running = pipeline.start().expect("a valid graph");
+    /// let numbers = running.subscribe::<u64>("numbers", SubscribeOptions::default()).await.unwrap();
+    /// let evens: Vec<u64> = numbers.into_stream().filter(|n| std::future::ready(n % 2 == 0)).collect().await;
+    /// assert_eq!(evens, [2, 4, 6, 8, 10]);
+    /// # }
+    /// ```
+    pub fn into_stream(self) -> SubscriptionStream<T> {
+        SubscriptionStream { subscription: self, batch: Vec::new().into_iter() }
     }
 
     /// Why the subscription ended, once it has.
@@ -68,5 +107,45 @@ impl<T> Subscription<T> {
 impl<T> Drop for Subscription<T> {
     fn drop(&mut self) {
         self.link.cancel();
+    }
+}
+
+/// A [`Subscription`] as a [`Stream`] of single events (from [`Subscription::into_stream`]).
+/// It ends when the subscription ends; [`SubscriptionStream::end_reason`] then says why.
+pub struct SubscriptionStream<T> {
+    subscription: Subscription<T>,
+    batch: std::vec::IntoIter<T>,
+}
+
+impl<T> SubscriptionStream<T> {
+    /// Why the subscription ended, once the stream has.
+    pub fn end_reason(&self) -> Option<&EndReason> {
+        self.subscription.end_reason()
+    }
+
+    /// Cancels the subscription: the stream yields what is in flight, then ends.
+    pub fn cancel(&self) {
+        self.subscription.cancel();
+    }
+}
+
+// Nothing in it is pinned structurally: events are moved out, never borrowed across polls.
+impl<T> Unpin for SubscriptionStream<T> {}
+
+impl<T> Stream for SubscriptionStream<T> {
+    type Item = T;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<T>> {
+        let this = self.get_mut();
+        loop {
+            if let Some(event) = this.batch.next() {
+                this.subscription.handled_one();
+                return Poll::Ready(Some(event));
+            }
+            match ready!(this.subscription.poll_next_batch(cx)) {
+                Some(batch) => this.batch = batch.into_iter(),
+                None => return Poll::Ready(None),
+            }
+        }
     }
 }

@@ -11,7 +11,8 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use stageflow::ops::{ForEach, FromIter, Map};
+use futures::StreamExt;
+use stageflow::ops::{ForEach, FromIter, FromStream, Map};
 use stageflow::window::{Window, WindowReduce, top_n};
 use stageflow::{
     BroadcastDispatcher, BufferKeep, CancelMode, Consumer, DemandBounds, DemandHandle, Emitter, Events, Flow,
@@ -474,7 +475,7 @@ fn demand_that_arrives_before_events_is_served_when_they_come() {
         let (feed, source) = tokio::sync::mpsc::channel::<u64>(4);
         let source = Arc::new(tokio::sync::Mutex::new(source));
         let mut pipeline = Pipeline::new();
-        pipeline.producer("channel", move || ChannelSource { source: source.clone() });
+        pipeline.producer("channel", move || channel_source(&source));
         pipeline.consumer("record", recorder(&received)).subscribe_to("channel", SubscribeOptions::default());
         let running = pipeline.start().unwrap();
         tokio::time::sleep(Duration::from_secs(1)).await;
@@ -490,28 +491,17 @@ fn demand_that_arrives_before_events_is_served_when_they_come() {
     });
 }
 
-/// Produces whatever arrives on a channel, waiting inside `produce`.
-struct ChannelSource {
-    source: Arc<tokio::sync::Mutex<tokio::sync::mpsc::Receiver<u64>>>,
-}
-
-impl Producer for ChannelSource {
-    type Out = u64;
-
-    async fn produce(&mut self, demand: usize, out: &mut Emitter<u64>) -> Flow {
-        let mut source = self.source.lock().await;
-        match source.recv().await {
-            None => return Flow::Done,
-            Some(first) => out.emit(first),
+/// Produces whatever arrives on a channel, as demand allows; the channel
+/// outlives restarts, so a rebuilt source reads on where the last one stopped.
+fn channel_source(
+    source: &Arc<tokio::sync::Mutex<tokio::sync::mpsc::Receiver<u64>>>,
+) -> FromStream<impl futures::Stream<Item = u64> + Send + use<>> {
+    let source = source.clone();
+    FromStream::new(async_stream::stream! {
+        while let Some(event) = source.lock().await.recv().await {
+            yield event;
         }
-        while out.len() < demand {
-            match source.try_recv() {
-                Ok(next) => out.emit(next),
-                Err(_) => break,
-            }
-        }
-        Flow::Continue
-    }
+    })
 }
 
 // ---- lifecycle ----------------------------------------------------------
@@ -824,7 +814,7 @@ fn periodic_windows_emit_top_hashtags_per_window() {
         let (feed, source) = tokio::sync::mpsc::channel::<u64>(64);
         let source = Arc::new(tokio::sync::Mutex::new(source));
         let mut pipeline = Pipeline::new();
-        pipeline.producer("tags", move || ChannelSource { source: source.clone() });
+        pipeline.producer("tags", move || channel_source(&source));
         let reducer = WindowReduce::new(
             Window::Periodic(Duration::from_secs(10)),
             HashMap::<String, u64>::new,
@@ -921,9 +911,7 @@ fn outside_subscribers_join_a_running_broadcast() {
         let (feed, source) = tokio::sync::mpsc::channel::<u64>(64);
         let source = Arc::new(tokio::sync::Mutex::new(source));
         let mut pipeline = Pipeline::new();
-        pipeline
-            .producer("live", move || ChannelSource { source: source.clone() })
-            .dispatcher(BroadcastDispatcher::new());
+        pipeline.producer("live", move || channel_source(&source)).dispatcher(BroadcastDispatcher::new());
         let running = pipeline.start().unwrap();
         let first = running.subscribe::<u64>("live", SubscribeOptions::default()).await.unwrap();
         let evens = running
@@ -932,14 +920,8 @@ fn outside_subscribers_join_a_running_broadcast() {
             .unwrap();
         let wrong_type = running.subscribe::<String>("live", SubscribeOptions::default()).await;
         assert!(wrong_type.err().unwrap().to_string().contains("does not emit events of type"));
-        let read = |mut subscription: stageflow::Subscription<u64>, count: usize| {
-            tokio::spawn(async move {
-                let mut got = Vec::new();
-                while got.len() < count {
-                    got.extend(subscription.next_batch().await.unwrap());
-                }
-                got
-            })
+        let read = |subscription: stageflow::Subscription<u64>, count: usize| {
+            tokio::spawn(subscription.into_stream().take(count).collect::<Vec<u64>>())
         };
         let (all, even) = (read(first, 6), read(evens, 3));
         for x in 0..6 {
@@ -1227,7 +1209,7 @@ fn invalid_demand_bounds_are_refused_by_the_builder_and_the_outside_subscribe_in
             let mut pipeline = Pipeline::new();
             let (feed, source) = tokio::sync::mpsc::channel::<u64>(1);
             let source = Arc::new(tokio::sync::Mutex::new(source));
-            pipeline.producer("numbers", move || ChannelSource { source: source.clone() });
+            pipeline.producer("numbers", move || channel_source(&source));
             let running = pipeline.start().unwrap();
             let refused =
                 running.subscribe::<u64>("numbers", SubscribeOptions::default().with_demand(max, min));
@@ -1274,12 +1256,10 @@ impl Producer for AllAtOnce {
 }
 
 /// Reads an outside subscription until its producer ends it.
-async fn read_to_end(mut subscription: stageflow::Subscription<u64>) -> Vec<u64> {
-    let mut got = Vec::new();
-    while let Some(batch) = subscription.next_batch().await {
-        got.extend(batch);
-    }
-    assert_eq!(subscription.end_reason(), Some(&stageflow::EndReason::Normal));
+async fn read_to_end(subscription: stageflow::Subscription<u64>) -> Vec<u64> {
+    let mut events = subscription.into_stream();
+    let got = events.by_ref().collect().await;
+    assert_eq!(events.end_reason(), Some(&stageflow::EndReason::Normal));
     got
 }
 

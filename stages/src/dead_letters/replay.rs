@@ -21,7 +21,8 @@ use stageflow::config::{
     BuildContext, DispatcherChoices, Event, Kind, Location, PipelineFile, Registry, StageDecl,
     SubscriptionDecl, configure, settings,
 };
-use stageflow::{CancelMode, DemandBounds, Emitter, Flow, Nothing, Pipeline, Producer};
+use stageflow::ops::FromIter;
+use stageflow::{CancelMode, DemandBounds, Nothing, Pipeline};
 
 use super::{Record, read_records};
 use crate::analysis::flow::{FlowTweet, TweetFlow};
@@ -115,20 +116,6 @@ pub fn events_of<T: Replayable>(records: &[Record], stage: &str, file: &Path) ->
     Ok(events)
 }
 
-/// Emits what it was given, as demand allows, then ends.
-pub struct ReplaySource<T> {
-    events: std::vec::IntoIter<T>,
-}
-
-impl<T: Send + 'static> Producer for ReplaySource<T> {
-    type Out = T;
-
-    async fn produce(&mut self, demand: usize, out: &mut Emitter<T>) -> Flow {
-        out.extend(self.events.by_ref().take(demand));
-        if self.events.len() == 0 { Flow::Done } else { Flow::Continue }
-    }
-}
-
 /// Builds a replay source stage of `T`s read from `file`'s records of `stage`.
 fn build_replay<T: Replayable>(
     decl: &StageDecl,
@@ -139,8 +126,7 @@ fn build_replay<T: Replayable>(
 ) -> Result<(), String> {
     let path = context.data_dir.join(file);
     let events: Arc<Vec<T>> = Arc::new(T::regroup(events_of(&read_records(&path)?, stage, &path)?));
-    let config =
-        pipeline.producer(&decl.id, move || ReplaySource { events: Vec::clone(&events).into_iter() });
+    let config = pipeline.producer(&decl.id, move || FromIter::new(Vec::clone(&events).into_iter()));
     configure(decl, config, &DispatcherChoices::demand_only(), None)
 }
 
