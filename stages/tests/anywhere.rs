@@ -1,7 +1,7 @@
 //! The binary works from any directory: a copy of the built `stageflow`
-//! (standing in for `cargo install --path stages`, which would build it
-//! again) runs from an empty directory, with the shipped pipelines taken
-//! from the binary by name.
+//! in a directory of its own (standing in for `cargo install --path
+//! stages`, which would build it again) runs from an empty directory, with
+//! the shipped pipelines taken from the binary by name.
 //!
 //! Every process is killed by its handle when the test ends; every wait has
 //! a deadline.
@@ -10,33 +10,47 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::mpsc;
+use std::sync::{OnceLock, mpsc};
 use std::time::{Duration, Instant};
 
 /// How long any wait may take before the test fails.
 const DEADLINE: Duration = Duration::from_secs(90);
 
-/// The built binary copied into a `bin/` of its own, and an empty directory to run it from.
+/// The built binary copied once into a `bin/` of its own (under cargo's
+/// scratch directory for tests). Once, before any test starts a process: a
+/// process forked while the copy is open for writing would keep it open,
+/// and starting the copy would then fail with "text file busy".
+fn installed_binary() -> &'static Path {
+    static BINARY: OnceLock<PathBuf> = OnceLock::new();
+    BINARY.get_or_init(|| {
+        let bin = Path::new(env!("CARGO_TARGET_TMPDIR")).join("anywhere-bin");
+        std::fs::create_dir_all(&bin).expect("bin/");
+        let partial = bin.join(format!("stageflow.{}", std::process::id()));
+        std::fs::copy(env!("CARGO_BIN_EXE_stageflow"), &partial).expect("the binary copies");
+        let binary = bin.join("stageflow");
+        std::fs::rename(&partial, &binary).expect("the copy is renamed into place");
+        binary
+    })
+}
+
+/// The installed binary and an empty directory of this test's own to run it from.
 struct Installed {
     _root: tempfile::TempDir,
-    binary: PathBuf,
+    binary: &'static Path,
     cwd: PathBuf,
 }
 
 impl Installed {
     fn new() -> Installed {
+        let binary = installed_binary();
         let root = tempfile::tempdir().expect("a temporary directory");
-        let bin = root.path().join("bin");
         let cwd = root.path().join("empty");
-        std::fs::create_dir_all(&bin).expect("bin/");
         std::fs::create_dir_all(&cwd).expect("empty/");
-        let binary = bin.join("stageflow");
-        std::fs::copy(env!("CARGO_BIN_EXE_stageflow"), &binary).expect("the binary copies");
         Installed { _root: root, binary, cwd }
     }
 
     fn command(&self, args: &[&str]) -> Command {
-        let mut command = Command::new(&self.binary);
+        let mut command = Command::new(self.binary);
         command.current_dir(&self.cwd).args(args).env_remove("EMULATOR_URL").env("RUST_LOG", "warn");
         command
     }
