@@ -187,6 +187,21 @@ pub struct SubscriptionDecl {
     pub location: Location,
 }
 
+impl SubscriptionDecl {
+    /// A subscription to `producer` with every option at its default, written at `location`.
+    pub fn to(producer: &str, location: Location) -> Self {
+        SubscriptionDecl {
+            producer: producer.to_string(),
+            bounds: DemandBounds::default(),
+            partition: None,
+            selector: None,
+            cancel: CancelMode::Permanent,
+            partition_by: None,
+            location,
+        }
+    }
+}
+
 /// One `[[stage]]` table.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StageDecl {
@@ -219,6 +234,26 @@ pub struct StageDecl {
 }
 
 impl StageDecl {
+    /// A stage `id` of `kind` with no settings, subscriptions or options, written at `location`
+    /// (for stages a program adds to a file).
+    pub fn new(id: &str, kind: &str, location: Location) -> Self {
+        StageDecl {
+            id: id.to_string(),
+            kind: kind.to_string(),
+            location,
+            kind_location: location,
+            settings: Vec::new(),
+            subscribe_to: Vec::new(),
+            dispatcher: None,
+            buffer_size: None,
+            buffer_keep: None,
+            workers: None,
+            part: None,
+            dead_letter: None,
+            max_attempts: None,
+        }
+    }
+
     /// The part this stage runs in ([`DEFAULT_PART`] unless the file says).
     pub fn part(&self) -> &str {
         self.part.as_ref().map_or(DEFAULT_PART, |(part, _)| part.as_str())

@@ -138,21 +138,7 @@ impl Reader<'_> {
                 return None;
             }
         };
-        let mut decl = StageDecl {
-            id: stage_id.clone(),
-            kind: kind.0,
-            location: id.1,
-            kind_location: kind.1,
-            settings: Vec::new(),
-            subscribe_to: Vec::new(),
-            dispatcher: None,
-            buffer_size: None,
-            buffer_keep: None,
-            workers: None,
-            part: None,
-            dead_letter: None,
-            max_attempts: None,
-        };
+        let mut decl = StageDecl { kind_location: kind.1, ..StageDecl::new(&stage_id, &kind.0, id.1) };
         for (key, value) in &table {
             let location = self.at(key.span().start);
             let value = match self.expand(value.get_ref()) {
@@ -221,15 +207,7 @@ impl Reader<'_> {
 }
 
 fn subscription(item: &toml::Value, location: Location) -> Result<SubscriptionDecl, String> {
-    let mut decl = SubscriptionDecl {
-        producer: String::new(),
-        bounds: DemandBounds::default(),
-        partition: None,
-        selector: None,
-        cancel: CancelMode::Permanent,
-        partition_by: None,
-        location,
-    };
+    let mut decl = SubscriptionDecl::to("", location);
     let table = match item {
         toml::Value::String(producer) => {
             decl.producer = producer.clone();

@@ -22,7 +22,7 @@ use stageflow::config::{
     SubscriptionDecl, configure, settings,
 };
 use stageflow::ops::FromIter;
-use stageflow::{CancelMode, DemandBounds, Nothing, Pipeline};
+use stageflow::{DemandBounds, Nothing, Pipeline};
 
 use super::{Record, read_records};
 use crate::analysis::flow::{FlowTweet, TweetFlow};
@@ -241,34 +241,16 @@ pub fn replay_file(
         location: at,
     };
     let source = StageDecl {
-        id: source_id.clone(),
-        kind: kind.to_string(),
-        location: at,
-        kind_location: at,
         settings: vec![setting("file", letters.display().to_string()), setting("stage", stage.to_string())],
-        subscribe_to: Vec::new(),
-        dispatcher: None,
-        buffer_size: None,
-        buffer_keep: None,
-        workers: None,
-        part: None,
-        dead_letter: None,
-        max_attempts: None,
+        ..StageDecl::new(&source_id, kind, at)
     };
     let mut stages = vec![source];
     for decl in file.stages.iter().filter(|decl| keep.contains(decl.id.as_str())) {
         let mut decl = decl.clone();
         if decl.id == stage {
             let bounds = decl.subscribe_to.first().map_or(DemandBounds::default(), |s| s.bounds);
-            decl.subscribe_to = vec![SubscriptionDecl {
-                producer: source_id.clone(),
-                bounds,
-                partition: None,
-                selector: None,
-                cancel: CancelMode::Permanent,
-                partition_by: None,
-                location: Location::default(),
-            }];
+            decl.subscribe_to =
+                vec![SubscriptionDecl { bounds, ..SubscriptionDecl::to(&source_id, Location::default()) }];
         } else {
             decl.subscribe_to.retain(|s| keep.contains(s.producer.as_str()));
         }

@@ -7,7 +7,6 @@ use std::collections::{HashMap, HashSet};
 use stageflow::config::{
     DispatcherDecl, Location, PipelineFile, Registry, Setting, StageDecl, SubscriptionDecl,
 };
-use stageflow::{CancelMode, DemandBounds};
 
 use super::ServeConfig;
 use super::lines::LINES_STAGE;
@@ -91,27 +90,9 @@ pub(crate) fn add_broker(file: &mut PipelineFile, addr: &str) -> Result<(), Stri
         location: Location::default(),
     };
     let sink = |id: &str, kind: &str, producer: &str| StageDecl {
-        id: id.into(),
-        kind: kind.into(),
-        location: Location::default(),
-        kind_location: Location::default(),
         settings: vec![setting("addr", addr)],
-        subscribe_to: vec![SubscriptionDecl {
-            producer: producer.into(),
-            bounds: DemandBounds::default(),
-            partition: None,
-            selector: None,
-            cancel: CancelMode::default(),
-            partition_by: None,
-            location: Location::default(),
-        }],
-        dispatcher: None,
-        buffer_size: None,
-        buffer_keep: None,
-        workers: None,
-        part: None,
-        dead_letter: None,
-        max_attempts: None,
+        subscribe_to: vec![SubscriptionDecl::to(producer, Location::default())],
+        ..StageDecl::new(id, kind, Location::default())
     };
     let aggregator =
         file.stages.iter_mut().find(|stage| stage.kind == "aggregator").ok_or_else(|| {
