@@ -72,10 +72,18 @@ impl Wire for String {
 }
 
 /// A [`TweetFlow`] on the wire; the sequence number is the receiving process's own.
-#[derive(Serialize, Deserialize)]
+#[derive(Deserialize)]
 #[serde(rename_all = "snake_case")]
 enum WireFlow {
     Tweet { tweet: Box<Tweet>, extracted: bool },
+    Kill,
+}
+
+/// [`WireFlow`] borrowing the tweet it encodes (the same JSON).
+#[derive(Serialize)]
+#[serde(rename_all = "snake_case")]
+enum WireFlowRef<'a> {
+    Tweet { tweet: &'a Tweet, extracted: bool },
     Kill,
 }
 
@@ -87,10 +95,8 @@ impl Wire for TweetFlow {
 
     fn encode(&self) -> Vec<u8> {
         let wire = match self {
-            TweetFlow::Tweet(flow) => {
-                WireFlow::Tweet { tweet: Box::new((*flow.tweet).clone()), extracted: flow.extracted }
-            }
-            TweetFlow::Kill => WireFlow::Kill,
+            TweetFlow::Tweet(flow) => WireFlowRef::Tweet { tweet: &flow.tweet, extracted: flow.extracted },
+            TweetFlow::Kill => WireFlowRef::Kill,
         };
         serde_json::to_vec(&wire).expect("a tweet encodes")
     }
