@@ -15,6 +15,8 @@
 //!   increments. A tweet found already stored (a redelivery after its worker
 //!   died) is counted again only if its user's `applied` shows its flush never
 //!   landed ([`count_state`]); it is then re-marked with the flush that will.
+//!   One stored by another writer gets [`LEASE`] for that writer's flush to
+//!   land first (it may be alive, its partition just handed over).
 //! - Writes ask for journaled acknowledgement (`j: true`) unless the URI
 //!   sets a write concern's `journal`, so a stored batch survives the server
 //!   being killed.
@@ -218,12 +220,14 @@ pub struct MongoSink {
     config: MongoConfig,
     /// Connected on first use.
     database: Option<Database>,
+    /// Writers whose marks stayed unapplied past [`LEASE`]: taken for dead.
+    gone: HashSet<String>,
 }
 
 impl MongoSink {
     /// A sink for `config` (it connects on first write).
     pub fn new(config: MongoConfig) -> Self {
-        MongoSink { config, database: None }
+        MongoSink { config, database: None, gone: HashSet::new() }
     }
 
     /// The database, connecting the first time.
@@ -291,7 +295,7 @@ impl Sink for MongoSink {
             .into_iter()
             .map(|(index, error)| Rejected { collection: Collection::Tweets, index, error })
             .collect();
-        let uncounted = uncounted(&database, batch, &duplicate_tweets, next).await?;
+        let uncounted = uncounted(&database, batch, &duplicate_tweets, next, &mut self.gone).await?;
         let duplicate_set: HashSet<usize> = duplicate_tweets.into_iter().collect();
         let new_tweets = (0..batch.tweets.len())
             .filter(|index| !rejected_tweets.contains(index) && !duplicate_set.contains(index))
@@ -335,22 +339,67 @@ impl Sink for MongoSink {
     }
 }
 
+/// How long a tweet another writer stored may wait for that writer's flush
+/// before this one counts it: a live writer flushes right after its batch
+/// (when its input is acked, as on a cut) or within `user_flush_interval`,
+/// so a writer whose flush does not land in this time is taken for dead.
+pub const LEASE: Duration = Duration::from_secs(10);
+
 /// Of the tweets a batch found already stored, those whose engagement never
 /// reached the store, re-marked to be counted by flush `next`.
+///
+/// A tweet stored by another writer and not counted yet may be that
+/// writer's work in progress (a rebalance handed its partition over while
+/// it held the tweet): it is counted here only once the other writer's
+/// flush has not landed within [`LEASE`], and that writer is then in `gone`.
 async fn uncounted(
     database: &Database,
     batch: &SplitBatch,
     duplicates: &[usize],
     next: &FlushId,
+    gone: &mut HashSet<String>,
 ) -> Result<Vec<usize>, SinkError> {
-    if duplicates.is_empty() {
-        return Ok(Vec::new());
-    }
     let tweets = database.collection::<Document>("tweets");
     let by_id: HashMap<&str, usize> =
         duplicates.iter().filter_map(|&i| batch.tweets.get(i).map(|tweet| (tweet.id.as_str(), i))).collect();
-    let ids: Vec<&str> = by_id.keys().copied().collect();
-    let filter = doc! { "_id": { "$in": &ids }, COUNTED: { "$type": "object" } };
+    let mut waiting: Vec<&str> = by_id.keys().copied().collect();
+    let mut uncounted = Vec::new();
+    let started = tokio::time::Instant::now();
+    while !waiting.is_empty() {
+        let pending = uncounted_marks(database, &waiting).await?;
+        let expired = started.elapsed() >= LEASE;
+        waiting.clear();
+        for (id, writer) in pending {
+            if writer == next.writer || gone.contains(&writer) {
+                uncounted.push(id);
+            } else if expired {
+                tracing::warn!(writer = %writer, "a writer's engagement flush did not land within {LEASE:?}: counting its tweets here");
+                gone.insert(writer);
+                uncounted.push(id);
+            } else if let Some((&key, _)) = by_id.get_key_value(id.as_str()) {
+                waiting.push(key);
+            }
+        }
+        if !waiting.is_empty() {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+    if !uncounted.is_empty() {
+        let filter = doc! { "_id": { "$in": &uncounted } };
+        tweets
+            .update_many(filter, doc! { "$set": { COUNTED: flush_mark(next) } })
+            .await
+            .map_err(|e| classify(&e))?;
+    }
+    let mut indices: Vec<usize> = uncounted.iter().filter_map(|id| by_id.get(id.as_str()).copied()).collect();
+    indices.sort_unstable();
+    Ok(indices)
+}
+
+/// Of the stored tweets `ids`, those not counted, each with the writer meant to count it.
+async fn uncounted_marks(database: &Database, ids: &[&str]) -> Result<Vec<(String, String)>, SinkError> {
+    let tweets = database.collection::<Document>("tweets");
+    let filter = doc! { "_id": { "$in": ids }, COUNTED: { "$type": "object" } };
     let marks = find_all(&tweets, filter, doc! { COUNTED: 1, "user_id": 1 }).await?;
     if marks.is_empty() {
         return Ok(Vec::new());
@@ -366,24 +415,20 @@ async fn uncounted(
                 Some((user.get_str("_id").ok()?.to_string(), user.get_document("applied").ok()?.clone()))
             })
             .collect();
-    let mut uncounted = Vec::new();
+    let mut pending = Vec::new();
     for mark in &marks {
         let Ok(id) = mark.get_str("_id") else { continue };
         let applied = mark.get_str("user_id").ok().and_then(|user| applied.get(user));
-        if count_state(mark.get(COUNTED), applied) == CountState::Uncounted {
-            uncounted.push(id.to_string());
+        let counted = mark.get(COUNTED);
+        if count_state(counted, applied) == CountState::Uncounted {
+            let writer = match counted {
+                Some(Bson::Document(claim)) => claim.get_str("writer").unwrap_or_default().to_string(),
+                _ => String::new(),
+            };
+            pending.push((id.to_string(), writer));
         }
     }
-    if !uncounted.is_empty() {
-        let filter = doc! { "_id": { "$in": &uncounted } };
-        tweets
-            .update_many(filter, doc! { "$set": { COUNTED: flush_mark(next) } })
-            .await
-            .map_err(|e| classify(&e))?;
-    }
-    let mut indices: Vec<usize> = uncounted.iter().filter_map(|id| by_id.get(id.as_str()).copied()).collect();
-    indices.sort_unstable();
-    Ok(indices)
+    Ok(pending)
 }
 
 /// Every document of `collection` matching `filter`, only the `projection` fields.
