@@ -246,6 +246,14 @@ impl EmulatorHandle {
         self.server.abort();
         let _ = (&mut self.server).await;
     }
+
+    /// Stops serving, then returns the final statistics: nothing is sent after
+    /// them (a snapshot taken before `stop` may miss the last events).
+    pub async fn stop_and_count(mut self) -> EmulatorStats {
+        self.server.abort();
+        let _ = (&mut self.server).await;
+        self.registry.snapshot()
+    }
 }
 
 impl Drop for EmulatorHandle {
