@@ -50,11 +50,10 @@ use crate::tweet::{ParsedData, Tweet, parse_sse_data};
 use stageflow::config::{BuildContext, DispatcherChoices, Kind, StageDecl, configure, settings};
 use stageflow::{Nothing, Pipeline};
 
-use crate::analysis::StatsHub;
-use crate::analysis::flow::partition_of_id;
 use crate::backoff::backoff;
 use crate::settings::at_least_one;
 use crate::sync::lock;
+use crate::tweet::partition_of_id;
 
 /// The first wait after a failed attempt, by default.
 pub const DEFAULT_INITIAL_BACKOFF: Duration = Duration::from_millis(100);
@@ -183,6 +182,23 @@ impl SseStats {
     /// Malformed payloads seen so far.
     pub fn malformed(&self) -> u64 {
         self.malformed.load(Ordering::Relaxed)
+    }
+}
+
+/// The SSE sources of one pipeline and their counters: a resource of its
+/// build context, read by the statistics hub and the HTTP view.
+#[derive(Default)]
+pub struct SseSources(Mutex<std::collections::BTreeMap<String, Arc<SseStats>>>);
+
+impl SseSources {
+    /// Adds the counters of the source stage `stage`.
+    pub fn register(&self, stage: &str, stats: Arc<SseStats>) {
+        lock(&self.0).insert(stage.to_string(), stats);
+    }
+
+    /// Every source by stage id, with its counters now.
+    pub fn snapshot(&self) -> Vec<(String, SseStatsSnapshot)> {
+        lock(&self.0).iter().map(|(stage, stats)| (stage.clone(), stats.snapshot())).collect()
     }
 }
 
@@ -511,7 +527,7 @@ impl Kind for SseKind {
 
     fn build(self, stage: &StageDecl, pipeline: &mut Pipeline, context: &BuildContext) -> Result<(), String> {
         let source = self.source()?;
-        StatsHub::of(context).watch_source(&stage.id, source.stats());
+        context.resources.get_or_default::<SseSources>().register(&stage.id, source.stats());
         let config = pipeline.producer(&stage.id, move || SseReceiver::new(&source));
         let choices =
             DispatcherChoices::cloneable().with_partition(|event: &SseEvent| match &event.message {

@@ -197,6 +197,11 @@ pub fn envelope_json<T: Serialize>(tweet: &T) -> Result<String, serde_json::Erro
     serde_json::to_string(&Envelope { message: Message { tweet } })
 }
 
+/// A stable partition of a tweet id.
+pub fn partition_of_id(id: &str) -> usize {
+    crc32fast::hash(id.as_bytes()) as usize
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

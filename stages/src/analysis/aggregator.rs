@@ -21,8 +21,8 @@ use stageflow::Pipeline;
 use stageflow::config::{BuildContext, DispatcherChoices, Kind, StageDecl, configure, settings};
 
 use super::StatsHub;
-use super::flow::partition_of_id;
 use crate::settings::at_least_one;
+use crate::tweet::partition_of_id;
 
 /// Counters of a join, shared by the stage, its restarts and the statistics.
 #[derive(Debug, Default)]

@@ -9,6 +9,7 @@ use stageflow::{Emitter, Events, ProducerConsumer};
 use crate::receipt::Receipt;
 use crate::sse::{SseEvent, TweetMessage};
 use crate::tweet::Tweet;
+use crate::tweet::partition_of_id;
 use stageflow::Pipeline;
 use stageflow::config::{BuildContext, DispatcherChoices, Kind, StageDecl, configure, settings};
 
@@ -258,11 +259,6 @@ pub(crate) mod tests {
         let error = tweet_flow_selector("tweet").err().unwrap();
         assert!(error.contains("did you mean \"tweets\"") && error.contains("received"), "{error}");
     }
-}
-
-/// A stable partition of a tweet id.
-pub fn partition_of_id(id: &str) -> usize {
-    crc32fast::hash(id.as_bytes()) as usize
 }
 
 /// Checks every `selector` of a stage taking tweet flow events.

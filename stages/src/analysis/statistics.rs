@@ -32,7 +32,7 @@ use tokio::sync::watch;
 
 use super::aggregator::JoinStats;
 use crate::dead_letters::DeadLetterCounts;
-use crate::sse::SseStats;
+use crate::sse::SseSources;
 use crate::timings::{InsertTimings, LatencyRecorder, TimingSummary};
 use stageflow::config::{BuildContext, DispatcherChoices, Kind, StageDecl, configure, settings};
 use stageflow::{BufferKeep, Nothing, Pipeline};
@@ -100,7 +100,7 @@ pub struct StatsHub {
     inserts: Arc<InsertTimings>,
     logger_crashes: AtomicU64,
     joins: Mutex<BTreeMap<String, Arc<JoinStats>>>,
-    sources: Mutex<BTreeMap<String, Arc<SseStats>>>,
+    sources: Arc<SseSources>,
     dead_letters: Mutex<Option<Arc<DeadLetterCounts>>>,
     metrics: Mutex<Option<MetricsReader>>,
     latest: watch::Sender<Option<StatsFrame>>,
@@ -109,24 +109,25 @@ pub struct StatsHub {
 impl StatsHub {
     /// A hub of its own, for pipelines built in code.
     pub fn new(pipeline: &str) -> Arc<StatsHub> {
-        Arc::new(StatsHub::reading(pipeline, Arc::default()))
+        Arc::new(StatsHub::reading(pipeline, Arc::default(), Arc::default()))
     }
 
     /// The hub of the pipeline `context` builds (made by the first stage that
-    /// asks), reading the sinks' insert timings of the same context.
+    /// asks), reading the sinks' insert timings and the SSE sources of the same context.
     pub fn of(context: &BuildContext) -> Arc<StatsHub> {
         let inserts = context.resources.get_or_default::<InsertTimings>();
-        context.resources.get_or_insert_with(|| StatsHub::reading(&context.pipeline, inserts))
+        let sources = context.resources.get_or_default::<SseSources>();
+        context.resources.get_or_insert_with(|| StatsHub::reading(&context.pipeline, inserts, sources))
     }
 
-    fn reading(pipeline: &str, inserts: Arc<InsertTimings>) -> StatsHub {
+    fn reading(pipeline: &str, inserts: Arc<InsertTimings>, sources: Arc<SseSources>) -> StatsHub {
         StatsHub {
             pipeline: pipeline.to_string(),
             logger: LatencyRecorder::default(),
             inserts,
             logger_crashes: AtomicU64::new(0),
             joins: Mutex::default(),
-            sources: Mutex::default(),
+            sources,
             dead_letters: Mutex::default(),
             metrics: Mutex::default(),
             latest: watch::channel(None).0,
@@ -158,11 +159,6 @@ impl StatsHub {
         lock(&self.joins).insert(stage.to_string(), stats);
     }
 
-    /// Reports an SSE source's malformed events as drops of stage `stage`.
-    pub fn watch_source(&self, stage: &str, stats: Arc<SseStats>) {
-        lock(&self.sources).insert(stage.to_string(), stats);
-    }
-
     /// Reports the pipeline's dead letters per stage in every frame.
     pub fn watch_dead_letters(&self, counts: Arc<DeadLetterCounts>) {
         *lock(&self.dead_letters) = Some(counts);
@@ -170,7 +166,7 @@ impl StatsHub {
 
     /// The SSE sources watched, by stage id, with their counters now.
     pub fn sources(&self) -> Vec<(String, crate::sse::SseStatsSnapshot)> {
-        lock(&self.sources).iter().map(|(stage, stats)| (stage.clone(), stats.snapshot())).collect()
+        self.sources.snapshot()
     }
 
     /// Hands over the running pipeline's metrics: crashes, losses and engine drops come from them.
@@ -207,8 +203,8 @@ impl StatsHub {
         for (stage, stats) in lock(&self.joins).iter() {
             dropped_by.insert(format!("{stage}.evicted"), stats.evicted());
         }
-        for (stage, stats) in lock(&self.sources).iter() {
-            dropped_by.insert(format!("{stage}.malformed"), stats.malformed());
+        for (stage, stats) in self.sources.snapshot() {
+            dropped_by.insert(format!("{stage}.malformed"), stats.malformed);
         }
         dropped_by.retain(|_, count| *count > 0);
         let frame = StatsFrame {
