@@ -24,6 +24,7 @@ use tokio::task::JoinHandle;
 use super::CutStats;
 use super::wire::Wire;
 use crate::receipt::Receipt;
+use crate::sync::lock;
 
 /// The priority group every process of a part pulls in.
 pub const GROUP: &str = "stageflow";
@@ -53,7 +54,7 @@ struct Held {
 
 impl Held {
     fn replies(&self) -> std::sync::MutexGuard<'_, HashMap<u64, (async_nats::Subject, Instant)>> {
-        self.replies.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        lock(&self.replies)
     }
 
     /// Starts holding a message; its number.
@@ -239,7 +240,7 @@ async fn pull_partition(
                         tracing::debug!(consumer = %partition.name, "unpin failed: {error}");
                     }
                     // Stay on the side until a standby holds the pin (or 10 s passed).
-                    let mine = partition.pin.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).clone();
+                    let mine = lock(&partition.pin).clone();
                     for _ in 0..20 {
                         tokio::time::sleep(Duration::from_millis(500)).await;
                         let pinned = stream.consumer_info(&partition.name).await.ok().and_then(|info| {
@@ -262,8 +263,7 @@ async fn pull_partition(
                 None => break,
             };
             if let Some(pin) = message.headers.as_ref().and_then(|headers| headers.get("Nats-Pin-Id")) {
-                *partition.pin.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) =
-                    Some(pin.to_string());
+                *lock(&partition.pin) = Some(pin.to_string());
             }
             partition.owned.store(true, Ordering::Relaxed);
             stats.received.fetch_add(1, Ordering::Relaxed);
@@ -474,7 +474,7 @@ pub(crate) async fn rebalance(
                 let Ok(info) = stream.consumer_info(&partition.name).await else { continue };
                 pending += info.num_pending + info.num_ack_pending as u64;
                 let pinned = info.priority_groups.first().and_then(|group| group.pinned_client_id.clone());
-                let mine = partition.pin.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).clone();
+                let mine = lock(&partition.pin).clone();
                 let holds = pinned.is_some() && pinned == mine;
                 partition.owned.store(holds, Ordering::Relaxed);
                 if holds {
