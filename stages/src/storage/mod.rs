@@ -154,7 +154,7 @@ pub struct Inserted {
 }
 
 /// Names one engagement flush: its writer and its number (the same on every retry).
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FlushId {
     /// Unique per sink stage instance (a restarted stage is a new writer).
     pub writer: String,

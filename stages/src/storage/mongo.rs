@@ -421,11 +421,8 @@ async fn uncounted_marks(database: &Database, ids: &[&str]) -> Result<Vec<(Strin
         let applied = mark.get_str("user_id").ok().and_then(|user| applied.get(user));
         let counted = mark.get(COUNTED);
         if count_state(counted, applied) == CountState::Uncounted {
-            let writer = match counted {
-                Some(Bson::Document(claim)) => claim.get_str("writer").unwrap_or_default().to_string(),
-                _ => String::new(),
-            };
-            pending.push((id.to_string(), writer));
+            let writer = claim(counted).map_or("", |(writer, _)| writer);
+            pending.push((id.to_string(), writer.to_string()));
         }
     }
     Ok(pending)
@@ -462,13 +459,19 @@ pub enum CountState {
     Uncounted,
 }
 
+/// The writer and flush number of an `engagement_counted` mark, if it is a well-formed one.
+fn claim(mark: Option<&Bson>) -> Option<(&str, i64)> {
+    let Some(Bson::Document(mark)) = mark else { return None };
+    Some((mark.get_str("writer").ok()?, mark.get_i64("seq").ok()?))
+}
+
 /// Reads a tweet's `engagement_counted` mark (the flush meant to count it)
 /// against its user's `applied` map (the last flush of each writer applied).
 pub fn count_state(mark: Option<&Bson>, applied: Option<&Document>) -> CountState {
-    let Some(Bson::Document(mark)) = mark else { return CountState::Counted };
-    let (Ok(writer), Ok(seq)) = (mark.get_str("writer"), mark.get_i64("seq")) else {
-        return CountState::Uncounted;
-    };
+    if !matches!(mark, Some(Bson::Document(_))) {
+        return CountState::Counted;
+    }
+    let Some((writer, seq)) = claim(mark) else { return CountState::Uncounted };
     let landed = applied.and_then(|applied| applied.get_i64(writer).ok()).is_some_and(|done| done >= seq);
     if landed { CountState::Counted } else { CountState::Uncounted }
 }
