@@ -8,10 +8,11 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use futures::StreamExt;
 use stageflow::config::{
     BuildContext, DispatcherChoices, Kind, StageDecl, configure, parse_pipeline, settings,
 };
-use stageflow::ops::{ForEach, FromIter};
+use stageflow::ops::{ForEach, FromIter, FromStream};
 use stageflow::window::top_n;
 use stageflow::{
     BroadcastDispatcher, Emitter, Flow, Nothing, Pipeline, PoolConfig, Producer, SubscribeOptions,
@@ -158,6 +159,80 @@ async fn the_logger_sleeps_and_records_its_time_for_the_statistics() {
     let timings = hub.logger_timings().take();
     assert_eq!(timings.count, 3);
     assert!((timings.p95_ms - 40.0).abs() < 1.0, "{timings:?}");
+}
+
+/// The greatest lag of a paced source behind its schedule when the shipped
+/// tweets pipeline's logger (its pool and its demand, as the file sets them,
+/// with the default 50–500 ms of emulated work) is its only subscriber,
+/// offered `per_second` tweets for `seconds` of virtual time: over the whole
+/// run, and after a warm-up of `WARM_UP` in which the pool grows from one worker.
+async fn lag_of_the_shipped_logger(per_second: u64, seconds: u64) -> (Duration, Duration) {
+    let built_in = stageflow_stages::pipelines::built_in("tweets").expect("shipped");
+    let file =
+        parse_pipeline(Path::new("tweets.toml"), built_in.text, &|_| Some("http://127.0.0.1:1".into()))
+            .expect("the shipped file parses");
+    let mut logger = file.stages.iter().find(|stage| stage.kind == "logger").expect("a logger").clone();
+    logger.set("output", toml::Value::String("none".into()));
+    let producer = logger.subscribe_to[0].producer.clone();
+
+    const TICK: Duration = Duration::from_millis(10);
+    const WARM_UP: Duration = Duration::from_secs(1);
+    let per_tick = per_second * TICK.as_millis() as u64 / 1000;
+    let ticks = seconds * 1000 / TICK.as_millis() as u64;
+    let lag = Arc::new(Mutex::new((Duration::ZERO, Duration::ZERO)));
+    let worst = lag.clone();
+    let start = tokio::time::Instant::now();
+    let paced = move || {
+        let lag = lag.clone();
+        futures::stream::iter(0..ticks)
+            .then(move |tick| {
+                let lag = lag.clone();
+                async move {
+                    let due = start + TICK * tick as u32;
+                    tokio::time::sleep_until(due).await;
+                    let mut worst = lag.lock().unwrap();
+                    worst.0 = worst.0.max(due.elapsed());
+                    if due >= start + WARM_UP {
+                        worst.1 = worst.1.max(due.elapsed());
+                    }
+                    futures::stream::iter((0..per_tick).map(move |n| flow(&format!("{tick}-{n}"))))
+                }
+            })
+            .flatten()
+    };
+    let mut pipeline = Pipeline::new();
+    pipeline.producer(&producer, move || FromStream::new(paced())).dispatcher(BroadcastDispatcher::new());
+    let registry = stageflow_stages::registry();
+    let data = tempfile::tempdir().unwrap();
+    registry
+        .kind("logger")
+        .unwrap()
+        .build(&logger, &mut pipeline, &BuildContext::for_file(&file, data.path()))
+        .expect("the shipped logger builds");
+    let summary = tokio::time::timeout(Duration::from_secs(seconds * 10), pipeline.start().unwrap().wait())
+        .await
+        .expect("ends")
+        .unwrap();
+    let logged = summary.stages.iter().find(|stage| stage.stage == logger.id).unwrap().events_in;
+    assert_eq!(logged, per_second * seconds, "every tweet reached the logger");
+    *worst.lock().unwrap()
+}
+
+/// A live stream is cut off by its server when it is not read in time, and
+/// the logger's broadcast paces every other stage: the shipped logger must
+/// keep up with `stageflow emulate --rate 1000` (two streams, 2 000 tweets/s)
+/// and the 3 000/s stretch while it still sleeps 50–500 ms per tweet.
+#[tokio::test(start_paused = true)]
+async fn the_shipped_logger_keeps_up_with_six_thousand_tweets_a_second_of_emulated_work() {
+    for per_second in [2_000, 6_000] {
+        let (lag, after_warm_up) = lag_of_the_shipped_logger(per_second, 10).await;
+        // The emulator lets a stream fall at most 1 s behind before it skips ahead.
+        assert!(lag < Duration::from_millis(250), "{per_second} tweets/s: the source fell {lag:?} behind");
+        assert!(
+            after_warm_up < Duration::from_millis(100),
+            "{per_second} tweets/s: the source fell {after_warm_up:?} behind once the pool had grown"
+        );
+    }
 }
 
 /// A consumer collecting whatever it gets.

@@ -215,7 +215,7 @@ impl Consumer for Logger {
 pub struct LoggerOutput(pub OutputTarget);
 
 /// The logger's pool when the file sets no `workers`.
-pub const DEFAULT_LOGGER_WORKERS: (usize, usize) = (1, 32);
+pub const DEFAULT_LOGGER_WORKERS: (usize, usize) = (1, 5000);
 
 /// prints each tweet's text, sleeps to emulate work, crashes on a kill message (restarted by its supervisor); an autoscaled pool by default
 #[settings]

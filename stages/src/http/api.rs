@@ -285,13 +285,15 @@ mod tests {
         let tweets = graph.stages.iter().find(|s| s.id == "tweets").expect("tweets");
         assert_eq!((tweets.role, tweets.dispatcher.as_deref()), ("producer_consumer", Some("broadcast")));
         let logger = graph.stages.iter().find(|s| s.id == "logger").expect("logger");
-        assert_eq!(logger.workers, Some([1, 100]));
+        let declared_logger = file.stages.iter().find(|s| s.id == "logger").expect("logger declared");
+        let (pool, _) = declared_logger.workers.expect("the file sizes the logger's pool");
+        assert_eq!(logger.workers, Some([pool.min, pool.max]));
         let store = graph.stages.iter().find(|s| s.id == "store").expect("store");
         assert_eq!((store.role, store.dispatcher.as_deref()), ("consumer", None));
         let edge = graph.edges.iter().find(|e| e.to == "logger").expect("edge to logger");
         assert_eq!(
             (edge.from.as_str(), edge.selector.as_deref(), edge.max_demand),
-            ("tweets", Some("all"), 400)
+            ("tweets", Some("all"), declared_logger.subscribe_to[0].bounds.max_demand())
         );
         let subscriptions: usize = file.stages.iter().map(|s| s.subscribe_to.len()).sum();
         assert_eq!(graph.edges.len(), subscriptions);
