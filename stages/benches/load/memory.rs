@@ -20,7 +20,9 @@ use stageflow_stages::storage::SinkMetrics;
 use super::Settings;
 use super::plot::{self, COLOURS, Line, Panel, Stroke};
 use super::report::{Report, Series};
-use super::tweets::{SinkChoice, emulator_config, tweet_pipeline, unbounded_baseline};
+use super::tweets::{
+    SinkChoice, ThrottledSink, UNBOUNDED, channel_baseline, emulator_config, tweet_pipeline,
+};
 
 /// Names the scenario a child process runs.
 pub const CHILD_VAR: &str = "STAGEFLOW_LOAD_CHILD";
@@ -230,7 +232,8 @@ pub fn run_child(name: &str) {
             (built.sink, Box::pin(run))
         } else {
             let metrics = SinkMetrics::new();
-            (metrics.clone(), Box::pin(unbounded_baseline(&url, data.path(), rate, metrics)))
+            let sink = ThrottledSink::new(rate);
+            (metrics.clone(), Box::pin(channel_baseline(&url, data.path(), UNBOUNDED, sink, metrics)))
         };
         let completed = match tokio::time::timeout(SCENARIO_CAP, run).await {
             Ok(Ok(())) => true,

@@ -43,6 +43,16 @@ impl Report {
         self.figures.push(line);
     }
 
+    /// Records the median of `values` (one per round) as `metric`, and their
+    /// spread as `metric_min` and `metric_max`; nothing for no values.
+    pub fn spread(&mut self, bench: &str, metric: &str, values: &[f64]) {
+        let Some(median) = median(values) else { return };
+        let (min, max) = values.iter().fold((f64::MAX, f64::MIN), |(lo, hi), &v| (lo.min(v), hi.max(v)));
+        self.figure(bench, metric, median);
+        self.figure(bench, &format!("{metric}_min"), min);
+        self.figure(bench, &format!("{metric}_max"), max);
+    }
+
     /// Stores the series drawn in plot `plot` under that name.
     pub fn series(&mut self, plot: &str, series: &[Series]) {
         let lines: Vec<Value> = series.iter().map(|s| json!({"name": s.name, "points": s.points})).collect();
@@ -83,4 +93,16 @@ pub fn report_dir() -> PathBuf {
     let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("stages/ has a parent");
     let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| workspace.join("target"), PathBuf::from);
     workspace.join(target).join("bench-report")
+}
+
+/// The median of `values` (the mean of the middle two for an even count); `None` for none.
+pub fn median(values: &[f64]) -> Option<f64> {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let middle = sorted.len() / 2;
+    match sorted.len() {
+        0 => None,
+        n if n % 2 == 1 => Some(sorted[middle]),
+        _ => Some((sorted[middle - 1] + sorted[middle]) / 2.0),
+    }
 }

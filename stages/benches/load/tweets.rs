@@ -1,6 +1,7 @@
 //! The tweet pipeline under load: built from `pipelines/tweets.toml` with the
 //! sink swapped, a sink throttled to a fixed rate, and the same work written
-//! by hand with tokio unbounded channels (the baseline whose memory grows).
+//! by hand with tokio channels (bounded: the engine's baseline; unbounded:
+//! the baseline whose memory grows).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -56,6 +57,13 @@ pub fn emulator_config(limit: u64) -> EmulatorConfig {
 #[derive(Debug, Clone, Copy)]
 pub struct ThrottledSink {
     tweets_per_s: f64,
+}
+
+impl ThrottledSink {
+    /// A sink storing `tweets_per_s` tweets per second.
+    pub fn new(tweets_per_s: f64) -> Self {
+        ThrottledSink { tweets_per_s }
+    }
 }
 
 impl Sink for ThrottledSink {
@@ -146,8 +154,11 @@ pub fn tweet_pipeline(
 /// Most events a baseline task takes from its channel at once.
 const BASELINE_BATCH: usize = 400;
 
+/// Capacity of a channel that never fills: the memory baseline's "unbounded".
+pub const UNBOUNDED: usize = tokio::sync::Semaphore::MAX_PERMITS;
+
 /// Receives one event, then whatever else is already queued, up to [`BASELINE_BATCH`].
-async fn recv_batch<T>(receiver: &mut mpsc::UnboundedReceiver<T>) -> Option<Vec<T>> {
+async fn recv_batch<T>(receiver: &mut mpsc::Receiver<T>) -> Option<Vec<T>> {
     let first = receiver.recv().await?;
     let mut batch = vec![first];
     while batch.len() < BASELINE_BATCH {
@@ -159,20 +170,22 @@ async fn recv_batch<T>(receiver: &mut mpsc::UnboundedReceiver<T>) -> Option<Vec<
     Some(batch)
 }
 
-/// Sends every event; a closed channel means the run is ending.
-fn send_all<T>(sender: &mpsc::UnboundedSender<T>, events: Vec<T>) {
+/// Sends every event, waiting for room; a closed channel means the run is ending.
+async fn send_all<T>(sender: &mpsc::Sender<T>, events: Vec<T>) {
     for event in events {
-        let _ = sender.send(event);
+        if sender.send(event).await.is_err() {
+            return;
+        }
     }
 }
 
 /// Runs one stream's SSE receiver until the emulator says the stream is over, sending every event on.
-async fn read_stream(url: String, out: mpsc::UnboundedSender<SseEvent>) -> Result<(), String> {
+async fn read_stream(url: String, out: mpsc::Sender<SseEvent>) -> Result<(), String> {
     let mut receiver = SseReceiver::new(&SseSourceConfig::new(&url)?);
     loop {
         let mut emitter = Emitter::with_capacity(BASELINE_BATCH);
         let flow = receiver.produce(BASELINE_BATCH, &mut emitter).await;
-        send_all(&out, emitter.take());
+        send_all(&out, emitter.take()).await;
         if flow == Flow::Done {
             return Ok(());
         }
@@ -180,11 +193,8 @@ async fn read_stream(url: String, out: mpsc::UnboundedSender<SseEvent>) -> Resul
 }
 
 /// Runs a producer-consumer on every batch from `input`, sending what it emits to every output.
-async fn run_stage<P>(
-    mut stage: P,
-    mut input: mpsc::UnboundedReceiver<P::In>,
-    outputs: Vec<mpsc::UnboundedSender<P::Out>>,
-) where
+async fn run_stage<P>(mut stage: P, mut input: mpsc::Receiver<P::In>, outputs: Vec<mpsc::Sender<P::Out>>)
+where
     P: ProducerConsumer,
     P::Out: Clone,
 {
@@ -194,15 +204,15 @@ async fn run_stage<P>(
         let events = emitter.take();
         if let Some((last, others)) = outputs.split_last() {
             for output in others {
-                send_all(output, events.clone());
+                send_all(output, events.clone()).await;
             }
-            send_all(last, events);
+            send_all(last, events).await;
         }
     }
 }
 
 /// Runs a consumer on every batch from `input`, and its tick on its interval.
-async fn run_consumer<C: Consumer>(mut stage: C, mut input: mpsc::UnboundedReceiver<C::In>) {
+async fn run_consumer<C: Consumer>(mut stage: C, mut input: mpsc::Receiver<C::In>) {
     let mut ticker = stage.tick_interval().map(|period| {
         let mut ticker = tokio::time::interval(period);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -228,44 +238,41 @@ async fn run_consumer<C: Consumer>(mut stage: C, mut input: mpsc::UnboundedRecei
 /// Splits the hub's events as the broadcast selectors of tweets.toml do:
 /// everything to the logger, tweets to sentiment, engagement and hashtags.
 async fn fan_out(
-    mut input: mpsc::UnboundedReceiver<TweetFlow>,
-    logger: mpsc::UnboundedSender<TweetFlow>,
-    tweets: Vec<mpsc::UnboundedSender<TweetFlow>>,
+    mut input: mpsc::Receiver<TweetFlow>,
+    logger: mpsc::Sender<TweetFlow>,
+    tweets: Vec<mpsc::Sender<TweetFlow>>,
 ) {
     while let Some(batch) = recv_batch(&mut input).await {
         for event in batch {
             if matches!(event, TweetFlow::Tweet(_)) {
                 for output in &tweets {
-                    let _ = output.send(event.clone());
+                    let _ = output.send(event.clone()).await;
                 }
             }
-            let _ = logger.send(event);
+            let _ = logger.send(event).await;
         }
     }
 }
 
 /// Groups scored tweets into batches of `batch_size` (the last one may be smaller).
-async fn batch_up(
-    mut input: mpsc::UnboundedReceiver<ScoredTweet>,
-    output: mpsc::UnboundedSender<Batch>,
-    batch_size: usize,
-) {
+async fn batch_up(mut input: mpsc::Receiver<ScoredTweet>, output: mpsc::Sender<Batch>, batch_size: usize) {
     let mut held = Vec::with_capacity(batch_size);
     while let Some(events) = recv_batch(&mut input).await {
         for tweet in events {
             held.push(tweet);
             if held.len() == batch_size {
-                let _ = output.send(Batch::new(std::mem::replace(&mut held, Vec::with_capacity(batch_size))));
+                let full = std::mem::replace(&mut held, Vec::with_capacity(batch_size));
+                let _ = output.send(Batch::new(full)).await;
             }
         }
     }
     if !held.is_empty() {
-        let _ = output.send(Batch::new(held));
+        let _ = output.send(Batch::new(held)).await;
     }
 }
 
-/// Writes every batch through the throttled sink, counting into `metrics`.
-async fn store(mut input: mpsc::UnboundedReceiver<Batch>, sink: ThrottledSink, metrics: Arc<SinkMetrics>) {
+/// Writes every batch through `sink`, counting into `metrics`.
+async fn store<S: Sink>(mut input: mpsc::Receiver<Batch>, sink: S, metrics: Arc<SinkMetrics>) {
     let mut stage = SinkStage::new("store", sink, SinkOptions::default(), metrics);
     while let Some(batch) = input.recv().await {
         stage.write_batch(batch.tweets()).await;
@@ -273,29 +280,30 @@ async fn store(mut input: mpsc::UnboundedReceiver<Batch>, sink: ThrottledSink, m
     stage.flush_engagements().await;
 }
 
-/// The tweet pipeline written by hand: one task per stage, tokio unbounded
-/// channels between them, the same stage code doing the same work (SSE
-/// receivers, tweets hub, logger, sentiment, engagement, hashtags,
-/// aggregator, batches of 200, throttled sink). Nothing slows the readers
-/// down, so whatever the sink has not stored yet waits in memory.
-pub async fn unbounded_baseline(
+/// The tweet pipeline written by hand: one task per stage, tokio channels of
+/// `capacity` events (batches, for the sink's) between them, the same stage
+/// code doing the same work (SSE receivers, tweets hub, logger, sentiment,
+/// engagement, hashtags, aggregator, batches of 200, `sink`). With
+/// [`UNBOUNDED`] nothing slows the readers down, so whatever the sink has not
+/// stored yet waits in memory; with a small capacity it is the baseline a
+/// dataflow engine is measured against.
+pub async fn channel_baseline<S: Sink>(
     emulator_url: &str,
     data_dir: &Path,
-    tweets_per_s: f64,
+    capacity: usize,
+    sink: S,
     metrics: Arc<SinkMetrics>,
 ) -> Result<(), String> {
     let base = emulator_url.trim_end_matches('/');
-    // Unbounded on purpose: this is the baseline whose memory grows, for the
-    // plot beside stageflow's bounded pipeline. It lives only in this bench.
-    let (sse_tx, sse_rx) = mpsc::unbounded_channel::<SseEvent>();
-    let (flow_tx, flow_rx) = mpsc::unbounded_channel::<TweetFlow>();
-    let (logger_tx, logger_rx) = mpsc::unbounded_channel::<TweetFlow>();
-    let (sentiment_tx, sentiment_rx) = mpsc::unbounded_channel::<TweetFlow>();
-    let (engagement_tx, engagement_rx) = mpsc::unbounded_channel::<TweetFlow>();
-    let (hashtags_tx, hashtags_rx) = mpsc::unbounded_channel::<TweetFlow>();
-    let (score_tx, score_rx) = mpsc::unbounded_channel::<TweetScore>();
-    let (scored_tx, scored_rx) = mpsc::unbounded_channel::<ScoredTweet>();
-    let (batch_tx, batch_rx) = mpsc::unbounded_channel::<Batch>();
+    let (sse_tx, sse_rx) = mpsc::channel::<SseEvent>(capacity);
+    let (flow_tx, flow_rx) = mpsc::channel::<TweetFlow>(capacity);
+    let (logger_tx, logger_rx) = mpsc::channel::<TweetFlow>(capacity);
+    let (sentiment_tx, sentiment_rx) = mpsc::channel::<TweetFlow>(capacity);
+    let (engagement_tx, engagement_rx) = mpsc::channel::<TweetFlow>(capacity);
+    let (hashtags_tx, hashtags_rx) = mpsc::channel::<TweetFlow>(capacity);
+    let (score_tx, score_rx) = mpsc::channel::<TweetScore>(capacity);
+    let (scored_tx, scored_rx) = mpsc::channel::<ScoredTweet>(capacity);
+    let (batch_tx, batch_rx) = mpsc::channel::<Batch>(capacity.div_ceil(BATCH_SIZE));
 
     let mut tasks = tokio::task::JoinSet::new();
     let readers: Vec<_> = (1..=2)
@@ -319,8 +327,8 @@ pub async fn unbounded_baseline(
     tasks.spawn(run_consumer(hashtags, hashtags_rx));
     let aggregator = Aggregator::new(Duration::from_secs(30), 100_000, Arc::new(JoinStats::default()));
     tasks.spawn(run_stage(aggregator, score_rx, vec![scored_tx]));
-    tasks.spawn(batch_up(scored_rx, batch_tx, 200));
-    tasks.spawn(store(batch_rx, ThrottledSink { tweets_per_s }, metrics));
+    tasks.spawn(batch_up(scored_rx, batch_tx, BATCH_SIZE));
+    tasks.spawn(store(batch_rx, sink, metrics));
     for reader in readers {
         reader.await.map_err(|error| error.to_string())??;
     }
@@ -329,3 +337,6 @@ pub async fn unbounded_baseline(
     }
     Ok(())
 }
+
+/// Tweets per batch, as tweets.toml's batcher.
+const BATCH_SIZE: usize = 200;

@@ -16,10 +16,12 @@
 //! reproducible; see [`generator`].
 
 pub mod generator;
+pub mod replay;
 pub mod server;
 
 use std::time::Duration;
 
+pub use replay::{RenderedStream, start_replay};
 pub use server::{ConnectionSnapshot, EmulatorHandle, EmulatorStats, start_emulator};
 
 /// How fast each stream sends.

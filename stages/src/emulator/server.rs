@@ -35,6 +35,25 @@ const MAX_TRACKED_CONNECTIONS: usize = 1024;
 /// A paced stream that fell further behind than this (a stalled reader) does not burst to catch up.
 const MAX_PACING_LAG: Duration = Duration::from_secs(1);
 
+/// What an event sent was, for the counters of `/stats`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum SentKind {
+    Tweet,
+    Kill,
+    Malformed,
+}
+
+impl SentKind {
+    /// The kind of a generated event.
+    pub(super) fn of(event: &GeneratedEvent) -> SentKind {
+        match event {
+            GeneratedEvent::Tweet(_) => SentKind::Tweet,
+            GeneratedEvent::Kill => SentKind::Kill,
+            GeneratedEvent::Malformed(_) => SentKind::Malformed,
+        }
+    }
+}
+
 /// Counters of one connection, shared by its socket wrapper and its SSE stream.
 #[derive(Debug)]
 pub struct ConnectionStats {
@@ -94,6 +113,24 @@ impl EmulatorStats {
 }
 
 impl ConnectionStats {
+    /// Counts an SSE request for stream `stream` on this connection.
+    pub(super) fn stream_requested(&self, stream: u32) {
+        self.stream.store(stream, Ordering::Relaxed);
+        self.sse_requests.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts event `sequence`, of kind `kind`, handed to HTTP.
+    pub(super) fn event_sent(&self, kind: SentKind, sequence: u64) {
+        let counter = match kind {
+            SentKind::Tweet => &self.tweets_sent,
+            SentKind::Kill => &self.kills_sent,
+            SentKind::Malformed => &self.malformed_sent,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        self.events_sent.fetch_add(1, Ordering::Relaxed);
+        self.last_sequence.store(sequence, Ordering::Relaxed);
+    }
+
     fn snapshot(&self) -> ConnectionSnapshot {
         let read = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
         ConnectionSnapshot {
@@ -265,28 +302,38 @@ impl Drop for EmulatorHandle {
 /// Binds `addr` and serves the emulator on it until the handle is dropped.
 pub async fn start_emulator(addr: &str, config: EmulatorConfig) -> Result<EmulatorHandle, String> {
     config.validate()?;
+    let generator =
+        TweetGenerator::new(config.seed, config.kill_ratio, config.malformed_ratio, Vocabulary::shipped());
+    start_serving(addr, move |registry| {
+        let state = AppState {
+            generator: Arc::new(generator),
+            config: Arc::new(config),
+            registry,
+            lexicon: Bytes::from(lexicon_lines(lexicon())),
+        };
+        Router::new()
+            .route("/", get(index))
+            .route("/tweets/{stream}", get(tweets))
+            .route("/emotion_values", get(emotion_values))
+            .route("/stats", get(stats))
+            .with_state(state)
+    })
+    .await
+}
+
+/// Binds `addr` and serves `router` with the emulator's connection handling:
+/// each handler finds its connection's counters as an
+/// `Extension<Arc<ConnectionStats>>`, and `/stats` answers from them.
+pub(super) async fn start_serving(
+    addr: &str,
+    router: impl FnOnce(Arc<StatsRegistry>) -> Router,
+) -> Result<EmulatorHandle, String> {
     let listener =
         TcpListener::bind(addr).await.map_err(|error| format!("cannot listen on {addr}: {error}"))?;
     let local =
         listener.local_addr().map_err(|error| format!("cannot read the address of {addr}: {error}"))?;
     let registry = Arc::new(StatsRegistry::default());
-    let state = AppState {
-        generator: Arc::new(TweetGenerator::new(
-            config.seed,
-            config.kill_ratio,
-            config.malformed_ratio,
-            Vocabulary::shipped(),
-        )),
-        config: Arc::new(config),
-        registry: registry.clone(),
-        lexicon: Bytes::from(lexicon_lines(lexicon())),
-    };
-    let router = Router::new()
-        .route("/", get(index))
-        .route("/tweets/{stream}", get(tweets))
-        .route("/emotion_values", get(emotion_values))
-        .route("/stats", get(stats))
-        .with_state(state);
+    let router = router(registry.clone());
     let server = tokio::spawn(serve(listener, router, registry.clone()));
     Ok(EmulatorHandle { addr: local, registry, server })
 }
@@ -345,33 +392,15 @@ async fn tweets(
     State(state): State<AppState>,
     Extension(connection): Extension<Arc<ConnectionStats>>,
 ) -> Response {
-    let stream = match stream.parse::<u32>() {
-        Ok(number) if (1..=MAX_STREAM).contains(&number) => number,
-        _ => {
-            let message =
-                format!("no tweet stream '{stream}': streams are /tweets/1 to /tweets/{MAX_STREAM}\n");
-            return (StatusCode::NOT_FOUND, message).into_response();
-        }
-    };
-    let last_seen = match headers.get("last-event-id").map(|value| value.to_str().map(str::trim)) {
-        None | Some(Ok("")) => 0,
-        Some(Ok(text)) => match text.parse::<u64>() {
-            Ok(sequence) => sequence,
-            Err(_) => {
-                let message = format!("Last-Event-ID must be a sequence number, got '{text}'\n");
-                return (StatusCode::BAD_REQUEST, message).into_response();
-            }
-        },
-        Some(Err(_)) => {
-            return (StatusCode::BAD_REQUEST, "Last-Event-ID must be a sequence number\n").into_response();
-        }
+    let (stream, last_seen) = match stream_request(&stream, &headers) {
+        Ok(request) => request,
+        Err(refusal) => return refusal,
     };
     if state.config.limit.is_some_and(|limit| last_seen >= limit) {
         // The SSE way to say "this stream is over, do not reconnect".
         return StatusCode::NO_CONTENT.into_response();
     }
-    connection.stream.store(stream, Ordering::Relaxed);
-    connection.sse_requests.fetch_add(1, Ordering::Relaxed);
+    connection.stream_requested(stream);
     let events = EventStream {
         generator: state.generator.clone(),
         stream,
@@ -385,9 +414,7 @@ async fn tweets(
         let chunk = events.next_chunk().await?;
         Some((Ok::<Bytes, Infallible>(chunk), events))
     });
-    let mut response = Response::builder()
-        .header(header::CONTENT_TYPE, "text/event-stream")
-        .header(header::CACHE_CONTROL, "no-cache");
+    let mut response = event_stream_response();
     if state.config.close_after.is_some() {
         // The connection closes with the response, so the client must connect again.
         response = response.header(header::CONNECTION, "close");
@@ -395,6 +422,43 @@ async fn tweets(
     response
         .body(Body::from_stream(body))
         .unwrap_or_else(|error| (StatusCode::INTERNAL_SERVER_ERROR, error.to_string()).into_response())
+}
+
+/// The stream number of `/tweets/{stream}` and the `Last-Event-ID` (0 when
+/// absent) of a request, or the answer that refuses it (404 for a stream
+/// that does not exist, 400 for an id that is not a sequence number).
+pub(super) fn stream_request(stream: &str, headers: &HeaderMap) -> Result<(u32, u64), Response> {
+    let stream = match stream.parse::<u32>() {
+        Ok(number) if (1..=MAX_STREAM).contains(&number) => number,
+        _ => {
+            let message =
+                format!("no tweet stream '{stream}': streams are /tweets/1 to /tweets/{MAX_STREAM}\n");
+            return Err((StatusCode::NOT_FOUND, message).into_response());
+        }
+    };
+    let last_seen = match headers.get("last-event-id").map(|value| value.to_str().map(str::trim)) {
+        None | Some(Ok("")) => 0,
+        Some(Ok(text)) => match text.parse::<u64>() {
+            Ok(sequence) => sequence,
+            Err(_) => {
+                let message = format!("Last-Event-ID must be a sequence number, got '{text}'\n");
+                return Err((StatusCode::BAD_REQUEST, message).into_response());
+            }
+        },
+        Some(Err(_)) => {
+            return Err(
+                (StatusCode::BAD_REQUEST, "Last-Event-ID must be a sequence number\n").into_response()
+            );
+        }
+    };
+    Ok((stream, last_seen))
+}
+
+/// The headers of a `text/event-stream` answer.
+pub(super) fn event_stream_response() -> axum::http::response::Builder {
+    Response::builder()
+        .header(header::CONTENT_TYPE, "text/event-stream")
+        .header(header::CACHE_CONTROL, "no-cache")
 }
 
 /// One connection's tweet stream, event by event.
@@ -419,17 +483,10 @@ impl EventStream {
         self.pacer.wait(&self.generator).await;
         let sequence = self.next_sequence;
         let event = self.generator.event(self.stream, sequence);
-        let counter = match event {
-            GeneratedEvent::Tweet(_) => &self.connection.tweets_sent,
-            GeneratedEvent::Kill => &self.connection.kills_sent,
-            GeneratedEvent::Malformed(_) => &self.connection.malformed_sent,
-        };
         let chunk = sse_frame(sequence, &event.sse_data());
         self.next_sequence = self.next_sequence.saturating_add(1);
         self.remaining_on_connection = self.remaining_on_connection.map(|left| left - 1);
-        counter.fetch_add(1, Ordering::Relaxed);
-        self.connection.events_sent.fetch_add(1, Ordering::Relaxed);
-        self.connection.last_sequence.store(sequence, Ordering::Relaxed);
+        self.connection.event_sent(SentKind::of(&event), sequence);
         Some(chunk)
     }
 }
