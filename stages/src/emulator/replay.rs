@@ -102,7 +102,7 @@ async fn replay(
 ) -> Response {
     let (stream, last_seen) = match stream_request(&stream, &headers) {
         Ok(request) => request,
-        Err(refusal) => return refusal,
+        Err(refusal) => return refusal.into_response(),
     };
     let Some(rendered) = streams.iter().find(|rendered| rendered.stream == stream) else {
         let message = format!("stream {stream} was not recorded: this replay serves {}\n", served(&streams));

@@ -394,7 +394,7 @@ async fn tweets(
 ) -> Response {
     let (stream, last_seen) = match stream_request(&stream, &headers) {
         Ok(request) => request,
-        Err(refusal) => return refusal,
+        Err(refusal) => return refusal.into_response(),
     };
     if state.config.limit.is_some_and(|limit| last_seen >= limit) {
         // The SSE way to say "this stream is over, do not reconnect".
@@ -425,15 +425,15 @@ async fn tweets(
 }
 
 /// The stream number of `/tweets/{stream}` and the `Last-Event-ID` (0 when
-/// absent) of a request, or the answer that refuses it (404 for a stream
-/// that does not exist, 400 for an id that is not a sequence number).
-pub(super) fn stream_request(stream: &str, headers: &HeaderMap) -> Result<(u32, u64), Response> {
+/// absent) of a request, or the status and message that refuse it (404 for
+/// a stream that does not exist, 400 for an id that is not a sequence number).
+pub(super) fn stream_request(stream: &str, headers: &HeaderMap) -> Result<(u32, u64), (StatusCode, String)> {
     let stream = match stream.parse::<u32>() {
         Ok(number) if (1..=MAX_STREAM).contains(&number) => number,
         _ => {
             let message =
                 format!("no tweet stream '{stream}': streams are /tweets/1 to /tweets/{MAX_STREAM}\n");
-            return Err((StatusCode::NOT_FOUND, message).into_response());
+            return Err((StatusCode::NOT_FOUND, message));
         }
     };
     let last_seen = match headers.get("last-event-id").map(|value| value.to_str().map(str::trim)) {
@@ -442,13 +442,11 @@ pub(super) fn stream_request(stream: &str, headers: &HeaderMap) -> Result<(u32, 
             Ok(sequence) => sequence,
             Err(_) => {
                 let message = format!("Last-Event-ID must be a sequence number, got '{text}'\n");
-                return Err((StatusCode::BAD_REQUEST, message).into_response());
+                return Err((StatusCode::BAD_REQUEST, message));
             }
         },
         Some(Err(_)) => {
-            return Err(
-                (StatusCode::BAD_REQUEST, "Last-Event-ID must be a sequence number\n").into_response()
-            );
+            return Err((StatusCode::BAD_REQUEST, "Last-Event-ID must be a sequence number\n".to_string()));
         }
     };
     Ok((stream, last_seen))
