@@ -9,6 +9,8 @@
 //! - `linear_baseline` / `events_per_s`: the same chain written by hand with
 //!   bounded tokio mpsc channels carrying `Vec<u64>` batches of 1000, in the
 //!   same process; `linear` / `ratio_vs_baseline` is the engine's share of it.
+//!   Both run `STAGEFLOW_BENCH_ROUNDS` (5) times, interleaved; the figures
+//!   are medians, with the lowest and highest round's ratio beside.
 //! - `broadcast` / `events_per_s`: one producer → two consumers through a
 //!   `BroadcastDispatcher` (both see every event).
 //! - `partition` / `events_per_s`: one producer → two consumers through a
@@ -28,6 +30,8 @@
 //! `STAGEFLOW_BENCH_THREADS` picks the runtime (unset: tokio's default
 //! multi-thread runtime, one worker per core; `0`: current-thread; `N`: N
 //! workers) and `STAGEFLOW_BENCH_SKIP_MEMORY` skips the memory scenarios.
+//! `STAGEFLOW_BENCH_ONLY=linear,partition` runs only the throughput
+//! benchmarks named (`linear`, `broadcast`, `partition`), e.g. under `perf`.
 //!
 //! Each memory scenario runs in a child process (this binary re-executed with
 //! `STAGEFLOW_BENCH_CHILD=<scenario>`) that prints its peak resident set size,
@@ -47,6 +51,8 @@ use tokio::sync::mpsc;
 
 /// Environment variable overriding the event count of the throughput benchmarks.
 const EVENTS_VAR: &str = "STAGEFLOW_BENCH_EVENTS";
+/// Environment variable naming the throughput benchmarks to run (comma-separated; unset: all, and the memory scenarios).
+const ONLY_VAR: &str = "STAGEFLOW_BENCH_ONLY";
 /// Environment variable naming the memory scenario a child process runs.
 const CHILD_VAR: &str = "STAGEFLOW_BENCH_CHILD";
 /// Default event count of the throughput benchmarks.
@@ -402,6 +408,22 @@ fn measure_in_child(name: &str) -> u64 {
         .unwrap_or_else(|| panic!("{name}: no peak RSS in the child's output:\n{stdout}"))
 }
 
+/// Rounds of the linear benchmark and its baseline, interleaved (`STAGEFLOW_BENCH_ROUNDS`, default 5).
+fn rounds() -> usize {
+    match std::env::var("STAGEFLOW_BENCH_ROUNDS") {
+        Ok(value) => value.trim().parse().ok().filter(|rounds| *rounds > 0).unwrap_or_else(|| {
+            panic!("STAGEFLOW_BENCH_ROUNDS must be a whole number above 0, got '{value}'");
+        }),
+        Err(_) => 5,
+    }
+}
+
+/// The median of `values` (sorted in place); the upper one of an even count.
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
 /// The event count of the throughput benchmarks.
 fn throughput_events() -> u64 {
     match std::env::var(EVENTS_VAR) {
@@ -421,14 +443,33 @@ fn main() {
     let events = throughput_events();
     let runtime = runtime();
 
-    let baseline = rate(events, runtime.block_on(linear_baseline(events)));
-    let engine = rate(events, runtime.block_on(linear(events)));
-    report("linear", "events_per_s", engine);
-    report("linear_baseline", "events_per_s", baseline);
-    report("linear", "ratio_vs_baseline", engine / baseline);
-    report("broadcast", "events_per_s", rate(events, runtime.block_on(broadcast(events))));
-    report("partition", "events_per_s", rate(events, runtime.block_on(partition(events))));
+    let only = std::env::var(ONLY_VAR).ok();
+    let wanted = |bench: &str| only.as_deref().is_none_or(|only| only.split(',').any(|name| name == bench));
+    if wanted("linear") {
+        // Interleaved rounds, so a burst of load from elsewhere on a shared
+        // machine hits both sides instead of one.
+        let (mut engine, mut baseline, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+        for _ in 0..rounds() {
+            baseline.push(rate(events, runtime.block_on(linear_baseline(events))));
+            engine.push(rate(events, runtime.block_on(linear(events))));
+            ratios.push(engine[engine.len() - 1] / baseline[baseline.len() - 1]);
+        }
+        report("linear", "events_per_s", median(&mut engine));
+        report("linear_baseline", "events_per_s", median(&mut baseline));
+        report("linear", "ratio_vs_baseline", median(&mut ratios));
+        report("linear", "ratio_lowest_round", ratios[0]);
+        report("linear", "ratio_highest_round", ratios[ratios.len() - 1]);
+    }
+    if wanted("broadcast") {
+        report("broadcast", "events_per_s", rate(events, runtime.block_on(broadcast(events))));
+    }
+    if wanted("partition") {
+        report("partition", "events_per_s", rate(events, runtime.block_on(partition(events))));
+    }
     drop(runtime);
+    if only.is_some() {
+        return;
+    }
     if std::env::var_os("STAGEFLOW_BENCH_SKIP_MEMORY").is_some() {
         return;
     }

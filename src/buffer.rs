@@ -32,6 +32,16 @@ impl<T> Buffer<T> {
         self.events.len()
     }
 
+    /// The most events it holds.
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// Which events it keeps when full.
+    pub fn keep(&self) -> BufferKeep {
+        self.keep
+    }
+
     /// Whether nothing waits.
     pub fn is_empty(&self) -> bool {
         self.events.is_empty()

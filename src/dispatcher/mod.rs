@@ -17,6 +17,8 @@ pub use partition::{PartitionDispatcher, PartitionFn};
 
 use std::sync::Arc;
 
+use crate::buffer::BufferKeep;
+
 /// Identifies one subscription at its producer.
 pub type SubscriberId = u64;
 
@@ -69,6 +71,25 @@ pub trait Dispatcher<T>: Send + 'static {
     /// Places events, in order, within credits; appends to `deliveries` and
     /// returns the events that could not be placed, in their original order.
     fn dispatch(&mut self, events: Vec<T>, deliveries: &mut Deliveries<T>) -> Vec<T>;
+
+    /// Events the dispatcher keeps itself until their subscriber has credits
+    /// (the partition dispatcher's per-partition queues), instead of returning
+    /// them as leftovers; the producer counts them with its buffer.
+    fn held(&self) -> usize {
+        0
+    }
+
+    /// Places held events within credits, oldest first per subscriber.
+    fn release(&mut self, deliveries: &mut Deliveries<T>) {
+        let _ = deliveries;
+    }
+
+    /// Drops held events past `capacity`, the newest (`First`) or the oldest
+    /// (`Last`) as the producer's buffer does; returns how many went.
+    fn trim(&mut self, capacity: usize, keep: BufferKeep) -> usize {
+        let _ = (capacity, keep);
+        0
+    }
 }
 
 /// Splits off the first `count` events, moving the whole vector when it all goes.

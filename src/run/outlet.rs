@@ -5,7 +5,7 @@ use std::sync::Arc;
 use tokio::sync::{Notify, mpsc};
 
 use super::Control;
-use crate::buffer::Buffer;
+use crate::buffer::{Buffer, BufferKeep};
 use crate::dispatcher::{Deliveries, Dispatcher};
 use crate::link::{EndReason, Inbox, Subscriber};
 use crate::metrics::{self, StageMetrics};
@@ -56,8 +56,9 @@ impl<T: Send + 'static> Outlet<T> {
         Ok(())
     }
 
+    /// Events waiting for credits: in the buffer, and held by the dispatcher.
     pub(crate) fn buffered(&self) -> usize {
-        self.buffer.len()
+        self.buffer.len() + self.dispatcher.held()
     }
 
     pub(crate) fn allowance(&self) -> usize {
@@ -66,7 +67,7 @@ impl<T: Send + 'static> Outlet<T> {
 
     /// Events the source should make now: credits not already covered by the buffer.
     pub(crate) fn production_demand(&self) -> usize {
-        self.allowance().saturating_sub(self.buffer.len())
+        self.allowance().saturating_sub(self.buffered())
     }
 
     /// Takes the credits subscribers granted since the last call, and ends
@@ -111,8 +112,8 @@ impl<T: Send + 'static> Outlet<T> {
         if self.buffer.is_empty() {
             let leftover = self.dispatcher.dispatch(events, &mut self.deliveries);
             self.send_deliveries().await;
-            let dropped = self.buffer.push_back(leftover);
-            metrics::add(&self.metrics.dropped, dropped as usize);
+            let dropped = self.buffer.push_back(leftover) as usize + self.trim_held();
+            metrics::add(&self.metrics.dropped, dropped);
         } else {
             let dropped = self.buffer.push_back(events);
             metrics::add(&self.metrics.dropped, dropped as usize);
@@ -123,18 +124,30 @@ impl<T: Send + 'static> Outlet<T> {
 
     /// Delivers buffered events as far as credits allow.
     pub(crate) async fn pump(&mut self) {
-        if self.buffer.is_empty() || self.dispatcher.allowance() == 0 {
+        if self.buffered() == 0 || self.dispatcher.allowance() == 0 {
             return;
         }
-        let waiting = self.buffer.take_all();
-        let leftover = self.dispatcher.dispatch(waiting, &mut self.deliveries);
-        self.buffer.push_front(leftover);
+        self.dispatcher.release(&mut self.deliveries);
+        if !self.buffer.is_empty() {
+            let waiting = self.buffer.take_all();
+            let leftover = self.dispatcher.dispatch(waiting, &mut self.deliveries);
+            self.buffer.push_front(leftover);
+        }
         self.send_deliveries().await;
         self.update_gauges();
     }
 
+    /// Drops what the dispatcher holds past the buffer's room, by the buffer's policy.
+    fn trim_held(&mut self) -> usize {
+        if self.dispatcher.held() == 0 {
+            return 0;
+        }
+        let room = self.buffer.capacity().saturating_sub(self.buffer.len());
+        self.dispatcher.trim(room, self.buffer.keep())
+    }
+
     fn update_gauges(&self) {
-        metrics::set(&self.metrics.buffer_fill, self.buffer.len());
+        metrics::set(&self.metrics.buffer_fill, self.buffered());
         metrics::set(&self.metrics.demand_held, self.dispatcher.allowance());
     }
 
@@ -159,8 +172,8 @@ impl<T: Send + 'static> Outlet<T> {
 
     /// Drops whatever is still buffered, counting it (shutdown with nobody to take it).
     pub(crate) fn discard_buffer(&mut self) {
-        let dropped = self.buffer.discard();
-        metrics::add(&self.metrics.dropped, dropped as usize);
+        let dropped = self.buffer.discard() as usize + self.dispatcher.trim(0, BufferKeep::First);
+        metrics::add(&self.metrics.dropped, dropped);
         self.update_gauges();
     }
 
@@ -180,7 +193,7 @@ impl<T: Send + 'static> Outlet<T> {
         loop {
             self.collect_asks();
             self.pump().await;
-            if self.buffer.is_empty() {
+            if self.buffered() == 0 {
                 return;
             }
             if self.subscribers.is_empty() {
