@@ -11,6 +11,10 @@
 //!   same process; `linear` / `ratio_vs_baseline` is the engine's share of it.
 //!   Both run `STAGEFLOW_BENCH_ROUNDS` (5) times, interleaved; the figures
 //!   are medians, with the lowest and highest round's ratio beside.
+//! - `cpu_ns_per_event` beside each rate: CPU time of the whole process
+//!   (all threads, user + system) per event, which other load on a shared
+//!   machine moves far less than wall time; `linear` / `cpu_ratio_vs_baseline`
+//!   is the baseline's CPU per event over the engine's.
 //! - `broadcast` / `events_per_s`: one producer → two consumers through a
 //!   `BroadcastDispatcher` (both see every event).
 //! - `partition` / `events_per_s`: one producer → two consumers through a
@@ -362,6 +366,21 @@ async fn memory_unbounded(events: u64) {
     assert_eq!(sum, sum_below(events), "memory_unbounded: wrong sum");
 }
 
+/// CPU time (user + system, all threads) this process has used so far, in
+/// seconds, from `/proc/self/stat` (clock ticks of 10 ms).
+fn process_cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").expect("/proc/self/stat is readable");
+    // Fields after the command name (which may hold spaces) start at field 3, `state`.
+    let after_name = &stat[stat.rfind(')').expect("a command name in parentheses") + 2..];
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    let ticks = |index: usize| fields[index].parse::<f64>().expect("a tick count");
+    // utime and stime are fields 14 and 15 of the whole line, 11 and 12 after the name.
+    (ticks(11) + ticks(12)) / CLOCK_TICKS_PER_SECOND
+}
+
+/// `sysconf(_SC_CLK_TCK)` on Linux.
+const CLOCK_TICKS_PER_SECOND: f64 = 100.0;
+
 /// This process's peak resident set size in kB (`VmHWM`).
 fn peak_rss_kb() -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status is readable");
@@ -445,26 +464,46 @@ fn main() {
 
     let only = std::env::var(ONLY_VAR).ok();
     let wanted = |bench: &str| only.as_deref().is_none_or(|only| only.split(',').any(|name| name == bench));
+    // CPU time per event is reported beside every rate: on a shared machine
+    // it moves far less with other load than wall time does.
+    let cpu_ns = |run: &mut dyn FnMut() -> Duration| {
+        let before = process_cpu_seconds();
+        let elapsed = run();
+        (elapsed, (process_cpu_seconds() - before) * 1e9 / events as f64)
+    };
     if wanted("linear") {
         // Interleaved rounds, so a burst of load from elsewhere on a shared
         // machine hits both sides instead of one.
         let (mut engine, mut baseline, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut engine_cpu, mut baseline_cpu, mut cpu_ratios) = (Vec::new(), Vec::new(), Vec::new());
         for _ in 0..rounds() {
-            baseline.push(rate(events, runtime.block_on(linear_baseline(events))));
-            engine.push(rate(events, runtime.block_on(linear(events))));
+            let (elapsed, cpu) = cpu_ns(&mut || runtime.block_on(linear_baseline(events)));
+            baseline.push(rate(events, elapsed));
+            baseline_cpu.push(cpu);
+            let (elapsed, cpu) = cpu_ns(&mut || runtime.block_on(linear(events)));
+            engine.push(rate(events, elapsed));
+            engine_cpu.push(cpu);
             ratios.push(engine[engine.len() - 1] / baseline[baseline.len() - 1]);
+            cpu_ratios.push(baseline_cpu[baseline_cpu.len() - 1] / cpu);
         }
         report("linear", "events_per_s", median(&mut engine));
         report("linear_baseline", "events_per_s", median(&mut baseline));
         report("linear", "ratio_vs_baseline", median(&mut ratios));
         report("linear", "ratio_lowest_round", ratios[0]);
         report("linear", "ratio_highest_round", ratios[ratios.len() - 1]);
+        report("linear", "cpu_ns_per_event", median(&mut engine_cpu));
+        report("linear_baseline", "cpu_ns_per_event", median(&mut baseline_cpu));
+        report("linear", "cpu_ratio_vs_baseline", median(&mut cpu_ratios));
     }
     if wanted("broadcast") {
-        report("broadcast", "events_per_s", rate(events, runtime.block_on(broadcast(events))));
+        let (elapsed, cpu) = cpu_ns(&mut || runtime.block_on(broadcast(events)));
+        report("broadcast", "events_per_s", rate(events, elapsed));
+        report("broadcast", "cpu_ns_per_event", cpu);
     }
     if wanted("partition") {
-        report("partition", "events_per_s", rate(events, runtime.block_on(partition(events))));
+        let (elapsed, cpu) = cpu_ns(&mut || runtime.block_on(partition(events)));
+        report("partition", "events_per_s", rate(events, elapsed));
+        report("partition", "cpu_ns_per_event", cpu);
     }
     drop(runtime);
     if only.is_some() {

@@ -249,7 +249,9 @@ mod tests {
             dispatcher.dispatch(vec![30 + round], &mut deliveries);
         }
         assert_eq!(calls.load(std::sync::atomic::Ordering::Relaxed), 40, "one partition_of per event");
-        let to = |id| deliveries.iter().filter(|(to, _)| *to == id).flat_map(|(_, b)| b.clone()).collect::<Vec<_>>();
+        let to = |id| {
+            deliveries.iter().filter(|(to, _)| *to == id).flat_map(|(_, b)| b.clone()).collect::<Vec<_>>()
+        };
         assert_eq!(to(11), vec![1, 4, 7, 10, 13, 16, 19, 22, 25, 28]);
         assert_eq!(to(12), vec![2, 5, 8, 11, 14, 17, 20, 23, 26, 29]);
         assert_eq!(dispatcher.held(), 6, "31, 34, 37 and 32, 35, 38 wait behind their partitions' queues");
