@@ -3,9 +3,12 @@
 //!
 //! A dispatcher is a plain state machine with no I/O: the producer's task
 //! tells it about subscriptions and credits, hands it events, and sends the
-//! deliveries it returns. Events it cannot place (no credits, or no
-//! subscriber for their partition) come back as leftovers, which the producer
-//! keeps in its bounded buffer in order, ahead of anything produced later.
+//! deliveries it returns. Events it cannot place (no credits) come back as
+//! leftovers, which the producer keeps in its bounded buffer in order, ahead
+//! of anything produced later. The partition dispatcher instead keeps such
+//! events itself, one queue per partition ([`Dispatcher::held`]), so an
+//! event waiting for its partition is not looked at again on every
+//! dispatch; the producer counts them with its buffer.
 
 mod broadcast;
 mod demand;
