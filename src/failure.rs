@@ -11,8 +11,13 @@
 //! `dead_lettered`), or, without a handler, is lost as before. Every panic
 //! still counts as a restart, under the stage's restart policy.
 //!
-//! A callback that took a whole batch with `take_batch` is tried again with
-//! that whole batch, and each of its events is dead-lettered on its own.
+//! After a panic, each event being handled is tried again alone, so an
+//! event is handled at most once per success: a callback that took a whole
+//! batch with `take_batch` and panicked partway gets only the events it had
+//! not said it [`handled`](crate::Events::handled), each in a call of its
+//! own, and only the ones that panic on every try are dead-lettered (each
+//! with its own last panic). A batch callback that does not call `handled`
+//! has its whole batch tried again, one event at a time.
 
 use std::fmt;
 use std::sync::Arc;

@@ -56,10 +56,13 @@ pub struct Events<T> {
     limit: usize,
     /// Events taken by the last `take_batch`, all "being processed" at once.
     bulk_taken: usize,
+    /// Of those, how many the callback said it has handled (see [`Events::handled`]).
+    bulk_handled: usize,
     /// Copies the events being processed, for a stage with a failure policy.
     keep: Option<KeepFn<T>>,
-    /// Copies of the events being processed (the last taken, or the last `take_batch`).
-    held: Vec<T>,
+    /// Copies of the events being processed (the last taken, or the last
+    /// `take_batch`, in order; `None` where the keep function made no copy).
+    held: Vec<Option<T>>,
 }
 
 impl<T: std::fmt::Debug> std::fmt::Debug for Events<T> {
@@ -68,6 +71,7 @@ impl<T: std::fmt::Debug> std::fmt::Debug for Events<T> {
             .field("items", &self.items)
             .field("limit", &self.limit)
             .field("bulk_taken", &self.bulk_taken)
+            .field("bulk_handled", &self.bulk_handled)
             .field("keeps_copies", &self.keep.is_some())
             .finish()
     }
@@ -77,7 +81,14 @@ impl<T> Events<T> {
     /// A cursor over a batch (used by tests and custom runners).
     pub fn new(batch: Vec<T>) -> Self {
         let limit = batch.len();
-        Events { items: batch.into_iter(), limit, bulk_taken: 0, keep: None, held: Vec::new() }
+        Events {
+            items: batch.into_iter(),
+            limit,
+            bulk_taken: 0,
+            bulk_handled: 0,
+            keep: None,
+            held: Vec::new(),
+        }
     }
 
     /// A cursor that keeps a copy of each event being processed, so it can be
@@ -86,15 +97,19 @@ impl<T> Events<T> {
         Events { keep, ..Events::new(batch) }
     }
 
-    /// Takes the copies of the events being processed (empty without a keep function).
+    /// Takes the copies of the events being processed, less those of a
+    /// `take_batch` the callback said it handled (empty without a keep function).
     pub(crate) fn take_held(&mut self) -> Vec<T> {
-        std::mem::take(&mut self.held)
+        let handled = self.bulk_handled;
+        std::mem::take(&mut self.held).into_iter().skip(handled).flatten().collect()
     }
 
     /// Takes every event left for this callback at once, as a vector (no
     /// copy when the callback's share is the whole batch), for callbacks that
     /// work on slices. If the callback panics afterwards, all of these count
-    /// as being processed and are lost, not just one.
+    /// as being processed (tried again, dead-lettered or lost, as the stage's
+    /// failure policy says), not just one — except those it said it
+    /// [`handled`](Events::handled).
     pub fn take_batch(&mut self) -> Vec<T> {
         let share = self.remaining();
         let batch: Vec<T> = if share == self.items.len() {
@@ -105,22 +120,48 @@ impl<T> Events<T> {
         };
         self.limit = 0;
         self.bulk_taken = batch.len();
+        self.bulk_handled = 0;
         if let Some(keep) = &self.keep {
-            self.held = batch.iter().filter_map(|event| keep(event)).collect();
+            self.held = batch.iter().map(|event| keep(event)).collect();
         }
         batch
     }
 
-    /// Events lost if the callback panicked now: the last one taken, or the
-    /// whole last `take_batch`.
+    /// Says that the first `count` events of the last [`take_batch`](Events::take_batch)
+    /// are handled for good (their effects are done). If the callback panics
+    /// afterwards, only the others are tried again or dead-lettered, so an
+    /// event is never handled twice. A callback that takes a batch and has
+    /// effects per event (writes, emits) calls this as it goes:
+    ///
+    /// ```
+    /// # use stageflow::Events;
+    /// # fn write(_: &u64) {}
+    /// # let mut events = Events::new(vec![1u64, 2, 3]);
+    /// let batch = events.take_batch();
+    /// for (done, event) in batch.iter().enumerate() {
+    ///     write(event);
+    ///     events.handled(done + 1);
+    /// }
+    /// ```
+    ///
+    /// Counts only grow (a smaller `count` than before is ignored) and stop at
+    /// the batch's size. Without a `take_batch` it does nothing: events taken
+    /// one at a time are tracked by the engine already.
+    pub fn handled(&mut self, count: usize) {
+        self.bulk_handled = self.bulk_handled.max(count).min(self.bulk_taken);
+    }
+
+    /// Events lost if the callback panicked now: the last one taken, or what
+    /// the last `take_batch` took and the callback did not say it handled.
     pub(crate) fn in_progress(&self, taken: usize) -> usize {
-        if self.bulk_taken > 0 { self.bulk_taken } else { taken.min(1) }
+        if self.bulk_taken > 0 { self.bulk_taken - self.bulk_handled } else { taken.min(1) }
     }
 
     /// Starts a callback's share: at most `limit` events.
     pub(crate) fn start_share(&mut self, limit: usize) {
         self.limit = limit;
         self.bulk_taken = 0;
+        self.bulk_handled = 0;
         self.held.clear();
     }
 
@@ -155,9 +196,10 @@ impl<T> Iterator for Events<T> {
         let item = self.items.next()?;
         self.limit -= 1;
         self.bulk_taken = 0;
+        self.bulk_handled = 0;
         if let Some(keep) = &self.keep {
             self.held.clear();
-            self.held.extend(keep(&item));
+            self.held.push(keep(&item));
         }
         Some(item)
     }
@@ -404,6 +446,21 @@ mod tests {
         assert_eq!(events.in_progress(1), 1);
         assert_eq!(events.take_batch(), vec![4, 5]);
         assert_eq!(events.remaining_in_batch(), 0);
+    }
+
+    #[test]
+    fn events_a_batch_callback_handled_are_no_longer_in_progress_nor_held() {
+        let keep: KeepFn<u64> = Arc::new(|event: &u64| (*event != 3).then_some(*event));
+        let mut events = Events::keeping(vec![1, 2, 3, 4, 5], Some(keep));
+        events.start_share(5);
+        assert_eq!(events.take_batch(), vec![1, 2, 3, 4, 5]);
+        events.handled(2);
+        events.handled(1);
+        assert_eq!(events.in_progress(5), 3, "a smaller count is ignored");
+        assert_eq!(events.take_held(), vec![4, 5], "no copy of 3 was made; 1 and 2 are handled");
+        events.start_share(0);
+        events.handled(9);
+        assert_eq!(events.in_progress(0), 0, "nothing taken, nothing handled");
     }
 
     #[test]

@@ -87,9 +87,50 @@ fn collector(letters: &Arc<Mutex<Vec<DeadLetter<u64>>>>) -> stageflow::failure::
     })
 }
 
+/// Like [`Flaky`], taking its whole share at once with `take_batch`; says
+/// which events it handled (`Events::handled`) as it goes when `reports`.
+struct BatchFlaky {
+    flaky: Flaky,
+    reports: bool,
+}
+
+impl Consumer for BatchFlaky {
+    type In = u64;
+
+    async fn handle_events(&mut self, events: &mut Events<u64>) {
+        let batch = events.take_batch();
+        for (done, event) in batch.into_iter().enumerate() {
+            let times = {
+                let mut seen = self.flaky.seen.lock().unwrap();
+                let times = seen.entry(event).or_default();
+                *times += 1;
+                *times
+            };
+            if event % self.flaky.poison == 0 && times <= self.flaky.fail_times {
+                panic!("poison event {event} (try {times})");
+            }
+            self.flaky.received.lock().unwrap().push(event);
+            if self.reports {
+                events.handled(done + 1);
+            }
+        }
+    }
+}
+
+fn batch_flaky(
+    poison: u64,
+    fail_times: u32,
+    reports: bool,
+    seen: &Seen,
+    received: &Received,
+) -> impl Fn() -> BatchFlaky + Send + Sync + 'static {
+    let flaky = flaky(poison, fail_times, seen, received);
+    move || BatchFlaky { flaky: flaky(), reports }
+}
+
 /// Runs 1..=100 into `consumer` configured by `configure`; returns the stage's snapshot.
-fn run_numbers(
-    consumer: impl Fn() -> Flaky + Send + Sync + 'static,
+fn run_numbers<C: Consumer<In = u64>>(
+    consumer: impl Fn() -> C + Send + Sync + 'static,
     pool: Option<PoolConfig>,
     policy: Option<FailurePolicy<u64>>,
 ) -> StageSnapshot {
@@ -166,6 +207,45 @@ fn max_attempts_without_a_handler_counts_the_event_lost_after_the_last_try() {
     assert_eq!((fragile.restarts, fragile.lost, fragile.dead_lettered), (4, 2, 0));
     assert_eq!(seen.lock().unwrap()[&50], 2);
     assert_eq!(sorted(&received).len(), 98);
+}
+
+/// How many times each of 1..=100 was handled successfully, in order.
+fn successes(received: &Received) -> Vec<usize> {
+    let received = received.lock().unwrap();
+    (1..=100).map(|n| received.iter().filter(|&&x| x == n).count()).collect()
+}
+
+#[test]
+fn a_batch_callback_that_says_what_it_handled_gets_only_the_rest_again_each_event_once() {
+    for pool in [None, Some(PoolConfig::fixed(3))] {
+        let (seen, received) = (Seen::default(), Received::default());
+        let policy = FailurePolicy::new(3);
+        let fragile = run_numbers(batch_flaky(10, 1, true, &seen, &received), pool, Some(policy));
+        assert_eq!(successes(&received), vec![1; 100], "each event handled once: pool {pool:?}");
+        assert_eq!((fragile.restarts, fragile.lost, fragile.dead_lettered), (10, 0, 0), "pool {pool:?}");
+        assert_eq!(seen.lock().unwrap()[&10], 2, "the poison is tried again: pool {pool:?}");
+    }
+}
+
+#[test]
+fn a_batch_that_always_panics_on_one_event_dead_letters_that_event_alone() {
+    for reports in [true, false] {
+        let (seen, received) = (Seen::default(), Received::default());
+        let letters = Arc::new(Mutex::new(Vec::new()));
+        let policy = FailurePolicy::new(2).dead_letter(collector(&letters));
+        let fragile = run_numbers(batch_flaky(25, u32::MAX, reports, &seen, &received), None, Some(policy));
+        let events: Vec<u64> = letters.lock().unwrap().iter().map(|letter| letter.event).collect();
+        assert_eq!(events, [25, 50, 75, 100], "only the poison is dead-lettered (reports {reports})");
+        assert_eq!((fragile.lost, fragile.dead_lettered), (0, 4), "reports {reports}");
+        let got = successes(&received);
+        assert!(
+            (1..=100).all(|n| got[n - 1] == usize::from(n % 25 != 0) || (!reports && got[n - 1] == 2)),
+            "every good event is handled, once when the callback reports (reports {reports}): {got:?}"
+        );
+        if reports {
+            assert_eq!(seen.lock().unwrap()[&24], 1, "handled before the panic, never again");
+        }
+    }
 }
 
 // ---- pipeline files ---------------------------------------------------------

@@ -45,47 +45,54 @@ impl<P: ProducerConsumer> Supervised<P> {
         Events::keeping(batch, self.failure.as_ref().map(|policy| policy.keep.clone()))
     }
 
-    /// After a panic on `held` (copies of the events it was handling): tries
-    /// them again on the restarted stage up to `max_attempts` in all, then
-    /// dead-letters them, or counts them lost without a handler.
+    /// After a panic on `held` (copies of the events it was handling and had
+    /// not handled): tries each of them again, alone, on the restarted stage,
+    /// up to `max_attempts` tries in all, then dead-letters it, or counts it
+    /// lost without a handler. Alone, because a callback that took a whole
+    /// batch may have handled some of it before the panic: trying the batch
+    /// again would handle those twice, and giving up on it would dead-letter
+    /// events that were fine.
     async fn try_again(
         &mut self,
-        mut held: Vec<P::In>,
-        mut error: String,
+        held: Vec<P::In>,
+        error: String,
         out: &mut Emitter<P::Out>,
     ) -> Result<(), StageError> {
         let Some(policy) = self.failure.clone() else { return Ok(()) };
-        let mut attempts = 1;
-        while attempts < policy.max_attempts && !held.is_empty() {
-            attempts += 1;
-            let again: Vec<P::In> = held.iter().filter_map(|event| (policy.keep)(event)).collect();
-            let count = held.len();
-            let mut events = Events::new(held);
-            events.start_share(count);
-            let result = AssertUnwindSafe(async { self.stage.handle_events(&mut events, out).await })
-                .catch_unwind()
-                .await;
-            match result {
-                Ok(()) => {
-                    metrics::add(&self.context.metrics.dropped, events.discard_share());
-                    return Ok(());
-                }
-                Err(payload) => {
-                    error = panic_message(payload.as_ref());
-                    self.crashed(error.clone(), 0)?;
-                    held = again;
+        for event in held {
+            let (mut event, mut error, mut attempts) = (Some(event), error.clone(), 1);
+            while attempts < policy.max_attempts {
+                let Some(current) = event.take() else { break };
+                attempts += 1;
+                let again = (policy.keep)(&current);
+                let mut events = Events::new(vec![current]);
+                events.start_share(1);
+                let result = AssertUnwindSafe(async { self.stage.handle_events(&mut events, out).await })
+                    .catch_unwind()
+                    .await;
+                match result {
+                    Ok(()) => {
+                        metrics::add(&self.context.metrics.dropped, events.discard_share());
+                        break;
+                    }
+                    Err(payload) => {
+                        error = panic_message(payload.as_ref());
+                        // Handled before the panic (a batch callback said so): nothing to try again.
+                        let handled = events.in_progress(1) == 0;
+                        self.crashed(error.clone(), usize::from(again.is_none() && !handled))?;
+                        event = if handled { None } else { again };
+                    }
                 }
             }
-        }
-        match &policy.dead_letter {
-            Some(handler) => {
-                for event in held {
+            let Some(event) = event else { continue };
+            match &policy.dead_letter {
+                Some(handler) => {
                     let stage = self.context.stage.clone();
-                    handler(DeadLetter { stage, error: error.clone(), attempts, event }).await;
+                    handler(DeadLetter { stage, error, attempts, event }).await;
                     metrics::add(&self.context.metrics.dead_lettered, 1);
                 }
+                None => metrics::add(&self.context.metrics.lost, 1),
             }
-            None => metrics::add(&self.context.metrics.lost, held.len()),
         }
         Ok(())
     }

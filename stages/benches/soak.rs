@@ -37,6 +37,8 @@ mod report;
 #[path = "../tests/support/secantus.rs"]
 #[allow(dead_code)]
 mod secantus;
+#[path = "soak_parts/trend.rs"]
+mod trend;
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::path::{Path, PathBuf};
@@ -56,6 +58,7 @@ use tokio::time::Instant;
 use plot::{COLOURS, Line, Panel, Stroke};
 use report::{Series, report_dir};
 use secantus::{Secantus, free_port, repository};
+use trend::{BLOCK_S, MAX_SLOPE, Verdict, block_medians, slope_percent_per_hour, theil_sen, verdict};
 
 const SEED: u64 = 42;
 const KILL_RATIO: f64 = 0.002;
@@ -72,6 +75,10 @@ fn emulator_config() -> EmulatorConfig {
         close_after: None,
     }
 }
+
+/// The `stageflow` binary the soak runs: a copy made at its start, so a
+/// build during a long soak cannot change what a restarted process runs.
+static BINARY: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
 
 /// A `stageflow` child process, killed when dropped.
 struct Process {
@@ -91,7 +98,8 @@ impl Process {
 
     fn launch(&mut self) {
         let log = std::fs::File::options().create(true).append(true).open(&self.log).expect("a log file");
-        let child = Command::new(env!("CARGO_BIN_EXE_stageflow"))
+        let binary = BINARY.get().map_or(Path::new(env!("CARGO_BIN_EXE_stageflow")), PathBuf::as_path);
+        let child = Command::new(binary)
             .current_dir(repository())
             .args(&self.args)
             .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
@@ -140,6 +148,11 @@ impl Drop for Process {
     }
 }
 
+/// The 1-minute load average of the machine.
+fn load_average() -> Option<f64> {
+    std::fs::read_to_string("/proc/loadavg").ok()?.split_whitespace().next()?.parse().ok()
+}
+
 fn rss_kb(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     status
@@ -150,21 +163,6 @@ fn rss_kb(pid: u32) -> Option<u64> {
         .trim()
         .parse()
         .ok()
-}
-
-/// Least-squares slope of `points` (x in seconds), as % of their mean per hour.
-fn slope_percent_per_hour(points: &[(f64, f64)]) -> f64 {
-    let n = points.len() as f64;
-    if n < 3.0 {
-        return 0.0;
-    }
-    let (mean_x, mean_y) = points.iter().fold((0.0, 0.0), |(sx, sy), &(x, y)| (sx + x / n, sy + y / n));
-    let (mut covariance, mut variance) = (0.0, 0.0);
-    for &(x, y) in points {
-        covariance += (x - mean_x) * (y - mean_y);
-        variance += (x - mean_x) * (x - mean_x);
-    }
-    if variance == 0.0 || mean_y == 0.0 { 0.0 } else { covariance / variance * 3600.0 / mean_y * 100.0 }
 }
 
 // ---------------------------------------------------------------- broker load
@@ -369,6 +367,9 @@ async fn soak() -> bool {
     let logs = work.path().join("logs");
     std::fs::create_dir_all(&logs).unwrap();
     println!("soak: {seconds} s, a fault every {fault_period:?}; logs in {}", logs.display());
+    let binary = work.path().join("stageflow");
+    std::fs::copy(env!("CARGO_BIN_EXE_stageflow"), &binary).expect("a copy of the stageflow binary");
+    let _ = BINARY.set(binary);
 
     let Some(mut mongo) = Secantus::start(true).await else {
         eprintln!("soak: SecantusDB is not installed (scripts/test installs it into .venv/)");
@@ -466,6 +467,8 @@ async fn soak() -> bool {
     let started = Instant::now();
     let mut rss: BTreeMap<&'static str, Vec<(f64, f64)>> = BTreeMap::new();
     let mut faults: Vec<(f64, String)> = Vec::new();
+    // The machine's 1-minute load average: the soak shares its cores with whatever else runs.
+    let mut loads: Vec<(f64, f64)> = Vec::new();
     let mut last_sent: BTreeMap<u32, u64> = BTreeMap::new();
     let mut next_fault = started + fault_period;
     let mut fault_index = 0;
@@ -473,6 +476,9 @@ async fn soak() -> bool {
     while started.elapsed() < Duration::from_secs(seconds) {
         tick.tick().await;
         let t = started.elapsed().as_secs_f64();
+        if let Some(load) = load_average() {
+            loads.push((t, load));
+        }
         for process in [&pipeline, &broker, &serve] {
             if let Some(kb) = process.pid().and_then(rss_kb) {
                 rss.entry(process.name).or_default().push((t, kb as f64 / 1024.0));
@@ -557,28 +563,36 @@ async fn soak() -> bool {
     };
     let (sessions_ok, sessions_failed) = *sessions.lock().unwrap();
 
-    // A process restarted by a fault (the broker) starts afresh: its slope is
-    // taken from 30 s after its last restart.
+    // Warm-up: the first third of the run. A process restarted by a fault
+    // (the broker) starts afresh each time: its first 30 s after every
+    // restart are left out too, and the fit runs across its lives.
     let warm_up = seconds as f64 / 3.0;
-    let restarted =
-        faults.iter().filter(|(_, what)| what.starts_with("broker")).map(|(t, _)| *t).fold(0.0, f64::max);
-    let windows: BTreeMap<&str, f64> = rss
-        .keys()
-        .map(|name| {
-            let from =
-                if *name == "broker" && restarted > 0.0 { (restarted + 30.0).max(warm_up) } else { warm_up };
-            (*name, from)
-        })
-        .collect();
-    let slopes: BTreeMap<&str, f64> = rss
-        .iter()
-        .map(|(name, points)| {
-            let after: Vec<(f64, f64)> =
-                points.iter().copied().filter(|(t, _)| *t >= windows[name]).collect();
-            (*name, slope_percent_per_hour(&after))
-        })
-        .collect();
-    let rss_ok = slopes.values().all(|slope| *slope < 1.0);
+    let restarts: Vec<f64> =
+        faults.iter().filter(|(_, what)| what.starts_with("broker")).map(|(t, _)| *t).collect();
+    let steady = |name: &str, t: f64| {
+        t >= warm_up && (name != "broker" || !restarts.iter().any(|&at| t >= at && t < at + 30.0))
+    };
+    let mut trends: BTreeMap<&str, serde_json::Value> = BTreeMap::new();
+    let mut verdicts: BTreeMap<&str, Verdict> = BTreeMap::new();
+    for (name, points) in &rss {
+        let after: Vec<(f64, f64)> = points.iter().copied().filter(|&(t, _)| steady(name, t)).collect();
+        let blocks = block_medians(&after);
+        let trend = theil_sen(&blocks);
+        verdicts.insert(name, verdict(trend));
+        trends.insert(
+            name,
+            json!({
+                "theil_sen_percent_per_hour": trend.map(|t| t.slope),
+                "interval_95_percent_per_hour": trend.map(|t| [t.low, t.high]),
+                "block_medians": trend.map_or(0, |t| t.points),
+                "least_squares_percent_per_hour": slope_percent_per_hour(&after),
+                "first_block_mb": blocks.first().map(|b| b.1),
+                "last_block_mb": blocks.last().map(|b| b.1),
+                "verdict": format!("{:?}", verdict(trend)),
+            }),
+        );
+    }
+    let rss_ok = verdicts.values().all(|verdict| *verdict == Verdict::Under);
     let store_ok = missing == 0 && unexpected == 0 && stored.len() == expected.len();
     let broker_ok = undelivered == 0;
     let passed = store_ok && broker_ok && rss_ok && drained;
@@ -592,7 +606,19 @@ async fn soak() -> bool {
         "store": { "emulator_last_sequence": last_sent, "expected_tweets": expected.len(), "stored": stored.len(), "missing": missing, "unexpected": unexpected, "pipeline_drained": drained, "ok": store_ok },
         "broker": { "acknowledged_events": published, "undelivered_to_acking_subscribers": undelivered, "reconnects_of_subscriber_2": reconnects, "ok": broker_ok },
         "telnet": { "sessions_completed": sessions_ok, "sessions_failed": sessions_failed },
-        "rss": { "warm_up_s": warm_up, "slope_from_s": windows, "slope_percent_per_hour": slopes, "samples_mb": rss, "ok": rss_ok },
+        "machine": {
+            "cores": std::thread::available_parallelism().map_or(0, usize::from),
+            "load_average_1m_mean": loads.iter().map(|(_, l)| l).sum::<f64>() / loads.len().max(1) as f64,
+            "load_average_1m_max": loads.iter().map(|(_, l)| *l).fold(0.0, f64::max),
+        },
+        "rss": {
+            "criterion": format!("slope under {MAX_SLOPE} % per hour after warm-up: passed when the 95 % interval of the Theil-Sen slope of {BLOCK_S} s block medians is under it"),
+            "warm_up_s": warm_up,
+            "broker_restarts_s": restarts,
+            "trends": trends,
+            "samples_mb": rss,
+            "ok": rss_ok,
+        },
         "passed": passed,
     });
     let json_path = dir.join("soak.json");
@@ -633,9 +659,19 @@ async fn soak() -> bool {
         eprintln!("soak: cannot draw {}: {error}", svg.display());
     }
     println!(
-        "soak: store {} of {} tweets (missing {missing}, unexpected {unexpected}, drained {drained}); broker {published} acknowledged, {undelivered} undelivered; telnet {sessions_ok} sessions ({sessions_failed} failed); RSS slope %/h {slopes:?}",
+        "soak: store {} of {} tweets (missing {missing}, unexpected {unexpected}, drained {drained}); broker {published} acknowledged, {undelivered} undelivered; telnet {sessions_ok} sessions ({sessions_failed} failed); RSS {}",
         stored.len(),
-        expected.len()
+        expected.len(),
+        trends
+            .iter()
+            .map(|(name, trend)| format!(
+                "{name} {:+.2} %/h (95 % {}, {})",
+                trend["theil_sen_percent_per_hour"].as_f64().unwrap_or(f64::NAN),
+                trend["interval_95_percent_per_hour"],
+                trend["verdict"].as_str().unwrap_or("")
+            ))
+            .collect::<Vec<_>>()
+            .join("; ")
     );
     println!(
         "soak: {} -> {} and {}",

@@ -25,6 +25,7 @@ use stageflow::config::{
 use stageflow::{Nothing, Pipeline};
 use stageflow_stages::analysis::logger::KILL_PANIC;
 use stageflow_stages::dead_letters::{DeadLetterCounts, Record, read_records};
+use stageflow_stages::http::{Observed, PipelineView, start_http};
 use stageflow_stages::scored::ScoredTweet;
 use stageflow_stages::tweet::{Entities, Tweet, User};
 
@@ -102,19 +103,28 @@ fn load(text: &str) -> PipelineFile {
 
 /// Builds and runs `text` to its end in `data_dir`; returns the dead-letter counts by stage.
 async fn run_file(text: &str, data_dir: &Path) -> std::collections::BTreeMap<String, u64> {
+    run_file_viewed(text, data_dir).await.0
+}
+
+/// Like [`run_file`], also returning the view `--http` serves of the pipeline.
+async fn run_file_viewed(
+    text: &str,
+    data_dir: &Path,
+) -> (std::collections::BTreeMap<String, u64>, PipelineView) {
     let mut registry = stageflow_stages::registry();
     registry.add::<MixedTweetsKind>();
     let file = load(text);
     let context = BuildContext::for_file(&file, data_dir.to_path_buf());
     let pipeline = registry.build(&file, &context).unwrap_or_else(|errors| panic!("{errors}"));
     let mut running = pipeline.start().expect("starts");
+    let view = PipelineView::new(&file, &registry, &running, &context.resources);
     match tokio::time::timeout(DEADLINE, running.wait()).await {
         Ok(result) => {
             result.expect("the pipeline ends cleanly");
         }
         Err(_) => panic!("the pipeline did not end within {DEADLINE:?}: {:?}", running.metrics()),
     }
-    DeadLetterCounts::of(&context).snapshot()
+    (DeadLetterCounts::of(&context).snapshot(), view)
 }
 
 fn sink_file(sink: &str, extra: &str) -> String {
@@ -183,6 +193,25 @@ async fn sqlite_stores_exactly_the_good_documents_and_dead_letters_the_ones_its_
         assert!(error.contains("CHECK constraint failed"), "the store's own error: {error}");
     }
     assert_eq!(counts.get("store"), Some(&2), "{counts:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prometheus_metrics_count_the_dead_letters_of_each_stage() {
+    let directory = tempfile::tempdir().unwrap();
+    let (counts, view) = run_file_viewed(&sink_file("sqlite_sink", ""), directory.path()).await;
+    assert_eq!(counts.get("store"), Some(&2), "{counts:?}");
+    let server = start_http("127.0.0.1:0".parse().unwrap(), Observed::pipeline(view)).await.expect("serves");
+    let scrape = async { reqwest::get(format!("{}/metrics", server.url())).await?.text().await };
+    let text = tokio::time::timeout(DEADLINE, scrape).await.expect("answers in time").expect("scraped");
+    let value = |stage: &str| {
+        let series = format!(
+            r#"stageflow_events_dead_lettered_total{{pipeline="dead-letters-sqlite_sink",stage="{stage}"}} "#
+        );
+        text.lines().find_map(|line| line.strip_prefix(&series)).map(str::to_string)
+    };
+    assert_eq!(value("store").as_deref(), Some("2"), "the sink's two rejected documents: {text}");
+    assert_eq!(value("batch").as_deref(), Some("0"), "{text}");
+    assert!(text.contains("# TYPE stageflow_events_dead_lettered_total counter"), "{text}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -185,17 +185,13 @@ impl StatsHub {
     pub fn frame(&self, sequence: u64, frame: Duration, statistics_stage: &str) -> StatsFrame {
         let mut dropped_by = BTreeMap::new();
         let (mut crashes, mut lost) = (self.logger_crashes.load(Ordering::Relaxed), 0);
-        let mut dead_lettered =
-            lock(&self.dead_letters).as_ref().map(|counts| counts.snapshot()).unwrap_or_default();
+        let written = lock(&self.dead_letters).as_ref().map(|counts| counts.snapshot()).unwrap_or_default();
+        let mut dead_lettered = written.clone();
         if let Some(reader) = lock(&self.metrics).as_ref() {
             let stages = reader.snapshot();
             crashes = stages.iter().map(|stage| stage.restarts).sum();
             lost = stages.iter().map(|stage| stage.lost).sum();
-            // Without a target of this program the engine's count is the only one.
-            for stage in stages.iter().filter(|stage| stage.dead_lettered > 0) {
-                let count = dead_lettered.entry(stage.stage.clone()).or_default();
-                *count = (*count).max(stage.dead_lettered);
-            }
+            dead_lettered = crate::dead_letters::per_stage(&written, &stages);
             for stage in stages.iter().filter(|stage| stage.dropped > 0 && stage.stage != statistics_stage) {
                 dropped_by.insert(stage.stage.clone(), stage.dropped);
             }

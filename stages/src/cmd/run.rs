@@ -204,7 +204,8 @@ pub async fn run(registry: &Registry, file: PipelineFile, options: RunOptions) -
     let _ = view.await;
     let elapsed = started.elapsed();
     let stages = running.metrics();
-    let dead_letters = crate::dead_letters::DeadLetterCounts::of(&context).snapshot();
+    let written = crate::dead_letters::DeadLetterCounts::of(&context).snapshot();
+    let dead_letters = crate::dead_letters::per_stage(&written, &stages);
     println!("{}", summary_table(&stages, &dead_letters, elapsed));
     if !report.is_empty() {
         println!("{}", report.table());
@@ -329,7 +330,7 @@ async fn live_view(reader: MetricsReader, cut: crate::cluster::CutReport) {
     }
 }
 
-/// The table printed when a run ends; `dead_letters` are the letters written per stage.
+/// The table printed when a run ends; `dead_letters` are the dead letters per stage ([`crate::dead_letters::per_stage`]).
 pub fn summary_table(
     stages: &[StageSnapshot],
     dead_letters: &std::collections::BTreeMap<String, u64>,
@@ -358,7 +359,7 @@ pub fn summary_table(
             format!("{:.0}", moved(stage) as f64 / seconds),
             stage.dropped.to_string(),
             stage.lost.to_string(),
-            dead_letters.get(&stage.stage).copied().unwrap_or(0).max(stage.dead_lettered).to_string(),
+            dead_letters.get(&stage.stage).copied().unwrap_or(0).to_string(),
             stage.restarts.to_string(),
             stage.workers.to_string(),
             format!("{:.3}", stage.processing.p50_us),

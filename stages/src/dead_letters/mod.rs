@@ -103,6 +103,24 @@ impl DeadLetterCounts {
     }
 }
 
+/// Dead letters per stage as every report shows them (the summary table,
+/// statistics frames, `/metrics`): the letters this program wrote (`written`,
+/// from [`DeadLetterCounts::snapshot`]; a sink's rejected documents are only
+/// there) or the engine's count (a stage without a target of this program),
+/// whichever is larger. Stages with none are absent.
+pub fn per_stage(
+    written: &BTreeMap<String, u64>,
+    stages: &[stageflow::StageSnapshot],
+) -> BTreeMap<String, u64> {
+    let mut counts = written.clone();
+    for stage in stages.iter().filter(|stage| stage.dead_lettered > 0) {
+        let count = counts.entry(stage.stage.clone()).or_default();
+        *count = (*count).max(stage.dead_lettered);
+    }
+    counts.retain(|_, count| *count > 0);
+    counts
+}
+
 /// Where one stage's dead letters go; clones share the target.
 #[derive(Clone)]
 pub struct DeadLetterOut {

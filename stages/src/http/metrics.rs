@@ -81,6 +81,8 @@ pub struct Scrape {
     pub pipeline: Option<String>,
     /// One snapshot per stage.
     pub stages: Vec<StageSnapshot>,
+    /// Dead letters per stage ([`crate::dead_letters::per_stage`]; stages with none absent).
+    pub dead_lettered: std::collections::BTreeMap<String, u64>,
     /// The sinks of the pipeline.
     pub sinks: Vec<SinkFigures>,
     /// The pipeline's edges cut to other processes.
@@ -209,6 +211,14 @@ impl Collector for ScrapeCollector {
             stages,
             stage,
             |s| s.lost,
+        )?;
+        counter(
+            e,
+            "stageflow_events_dead_lettered",
+            "Events a stage gave up on (after max_attempts) and documents a store rejected for good, written to the stage's dead-letter target.",
+            stages,
+            stage,
+            |s| scrape.dead_lettered.get(&s.stage).copied().unwrap_or(0),
         )?;
         counter(
             e,
@@ -525,6 +535,26 @@ mod tests {
     }
 
     #[test]
+    fn dead_letters_are_counted_per_stage_zero_where_none() {
+        let scrape = Scrape {
+            pipeline: Some("tweets".into()),
+            stages: vec![stage("tweets", 120), stage("store", 7)],
+            dead_lettered: [("store".to_string(), 3)].into(),
+            ..Default::default()
+        };
+        let text = render(scrape);
+        assert!(text.contains("# TYPE stageflow_events_dead_lettered_total counter\n"), "{text}");
+        assert_eq!(
+            sample(&text, r#"stageflow_events_dead_lettered_total{pipeline="tweets",stage="store"}"#),
+            Some(3.0)
+        );
+        assert_eq!(
+            sample(&text, r#"stageflow_events_dead_lettered_total{pipeline="tweets",stage="tweets"}"#),
+            Some(0.0)
+        );
+    }
+
+    #[test]
     fn processing_time_is_a_histogram_in_seconds_from_the_engine_buckets() {
         let mut snapshot = stage("logger", 4);
         // Three events at 50 µs and one at 2 ms, as the engine counts them per bound.
@@ -634,6 +664,7 @@ mod tests {
         let scrape = Scrape {
             pipeline: Some("tweets".into()),
             stages: vec![stage("tweets", 1)],
+            dead_lettered: Default::default(),
             sinks: vec![SinkFigures {
                 stage: "store".into(),
                 counters: SinkCounters::default(),

@@ -139,6 +139,12 @@ impl Observed {
         let mut scrape = metrics::Scrape::default();
         if let Some(view) = self.current() {
             scrape.stages = view.metrics.snapshot();
+            let written = view
+                .resources
+                .get::<crate::dead_letters::DeadLetterCounts>()
+                .map(|counts| counts.snapshot())
+                .unwrap_or_default();
+            scrape.dead_lettered = crate::dead_letters::per_stage(&written, &scrape.stages);
             scrape.sinks = health::sinks_of(&view.resources);
             scrape.cuts = metrics::CutFigures::of(&view.cuts);
             scrape.pipeline = Some(view.name);

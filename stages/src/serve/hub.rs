@@ -435,3 +435,62 @@ fn stats_text(running: &Running, skipped_by_sessions: u64) -> String {
     ]
     .join("\n")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::emulator::{EmulatorConfig, start_emulator};
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+
+    /// Each session here starts a pipeline and its leaving stops it: what a
+    /// run's stages share (its statistics hub, which holds every stage's
+    /// metrics) must go with it, or `serve` grows with every session.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sessions_that_come_and_go_leave_no_pipeline_behind() {
+        let emulator = start_emulator("127.0.0.1:0", EmulatorConfig::default()).await.unwrap();
+        let data = tempfile::tempdir().unwrap();
+        let mut config = ServeConfig::new("127.0.0.1:0".parse().unwrap(), "tweets");
+        config.sse_url = emulator.url("/tweets");
+        config.data_dir = data.path().to_path_buf();
+        let serve = crate::serve::start_serve(config).await.unwrap();
+        let sessions = async {
+            let mut hubs = Vec::new();
+            for _ in 0..4 {
+                let stream = tokio::net::TcpStream::connect(serve.local_addr()).await.unwrap();
+                let (reader, mut writer) = stream.into_split();
+                let mut lines = tokio::io::BufReader::new(reader).lines();
+                writer.write_all(b"twitter\n").await.unwrap();
+                let mut tweets = 0;
+                while tweets < 5 {
+                    let line = lines.next_line().await.unwrap().expect("tweet lines");
+                    tweets += usize::from(line.starts_with("tweet: "));
+                }
+                {
+                    let state = serve.server.hub.state.lock().await;
+                    let resources = &state.as_ref().expect("a pipeline runs").resources;
+                    hubs.push(Arc::downgrade(&resources.get::<StatsHub>().expect("a hub")));
+                }
+                writer.write_all(b"quit\n").await.unwrap();
+                while lines.next_line().await.unwrap().is_some() {}
+            }
+            hubs
+        };
+        let hubs = tokio::time::timeout(Duration::from_secs(120), sessions).await.expect("sessions in time");
+        // Holders of a hub let go once their tasks end (an aborted task a moment later).
+        let released = |hubs: &[std::sync::Weak<StatsHub>]| {
+            let hubs = hubs.to_vec();
+            async move {
+                let deadline = Instant::now() + Duration::from_secs(30);
+                while hubs.iter().any(|hub| hub.strong_count() > 0) && Instant::now() < deadline {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                hubs.iter().map(std::sync::Weak::strong_count).collect::<Vec<_>>()
+            }
+        };
+        // The next `twitter` waits for the previous run to drain: every run but the last is gone.
+        assert_eq!(released(&hubs[..3]).await, [0, 0, 0], "earlier runs are still held");
+        serve.stop().await;
+        assert_eq!(released(&hubs).await, [0; 4], "the last run is held after serve stopped");
+        emulator.stop().await;
+    }
+}

@@ -1,0 +1,81 @@
+//! The fault soak's RSS trend (`benches/soak_parts/trend.rs`), tested with the suite.
+
+#[path = "../benches/soak_parts/trend.rs"]
+#[allow(dead_code)]
+mod trend;
+
+use trend::*;
+
+/// `minutes` of one sample a second: `base` MB growing by `per_hour` % an hour, plus `wiggle`.
+fn samples(
+    minutes: usize,
+    base: f64,
+    per_hour: f64,
+    mut wiggle: impl FnMut(usize) -> f64,
+) -> Vec<(f64, f64)> {
+    (0..minutes * 60)
+        .map(|s| (s as f64, base * (1.0 + per_hour / 100.0 * s as f64 / 3600.0) + wiggle(s)))
+        .collect()
+}
+
+#[test]
+fn a_steady_growth_is_measured_with_an_interval_around_it() {
+    let trend =
+        theil_sen(&block_medians(&samples(40, 30.0, 5.0, |s| 0.05 * ((s % 7) as f64 - 3.0)))).unwrap();
+    assert!((trend.slope - 5.0).abs() < 0.3, "{trend:?}");
+    assert!(trend.low <= trend.slope && trend.slope <= trend.high, "{trend:?}");
+    assert_eq!(trend.points, 80);
+    assert_eq!(verdict(Some(trend)), Verdict::Over);
+}
+
+#[test]
+fn a_flat_series_with_fault_bumps_is_under_the_limit() {
+    // A 3 MB bump for 5 s every minute (a fault), on a flat 30 MB.
+    let bumps = |s: usize| if s % 60 < 5 { 3.0 } else { 0.0 };
+    let points = samples(40, 30.0, 0.0, bumps);
+    let trend = theil_sen(&block_medians(&points)).unwrap();
+    assert!(trend.slope.abs() < 0.05 && trend.high < MAX_SLOPE, "{trend:?}");
+    assert_eq!(verdict(Some(trend)), Verdict::Under);
+    // The same bumps near the end tilt a least-squares fit of the raw samples more than the median's.
+    let mut late = points.clone();
+    for point in late.iter_mut().rev().take(20) {
+        point.1 += 3.0;
+    }
+    let robust = theil_sen(&block_medians(&late)).unwrap().slope;
+    assert!(
+        robust.abs() < slope_percent_per_hour(&late).abs(),
+        "{robust} vs {}",
+        slope_percent_per_hour(&late)
+    );
+}
+
+#[test]
+fn a_short_noisy_run_cannot_pass() {
+    // Five minutes of uniform ±1 MB noise on 30 MB cannot resolve 1 %/h (5 kB in 10 minutes).
+    let mut state = 12345u64;
+    let noise = move |_: usize| {
+        state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        ((state >> 33) % 2001) as f64 / 1000.0 - 1.0
+    };
+    let trend = theil_sen(&block_medians(&samples(5, 30.0, 0.0, noise))).expect("ten blocks");
+    assert!(trend.high - trend.low > 2.0 * MAX_SLOPE, "a wide interval: {trend:?}");
+    assert_ne!(verdict(Some(trend)), Verdict::Under, "{trend:?}");
+}
+
+#[test]
+fn an_interval_that_reaches_the_limit_is_unresolved() {
+    let trend = |slope, low, high| Some(Trend { slope, low, high, points: 40 });
+    assert_eq!(verdict(trend(0.5, -3.0, 4.0)), Verdict::Unresolved);
+    assert_eq!(verdict(trend(0.5, 0.1, 0.9)), Verdict::Under);
+    assert_eq!(verdict(trend(-2.0, -3.0, 0.5)), Verdict::Under, "shrinking passes");
+    assert_eq!(verdict(trend(1.0, 0.2, 1.8)), Verdict::Over);
+    assert_eq!(theil_sen(&[(0.0, 1.0), (1.0, 1.0)]), None, "too few points");
+    assert_eq!(verdict(None), Verdict::Unresolved);
+}
+
+#[test]
+fn blocks_with_too_few_samples_are_left_out() {
+    let points: Vec<(f64, f64)> = (0..74).map(|s| (s as f64, s as f64)).collect();
+    let blocks = block_medians(&points);
+    assert_eq!(blocks, vec![(15.0, 15.0), (45.0, 45.0)], "the last block has 14 samples of 30");
+}
