@@ -521,3 +521,169 @@ async fn dead_letters_can_go_to_a_jetstream_subject() {
     }
     drop(server);
 }
+
+// ---------------------------------------------------------------- replay into a join and into a sink
+
+/// SSE tweets scored twice and joined, stored in SQLite: the aggregator's letters are halves of joins.
+const JOIN_FILE: &str = r#"
+[pipeline]
+name = "join-replay"
+
+[[stage]]
+id = "stream"
+kind = "sse"
+url = "http://127.0.0.1:9/tweets/1"
+
+[[stage]]
+id = "tweets"
+kind = "tweets"
+subscribe_to = ["stream"]
+dispatcher = "broadcast"
+
+[[stage]]
+id = "sentiment"
+kind = "sentiment"
+subscribe_to = [{ id = "tweets", selector = "tweets" }]
+
+[[stage]]
+id = "engagement"
+kind = "engagement"
+subscribe_to = [{ id = "tweets", selector = "tweets" }]
+
+[[stage]]
+id = "aggregator"
+kind = "aggregator"
+subscribe_to = ["sentiment", "engagement"]
+
+[[stage]]
+id = "batcher"
+kind = "batcher"
+flush_interval = "50ms"
+subscribe_to = ["aggregator"]
+
+[[stage]]
+id = "store"
+kind = "sqlite_sink"
+subscribe_to = ["batcher"]
+"#;
+
+#[test]
+fn an_aggregators_letters_are_replayed_through_the_scorers_each_tweet_stored_once() {
+    let directory = tempfile::tempdir().unwrap();
+    let (data, pipeline, input) =
+        (directory.path().join("data"), directory.path().join("p.toml"), directory.path().join("in.jsonl"));
+    std::fs::write(&pipeline, JOIN_FILE).unwrap();
+    // Tweet 1's two halves and tweet 2's sentiment half, as the aggregator dead-letters them.
+    let half = |id: &str, score: serde_json::Value| {
+        let mut event = serde_json::json!({ "tweet": tweet(id, 3), "extracted": false });
+        event.as_object_mut().unwrap().extend(score.as_object().unwrap().clone());
+        let record =
+            Record { stage: "aggregator".into(), error: "boom".into(), at: "t".into(), attempts: 1, event };
+        record.to_line() + "\n"
+    };
+    let lines = [
+        half("1", serde_json::json!({ "sentiment": 0.5 })),
+        half("1", serde_json::json!({ "engagement": 2.0 })),
+        half("2", serde_json::json!({ "sentiment": -0.5 })),
+    ]
+    .concat();
+    std::fs::write(&input, lines).unwrap();
+
+    let args = |stage: &'static str| {
+        let input = input.to_str().unwrap().to_string();
+        let (pipeline, data) = (pipeline.to_str().unwrap().to_string(), data.to_str().unwrap().to_string());
+        move || {
+            let args = ["replay", &input, "--into", &pipeline, "--stage", stage, "--data-dir", &data];
+            stageflow(&args)
+        }
+    };
+    let (ok, stdout, stderr) = args("aggregator")();
+    assert!(ok, "replay failed: {stdout}\n{stderr}");
+    assert!(stdout.contains("replaying 3 dead letters of 'aggregator'"), "{stdout}");
+    assert!(
+        stdout.contains("fed, once per tweet, into 'engagement' and 'sentiment' instead"),
+        "the replay says how it feeds a join: {stdout}"
+    );
+    let connection = rusqlite::Connection::open(data.join("stageflow.db")).unwrap();
+    let mut statement = connection.prepare("SELECT id FROM tweets ORDER BY id").unwrap();
+    let stored: Vec<String> =
+        statement.query_map([], |row| row.get(0)).unwrap().map(Result::unwrap).collect();
+    assert_eq!(stored, ["1", "2"], "each tweet of the letters joined and stored once");
+
+    // A stage nothing can be fed through is refused with why and what to do.
+    let (ok, _, stderr) = args("stream")();
+    assert!(!ok);
+    assert!(
+        stderr.contains("stage 'stream' (kind \"sse\") takes no events") && stderr.contains("give --stage"),
+        "{stderr}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sinks_letters_are_stored_exactly_once_when_replayed_after_the_cause_is_fixed() {
+    let Some(server) = Secantus::start(false).await else { return };
+    let uri = server.uri("fixed");
+    let client = mongodb::Client::with_uri_str(&uri).await.unwrap();
+    let database = client.database("fixed");
+    // A validator too strict for tweet 20's language code.
+    let strict = doc! { "$jsonSchema": { "bsonType": "object", "properties": {
+        "lang": { "bsonType": "string", "maxLength": 8 },
+        "id_str": { "bsonType": "string", "minLength": 1 },
+    } } };
+    database.create_collection("tweets").validator(strict).await.expect("SecantusDB takes a validator");
+    let directory = tempfile::tempdir().unwrap();
+    let text = sink_file("mongo_sink", &format!("uri = \"{uri}\""));
+    run_file(&text, directory.path()).await;
+    let tweets = database.collection::<Document>("tweets");
+    let stored = || async {
+        let documents: Vec<Document> = tweets.find(doc! {}).await.unwrap().try_collect().await.unwrap();
+        let mut ids: Vec<String> = documents.iter().map(|d| d.get_str("_id").unwrap().to_string()).collect();
+        ids.sort();
+        ids
+    };
+    let sorted = |ids: BTreeSet<String>| ids.into_iter().collect::<Vec<_>>();
+    assert_eq!(
+        stored().await,
+        sorted(good_ids(&[10, 20, 30])),
+        "rejected: 10 (size), 20 (validator), 30 (empty id)"
+    );
+    let letters_path = directory.path().join("dead-letters/store.jsonl");
+    assert_eq!(letters(&letters_path).len(), 3);
+
+    // The cause of 20's rejection is fixed: the validator accepts any language code.
+    let relaxed = doc! { "$jsonSchema": { "bsonType": "object", "properties": {
+        "id_str": { "bsonType": "string", "minLength": 1 },
+    } } };
+    database
+        .run_command(doc! { "collMod": "tweets", "validator": relaxed })
+        .await
+        .expect("SecantusDB changes a validator");
+
+    // Replayed into the sink (a copy of the file: the sink appends what it rejects again to it).
+    let replayed_letters = directory.path().join("replayed.jsonl");
+    std::fs::copy(&letters_path, &replayed_letters).unwrap();
+    let mut registry = stageflow_stages::registry();
+    registry.add::<MixedTweetsKind>();
+    let file = load(&text);
+    let replay =
+        stageflow_stages::dead_letters::replay::replay_file(&registry, &file, &replayed_letters, "store")
+            .expect("a replay pipeline");
+    let context = BuildContext::for_file(&replay, directory.path().to_path_buf());
+    let mut running =
+        registry.build(&replay, &context).unwrap_or_else(|e| panic!("{e}")).start().expect("starts");
+    tokio::time::timeout(DEADLINE, running.wait()).await.expect("in time").expect("the replay ends cleanly");
+    assert_eq!(stored().await, sorted(good_ids(&[10, 30])), "20 is stored now, once; nothing else twice");
+    // What the store still refuses is dead-lettered again, with the server's reason.
+    let again: Vec<String> = letters(&letters_path).into_iter().skip(3).map(|(id, _)| id).collect();
+    assert_eq!(again.len(), 2, "10 and the empty id again: {again:?}");
+    assert!(again.contains(&"10".to_string()) && again.contains(&String::new()), "{again:?}");
+
+    // Replaying the same letters once more stores nothing twice.
+    let mut running =
+        registry.build(&replay, &context).unwrap_or_else(|e| panic!("{e}")).start().expect("starts");
+    tokio::time::timeout(DEADLINE, running.wait()).await.expect("in time").expect("the replay ends cleanly");
+    assert_eq!(stored().await, sorted(good_ids(&[10, 30])));
+    let count = tweets.count_documents(doc! { "_id": "20" }).await.unwrap();
+    assert_eq!(count, 1, "tweet 20 exactly once");
+    drop(server);
+}

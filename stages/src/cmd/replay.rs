@@ -8,7 +8,7 @@ use stageflow::config::Registry;
 
 use super::run::RunOptions;
 use crate::dead_letters::file::read_records;
-use crate::dead_letters::replay::{absolute, replay_file};
+use crate::dead_letters::replay::{absolute, replay_file, replay_plan};
 
 /// Arguments of `stageflow dead-letters`.
 #[derive(Debug, Clone, clap::Args)]
@@ -66,5 +66,8 @@ pub async fn run_replay(
         return Err(format!("{} holds no dead letters of stage '{stage}'", letters.display()));
     }
     println!("replaying {count} dead letters of '{stage}' from {}", letters.display());
+    if let Some(note) = replay_plan(registry, &file, stage)?.note {
+        println!("{note}");
+    }
     super::run::run(registry, replayed, options).await
 }
