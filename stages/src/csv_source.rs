@@ -4,8 +4,16 @@
 //! [`tweet_from_row`]. A bad row is counted and logged with its file and
 //! line, and the import goes on. Rows are read on the blocking pool, at most
 //! `demand` at a time, so an import never floods what is downstream.
+//!
+//! A record (one row, line breaks inside quotes included) may take at most
+//! `max_record_bytes` (1 MiB by default): [`RecordSplitter`] cuts the file
+//! into records by its quotes and line breaks before the CSV parser sees
+//! them, so an unclosed quote or a huge field costs at most the cap, never
+//! the rest of the file. A longer record is a bad row ("over the cap"),
+//! skipped up to the next line break, where reading starts again.
 
 use std::fs::File;
+use std::io::{self, BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -72,6 +80,135 @@ pub fn tweet_from_row(headers: &csv::StringRecord, row: &csv::StringRecord) -> R
     })
 }
 
+/// The longest record a CSV source reads by default, bytes.
+pub const DEFAULT_MAX_RECORD_BYTES: usize = 1 << 20;
+
+/// One record cut from a CSV file by [`RecordSplitter`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RawRecord {
+    /// A record starting at `line` is in the buffer (without its line break).
+    Record {
+        /// Its first line, counting from 1.
+        line: u64,
+    },
+    /// The record starting at `line` was longer than the cap: its `bytes`
+    /// were skipped up to the next line break, and the buffer is empty.
+    TooLong {
+        /// Its first line.
+        line: u64,
+        /// How many bytes were skipped.
+        bytes: u64,
+    },
+}
+
+/// Where a byte falls in CSV quoting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Quoting {
+    FieldStart,
+    Unquoted,
+    Quoted,
+    /// A `"` inside a quoted field: the field's end, or the first of `""`.
+    QuoteInQuoted,
+}
+
+impl Quoting {
+    fn after(self, byte: u8) -> Quoting {
+        match (self, byte) {
+            (Quoting::FieldStart, b'"') | (Quoting::QuoteInQuoted, b'"') => Quoting::Quoted,
+            (Quoting::Quoted, b'"') => Quoting::QuoteInQuoted,
+            (Quoting::Quoted, _) => Quoting::Quoted,
+            (_, b',') => Quoting::FieldStart,
+            _ => Quoting::Unquoted,
+        }
+    }
+}
+
+/// Cuts a CSV byte stream into records, at line breaks outside quotes (as
+/// the `csv` crate reads them), holding at most `max` bytes of one record;
+/// blank lines are skipped. A record over `max` is reported and skipped up
+/// to the next line break, quoted or not, so an unclosed quote cannot make
+/// one record of the rest of the input.
+pub struct RecordSplitter<R> {
+    reader: R,
+    max: usize,
+    /// The line of the next byte.
+    line: u64,
+}
+
+impl<R: BufRead> RecordSplitter<R> {
+    /// Splits `reader`, at most `max` bytes a record.
+    pub fn new(reader: R, max: usize) -> Self {
+        RecordSplitter { reader, max, line: 1 }
+    }
+
+    /// Reads the next record into `record`; `None` at the end of the input.
+    pub fn next_record(&mut self, record: &mut Vec<u8>) -> io::Result<Option<RawRecord>> {
+        loop {
+            record.clear();
+            let start = self.line;
+            let (mut quoting, mut skipped, mut over) = (Quoting::FieldStart, 0u64, false);
+            let ended = loop {
+                let available = self.reader.fill_buf()?;
+                if available.is_empty() {
+                    break false;
+                }
+                let mut used = 0;
+                let mut ended = false;
+                for &byte in available {
+                    used += 1;
+                    if byte == b'\n' {
+                        self.line += 1;
+                    }
+                    if matches!(byte, b'\n' | b'\r') && (over || quoting != Quoting::Quoted) {
+                        ended = true;
+                        break;
+                    }
+                    quoting = quoting.after(byte);
+                    if over {
+                        skipped += 1;
+                    } else if record.len() >= self.max {
+                        over = true;
+                        skipped = record.len() as u64 + 1;
+                        record.clear();
+                    } else {
+                        record.push(byte);
+                    }
+                }
+                self.reader.consume(used);
+                if ended {
+                    break true;
+                }
+            };
+            if over {
+                return Ok(Some(RawRecord::TooLong { line: start, bytes: skipped }));
+            }
+            if !record.is_empty() {
+                return Ok(Some(RawRecord::Record { line: start }));
+            }
+            if !ended {
+                return Ok(None);
+            }
+        }
+    }
+}
+
+/// The fields of one record cut by [`RecordSplitter`].
+pub fn parse_record(bytes: &[u8]) -> Result<csv::StringRecord, String> {
+    let mut reader = csv::ReaderBuilder::new()
+        .has_headers(false)
+        .flexible(true)
+        .buffer_capacity(bytes.len().max(16))
+        .from_reader(bytes);
+    let mut record = csv::StringRecord::new();
+    match reader.read_record(&mut record) {
+        Ok(_) => Ok(record),
+        Err(error) => match error.kind() {
+            csv::ErrorKind::Utf8 { err, .. } => Err(format!("field {} is not valid UTF-8", err.field() + 1)),
+            _ => Err(error.to_string()),
+        },
+    }
+}
+
 /// Rows read and rows rejected by one CSV source, across restarts.
 #[derive(Debug, Default)]
 pub struct CsvStats {
@@ -81,30 +218,51 @@ pub struct CsvStats {
     pub bad_rows: AtomicU64,
 }
 
+/// A CSV file being read: its records and its header.
+struct OpenFile {
+    path: PathBuf,
+    records: RecordSplitter<BufReader<File>>,
+    headers: csv::StringRecord,
+}
+
 /// Where a CSV source is: the file open now and the ones still to read.
 struct Cursor {
     files: Vec<PathBuf>,
     next_file: usize,
-    open: Option<(PathBuf, csv::Reader<File>, csv::StringRecord)>,
+    open: Option<OpenFile>,
+    max_record_bytes: usize,
     stats: Arc<CsvStats>,
 }
 
 impl Cursor {
     /// Reads up to `demand` good rows (blocking); `true` once every file is done.
     fn read(&mut self, demand: usize, out: &mut Vec<SseEvent>) -> bool {
-        let mut record = csv::StringRecord::new();
+        let mut bytes = Vec::new();
         while out.len() < demand {
-            let Some((path, reader, headers)) = &mut self.open else {
+            let Some(OpenFile { path, records, headers }) = &mut self.open else {
                 if !self.open_next() {
                     return true;
                 }
                 continue;
             };
-            match reader.read_record(&mut record) {
-                Ok(false) => self.open = None,
-                Ok(true) => {
-                    let line = record.position().map_or(0, |position| position.line());
-                    match tweet_from_row(headers, &record) {
+            match records.next_record(&mut bytes) {
+                Ok(None) => self.open = None,
+                Ok(Some(RawRecord::TooLong { line, bytes })) => {
+                    let why = format!(
+                        "the record is over the {} byte cap (max_record_bytes; {bytes} bytes skipped up to the next line break)",
+                        self.max_record_bytes
+                    );
+                    bad_row(&self.stats, path, line, &why);
+                }
+                Ok(Some(RawRecord::Record { line })) => {
+                    let row = parse_record(&bytes).and_then(|record| {
+                        if record.len() == headers.len() {
+                            tweet_from_row(headers, &record)
+                        } else {
+                            Err(format!("{} fields, the header has {}", record.len(), headers.len()))
+                        }
+                    });
+                    match row {
                         Ok(tweet) => {
                             self.stats.rows.fetch_add(1, Ordering::Relaxed);
                             out.push(SseEvent {
@@ -116,37 +274,44 @@ impl Cursor {
                     }
                 }
                 Err(error) => {
-                    let line = error.position().map_or(0, |position| position.line());
-                    bad_row(&self.stats, path, line, &error.to_string());
-                    if !matches!(
-                        error.kind(),
-                        csv::ErrorKind::UnequalLengths { .. } | csv::ErrorKind::Utf8 { .. }
-                    ) {
-                        self.open = None;
-                    }
+                    bad_row(&self.stats, path, records.line, &format!("reading stopped: {error}"));
+                    self.open = None;
                 }
             }
         }
         false
     }
 
+    /// The header of a file just opened: its first record.
+    fn header(records: &mut RecordSplitter<BufReader<File>>) -> Result<csv::StringRecord, String> {
+        let mut bytes = Vec::new();
+        match records.next_record(&mut bytes).map_err(|error| error.to_string())? {
+            None => Err("the file is empty (a header row is needed)".into()),
+            Some(RawRecord::TooLong { line, bytes }) => {
+                Err(format!("{line}: the header is over the record cap ({bytes} bytes)"))
+            }
+            Some(RawRecord::Record { .. }) => parse_record(&bytes),
+        }
+    }
+
     fn open_next(&mut self) -> bool {
         while self.next_file < self.files.len() {
             let path = self.files[self.next_file].clone();
             self.next_file += 1;
-            let opened = csv::ReaderBuilder::new().flexible(false).from_path(&path).and_then(|mut reader| {
-                let headers = reader.headers()?.clone();
-                Ok((reader, headers))
+            let opened = File::open(&path).map_err(|error| error.to_string()).and_then(|file| {
+                let mut records = RecordSplitter::new(BufReader::new(file), self.max_record_bytes);
+                let headers = Cursor::header(&mut records)?;
+                Ok((records, headers))
             });
             match opened {
-                Ok((reader, headers)) => {
+                Ok((records, headers)) => {
                     let missing: Vec<&str> = REQUIRED_COLUMNS
                         .iter()
                         .copied()
                         .filter(|column| !headers.iter().any(|h| h == *column))
                         .collect();
                     if missing.is_empty() {
-                        self.open = Some((path, reader, headers));
+                        self.open = Some(OpenFile { path, records, headers });
                         return true;
                     }
                     tracing::error!(
@@ -174,9 +339,16 @@ pub struct CsvTweets {
 }
 
 impl CsvTweets {
-    /// Reads `files` in order, counting into `stats`.
+    /// Reads `files` in order, counting into `stats`, records of at most [`DEFAULT_MAX_RECORD_BYTES`].
     pub fn new(files: Vec<PathBuf>, stats: Arc<CsvStats>) -> Self {
-        CsvTweets { cursor: Some(Cursor { files, next_file: 0, open: None, stats }) }
+        CsvTweets::with_max_record_bytes(files, stats, DEFAULT_MAX_RECORD_BYTES)
+    }
+
+    /// Like [`CsvTweets::new`], records of at most `max_record_bytes`.
+    pub fn with_max_record_bytes(files: Vec<PathBuf>, stats: Arc<CsvStats>, max_record_bytes: usize) -> Self {
+        let max_record_bytes = max_record_bytes.max(1);
+        let cursor = Cursor { files, next_file: 0, open: None, max_record_bytes, stats };
+        CsvTweets { cursor: Some(cursor) }
     }
 }
 
@@ -229,6 +401,9 @@ pub fn expand_files(patterns: &[String]) -> Result<Vec<PathBuf>, String> {
 pub struct CsvTweetsKind {
     /// glob patterns of CSV files with a header row (id_str, text, user_id_str required; created_at, favorite_count, retweet_count, lang, hashtags, screen_name, user_name, followers_count, friends_count optional)
     files: Vec<String>,
+    /// longest record (a row, quoted line breaks included), bytes; a longer one is a bad row skipped to the next line break (default 1048576)
+    #[default(DEFAULT_MAX_RECORD_BYTES)]
+    max_record_bytes: usize,
 }
 
 impl Kind for CsvTweetsKind {
@@ -237,13 +412,18 @@ impl Kind for CsvTweetsKind {
     type Out = SseEvent;
 
     fn check(&self, _: &StageDecl) -> Result<(), String> {
+        if self.max_record_bytes == 0 {
+            return Err("`max_record_bytes` must be at least 1".into());
+        }
         expand_files(&self.files).map(|_| ())
     }
 
     fn build(self, stage: &StageDecl, pipeline: &mut Pipeline, _: &BuildContext) -> Result<(), String> {
         let files = expand_files(&self.files)?;
         let stats = Arc::new(CsvStats::default());
-        let config = pipeline.producer(&stage.id, move || CsvTweets::new(files.clone(), stats.clone()));
+        let max = self.max_record_bytes;
+        let config = pipeline
+            .producer(&stage.id, move || CsvTweets::with_max_record_bytes(files.clone(), stats.clone(), max));
         configure(stage, config, &DispatcherChoices::cloneable(), None)
     }
 }
@@ -284,7 +464,112 @@ mod tests {
         assert!(!error.contains('\n') && error.len() < 120, "{error}");
     }
 
+    /// Every record of `input` split at most `max` bytes each, parsed; too long ones as `Err(line)`.
+    fn split(input: &[u8], max: usize) -> Vec<(u64, Result<Vec<String>, u64>)> {
+        let mut splitter = RecordSplitter::new(input, max);
+        let mut bytes = Vec::new();
+        let mut out = Vec::new();
+        while let Some(raw) = splitter.next_record(&mut bytes).unwrap() {
+            match raw {
+                RawRecord::Record { line } => {
+                    assert!(bytes.len() <= max, "a record of {} bytes over {max}", bytes.len());
+                    let fields = parse_record(&bytes).map(|r| r.iter().map(str::to_string).collect());
+                    out.push((line, Ok(fields.unwrap_or_else(|e| vec![format!("error: {e}")]))));
+                }
+                RawRecord::TooLong { line, bytes } => out.push((line, Err(bytes))),
+            }
+        }
+        out
+    }
+
+    fn fields(list: &[&str]) -> Result<Vec<String>, u64> {
+        Ok(list.iter().map(|f| f.to_string()).collect())
+    }
+
+    #[test]
+    fn records_are_cut_at_line_breaks_outside_quotes_with_their_first_line() {
+        let input = b"a,b\r\n\n\"x\ny\",\"say \"\"hi\"\"\"\r\nlast,row";
+        assert_eq!(
+            split(input, 100),
+            vec![
+                (1, fields(&["a", "b"])),
+                (3, fields(&["x\ny", "say \"hi\""])),
+                (5, fields(&["last", "row"]))
+            ]
+        );
+    }
+
+    #[test]
+    fn a_record_over_the_cap_is_skipped_to_the_next_line_break_and_reading_goes_on() {
+        let long = format!("1,{}\n2,ok\n", "x".repeat(50));
+        assert_eq!(split(long.as_bytes(), 20), vec![(1, Err(52)), (2, fields(&["2", "ok"]))]);
+        // An unclosed quote would make one field of the rest of the input: at the cap it stops at a line break.
+        let unclosed = format!("1,\"open {}\n2,ok\n3,fine\n", "y".repeat(30));
+        assert_eq!(
+            split(unclosed.as_bytes(), 20),
+            vec![(1, Err(38)), (2, fields(&["2", "ok"])), (3, fields(&["3", "fine"]))]
+        );
+        // A quoted line break within the cap is part of its record.
+        assert_eq!(
+            split(b"\"a\nb\",c\nd,e\n", 20),
+            vec![(1, fields(&["a\nb", "c"])), (3, fields(&["d", "e"]))]
+        );
+    }
+
+    #[test]
+    fn a_file_with_a_record_over_the_cap_names_its_line_and_reads_the_rest() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("big.csv");
+        let huge = "z".repeat(5000);
+        std::fs::write(&path, format!("id_str,text,user_id_str\n1,ok,u1\n2,\"{huge}\",u2\n3,fine,u3\n"))
+            .unwrap();
+        let stats = Arc::new(CsvStats::default());
+        let mut cursor =
+            Cursor { files: vec![path], next_file: 0, open: None, max_record_bytes: 1000, stats };
+        let mut out = Vec::new();
+        assert!(cursor.read(10, &mut out));
+        let ids: Vec<&str> = out.iter().map(|event| event.id.rsplit(':').next().unwrap()).collect();
+        assert_eq!(ids, ["2", "4"], "rows 1 and 3 (lines 2 and 4); line 3 was over the cap");
+        assert_eq!(cursor.stats.bad_rows.load(Ordering::Relaxed), 1);
+    }
+
     proptest! {
+        #[test]
+        fn splitting_then_parsing_reads_what_the_csv_crate_reads(
+            rows in prop::collection::vec(prop::collection::vec("[a-z\",\n\r ]{0,6}", 1..4), 0..6),
+            crlf in any::<bool>(),
+        ) {
+            let mut writer = csv::WriterBuilder::new()
+                .flexible(true)
+                .terminator(if crlf { csv::Terminator::CRLF } else { csv::Terminator::Any(b'\n') })
+                .from_writer(Vec::new());
+            for row in &rows {
+                writer.write_record(row).unwrap();
+            }
+            let bytes = writer.into_inner().unwrap();
+            let expected: Vec<Vec<String>> = csv::ReaderBuilder::new()
+                .has_headers(false)
+                .flexible(true)
+                .from_reader(bytes.as_slice())
+                .records()
+                .map(|record| record.unwrap().iter().map(str::to_string).collect())
+                .collect();
+            let got: Vec<Vec<String>> = split(&bytes, 1 << 16).into_iter().map(|(_, r)| r.unwrap()).collect();
+            prop_assert_eq!(got, expected);
+        }
+
+        #[test]
+        fn arbitrary_bytes_are_cut_into_records_within_the_cap(bytes in prop::collection::vec(any::<u8>(), 0..400), max in 1usize..64) {
+            let records = split(&bytes, max);
+            let lines = 1 + bytes.iter().filter(|&&b| b == b'\n').count() as u64;
+            // Lines count `\n` only: records split by a lone `\r` share one.
+            let mut previous = 1;
+            for (line, _) in &records {
+                prop_assert!(*line >= previous && *line <= lines, "line {line} after {previous} of {lines}");
+                previous = *line;
+            }
+        }
+
         #[test]
         fn arbitrary_rows_never_panic(fields in prop::collection::vec(".*", 0..8)) {
             let headers = record(&["id_str", "text", "user_id_str", "favorite_count", "hashtags"]);

@@ -1,8 +1,9 @@
 //! Property tests of every parser of outside input, over arbitrary bytes and
-//! over mutations of valid inputs: SSE data → tweet, the broker's command
+//! over mutations of valid inputs: SSE streams (events capped) and SSE data
+//! → tweet, the broker's command
 //! lines and event JSON, the broker's log records on recovery, telnet
-//! commands, TOML pipeline files (with `${VAR}` expansion), CSV rows and
-//! dead-letter files.
+//! commands, TOML pipeline files (with `${VAR}` expansion), CSV records
+//! (capped) and rows, and dead-letter files.
 //!
 //! Each must never panic, never allocate by what the input claims (lengths
 //! and counts are capped), and say what is wrong and where in one line.
@@ -18,7 +19,9 @@ use proptest::test_runner::Config;
 use crate::broker::log::{SyncMode, TopicLog};
 use crate::broker::protocol::{MAX_PRIORITY, check_id, parse_command, parse_event};
 use crate::broker::record::{self, Decoded, Record, StoredEvent};
+use crate::csv_source::{RawRecord, RecordSplitter, parse_record};
 use crate::emulator::generator::{TweetGenerator, Vocabulary};
+use crate::sse_parser::{SseItem, SseParser};
 use crate::tweet::{ParsedData, parse_sse_data, tweet_sse_data};
 
 /// Cases per property: `STAGEFLOW_FUZZ_CASES`, else 256.
@@ -120,6 +123,43 @@ fn check_sse(data: &str) -> Result<(), TestCaseError> {
     Ok(())
 }
 
+/// The cap the SSE stream properties parse with: one tweet fits, a repeated one may not.
+const SSE_CAP: usize = 4096;
+
+/// An SSE stream of three tweets as the emulator frames them (`id`, one `data` line, a blank line).
+fn valid_sse_stream() -> impl Strategy<Value = Vec<u8>> {
+    (any::<u64>(), 1u64..1_000_000).prop_map(|(seed, first)| {
+        let generator = TweetGenerator::new(seed, 0.0, 0.0, Vocabulary::shipped());
+        (first..first + 3)
+            .map(|sequence| {
+                format!("id: {sequence}\ndata: {}\n\n", tweet_sse_data(&generator.tweet(1, sequence)))
+            })
+            .collect::<String>()
+            .into_bytes()
+    })
+}
+
+/// Feeds `bytes` in pieces of `step`: the parser never holds more than the
+/// cap, every event it yields is within it, and its data is a tweet, a kill or a reason.
+fn check_sse_stream(bytes: &[u8], step: usize) -> Result<(), TestCaseError> {
+    let mut parser = SseParser::new(SSE_CAP);
+    let mut items = Vec::new();
+    for piece in bytes.chunks(step.max(1)) {
+        parser.feed(piece, &mut items);
+    }
+    for item in &items {
+        match item {
+            SseItem::Message(message) => {
+                prop_assert!(message.data.len() <= SSE_CAP, "{} bytes of data", message.data.len());
+                check_sse(&message.data)?;
+            }
+            SseItem::TooLong { bytes, .. } => prop_assert!(*bytes > 0),
+            SseItem::Retry(_) => {}
+        }
+    }
+    Ok(())
+}
+
 // ---------------------------------------------------------------- broker lines and events
 
 const BROKER_LINES: &[&str] = &[
@@ -191,14 +231,31 @@ const CSV: &str = "id_str,text,created_at,favorite_count,retweet_count,lang,user
 1,hello ☀️ #a,Fri Mar 01 00:00:00 +0000 2024,3,4,en,7,ana,10,a b\n\
 2,\"quoted, text\",Fri Mar 01 00:00:01 +0000 2024,0,0,,8,bo,0,\n";
 
+/// The record cap the CSV properties read with: the sample's header fits, a mutated row may not.
+const CSV_CAP: usize = 160;
+
 fn check_csv(bytes: &[u8]) -> Result<(), TestCaseError> {
-    let mut reader = csv::ReaderBuilder::new().flexible(true).from_reader(bytes);
-    let Ok(headers) = reader.headers().cloned() else { return Ok(()) };
-    for row in reader.records() {
-        let Ok(row) = row else { continue };
-        if let Err(why) = crate::csv_source::tweet_from_row(&headers, &row) {
-            one_line(&why, 400)?;
-            prop_assert!(why.contains("column"), "no column named in {why:?}");
+    let mut records = RecordSplitter::new(bytes, CSV_CAP);
+    let mut record = Vec::new();
+    let mut headers = None;
+    while let Some(raw) = records.next_record(&mut record).map_err(|e| TestCaseError::fail(e.to_string()))? {
+        let RawRecord::Record { .. } = raw else { continue };
+        prop_assert!(record.len() <= CSV_CAP, "a record of {} bytes", record.len());
+        let row = match parse_record(&record) {
+            Ok(row) => row,
+            Err(why) => {
+                one_line(&why, 400)?;
+                continue;
+            }
+        };
+        match &headers {
+            None => headers = Some(row),
+            Some(headers) => {
+                if let Err(why) = crate::csv_source::tweet_from_row(headers, &row) {
+                    one_line(&why, 400)?;
+                    prop_assert!(why.contains("column"), "no column named in {why:?}");
+                }
+            }
         }
     }
     Ok(())
@@ -324,8 +381,30 @@ proptest! {
     }
 
     #[test]
+    fn sse_streams_of_any_bytes_stay_within_the_cap(
+        bytes in prop::collection::vec(any::<u8>(), 0..9000),
+        step in 1usize..5000,
+    ) {
+        check_sse_stream(&bytes, step)?;
+    }
+
+    #[test]
+    fn sse_streams_mutated_from_valid_ones_yield_tweets_or_reasons_within_the_cap(
+        valid in valid_sse_stream(),
+        edits in edits(),
+        step in 1usize..2000,
+    ) {
+        check_sse_stream(&mutate(&valid, &edits), step)?;
+    }
+
+    #[test]
     fn csv_rows_mutated_from_valid_ones_are_tweets_or_name_the_column(edits in edits()) {
         check_csv(&mutate(CSV.as_bytes(), &edits))?;
+    }
+
+    #[test]
+    fn csv_records_of_any_bytes_stay_within_the_cap(bytes in prop::collection::vec(any::<u8>(), 0..2000)) {
+        check_csv(&bytes)?;
     }
 
     #[test]

@@ -26,6 +26,7 @@ pub mod scored;
 pub mod serve;
 pub mod settings;
 pub mod sse;
+pub mod sse_parser;
 pub mod storage;
 pub mod sync;
 pub mod timings;

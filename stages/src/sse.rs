@@ -1,5 +1,6 @@
 //! The SSE receiver: a producer stage that reads a server-sent-event stream
-//! of tweets (with reqwest-eventsource) only as fast as downstream asks.
+//! of tweets (reqwest for HTTP, [`crate::sse_parser`] for the events) only
+//! as fast as downstream asks.
 //!
 //! ## Backpressure
 //!
@@ -19,9 +20,8 @@
 //! receiver waits that long before every reconnect, as the SSE spec asks, so
 //! a server that closes streams often is not hammered. Failed attempts back
 //! off exponentially (`initial_backoff`, doubling up to `max_backoff`), and
-//! never wait less than the server's reconnection time. A `retry:` is read
-//! with the event it comes with; reqwest-eventsource drops a block that has
-//! a `retry:` line but no `data:`, so a server must send it with an event.
+//! never wait less than the server's reconnection time. A `retry:` takes
+//! effect as soon as it is read, with or without an event.
 //! Every failure is logged (`tracing`, warn) with the URL and recorded in
 //! [`SseStats`]. By default the receiver keeps retrying forever, so a
 //! source that is down for a while only pauses its own events — the other
@@ -35,16 +35,22 @@
 //!
 //! Tweets and kill messages, as [`SseEvent`]s carrying the SSE id. Payloads
 //! that are neither are counted in [`SseStats`] (`malformed`), logged, and
-//! skipped: they never crash the stage.
+//! skipped: they never crash the stage. So is an event over
+//! `max_event_bytes` (1 MiB by default; a line of it too): it is never
+//! buffered whole, and the warning names the URL, the id it came after and its size.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures::{FutureExt, StreamExt};
-use reqwest_eventsource::retry::Never;
-use reqwest_eventsource::{Error as SourceError, Event, EventSource};
+use std::collections::VecDeque;
+use std::pin::Pin;
+
+use bytes::Bytes;
+use futures::{FutureExt, Stream, StreamExt};
 use stageflow::{Emitter, Flow, Producer};
+
+use crate::sse_parser::{DEFAULT_MAX_EVENT_BYTES, SseItem, SseParser};
 
 use crate::tweet::{ParsedData, Tweet, parse_sse_data};
 use stageflow::config::{BuildContext, DispatcherChoices, Kind, StageDecl, configure, settings};
@@ -210,6 +216,7 @@ pub struct SseSourceConfig {
     initial_backoff: Duration,
     max_backoff: Duration,
     give_up_after: Option<u32>,
+    max_event_bytes: usize,
     stats: Arc<SseStats>,
 }
 
@@ -233,8 +240,15 @@ impl SseSourceConfig {
             initial_backoff: DEFAULT_INITIAL_BACKOFF,
             max_backoff: DEFAULT_MAX_BACKOFF,
             give_up_after: None,
+            max_event_bytes: DEFAULT_MAX_EVENT_BYTES,
             stats: Arc::new(SseStats::default()),
         })
+    }
+
+    /// Skips (and counts as malformed) events, or lines, over `bytes` instead of buffering them.
+    pub fn max_event_bytes(mut self, bytes: usize) -> Self {
+        self.max_event_bytes = bytes.max(1);
+        self
     }
 
     /// Waits `initial` after the first failed attempt, doubling up to `max`.
@@ -274,10 +288,45 @@ pub fn reconnect_delay(
     backoff(failures, initial, max).max(reconnection_time.unwrap_or(Duration::ZERO))
 }
 
+/// An open event stream: the response body and the parser reading it.
+struct Source {
+    body: Pin<Box<dyn Stream<Item = reqwest::Result<Bytes>> + Send>>,
+    parser: SseParser,
+    parsed: VecDeque<SseItem>,
+}
+
+impl Source {
+    fn new(response: reqwest::Response, max_event_bytes: usize) -> Self {
+        Source {
+            body: Box::pin(response.bytes_stream()),
+            parser: SseParser::new(max_event_bytes),
+            parsed: VecDeque::new(),
+        }
+    }
+
+    /// The next item; `None` when the stream ended. Cancel-safe: what was
+    /// read before a cancel is in the parser or the queue.
+    async fn next(&mut self) -> Option<Result<SseItem, reqwest::Error>> {
+        let mut items = Vec::new();
+        loop {
+            if let Some(item) = self.parsed.pop_front() {
+                return Some(Ok(item));
+            }
+            match self.body.next().await? {
+                Ok(chunk) => {
+                    self.parser.feed(&chunk, &mut items);
+                    self.parsed.extend(items.drain(..));
+                }
+                Err(error) => return Some(Err(error)),
+            }
+        }
+    }
+}
+
 /// A producer stage reading one SSE stream of tweets, only against demand.
 pub struct SseReceiver {
     config: SseSourceConfig,
-    source: Option<EventSource>,
+    source: Option<Source>,
     /// Consecutive attempts that failed before delivering an event.
     failures: u32,
     /// Whether the current connection has delivered an event.
@@ -305,7 +354,7 @@ impl SseReceiver {
 
     /// Opens a stream after the backoff; false when it gives up instead.
     async fn connect(&mut self) -> bool {
-        let stats = &self.config.stats;
+        let stats = self.config.stats.clone();
         if let Some(limit) = self.config.give_up_after
             && self.failures >= limit
         {
@@ -326,27 +375,53 @@ impl SseReceiver {
         if !delay.is_zero() {
             tokio::time::sleep(delay).await;
         }
-        let mut request = self.config.client.get(self.config.url.clone());
+        let mut request = self
+            .config
+            .client
+            .get(self.config.url.clone())
+            .header(reqwest::header::ACCEPT, "text/event-stream");
         if !self.last_event_id.is_empty() {
             request = request.header("Last-Event-ID", self.last_event_id.as_str());
         }
         stats.connection_attempts.fetch_add(1, Ordering::Relaxed);
-        match EventSource::new(request) {
-            Ok(mut source) => {
-                // Reconnects are ours: they need demand, backoff and give-up rules.
-                source.set_retry_policy(Box::new(Never));
-                self.source = Some(source);
-                self.delivered = false;
-                true
-            }
-            Err(error) => {
-                let message = format!("SSE source {}: cannot build the request: {error}", self.config.url);
-                tracing::error!("{message}");
-                *lock(&stats.last_error) = Some(message);
-                self.finish();
-                false
-            }
+        self.delivered = false;
+        let url = self.config.url.clone();
+        let failed = |receiver: &mut SseReceiver, why: String| {
+            let message = format!("SSE source {url}: {why}");
+            tracing::warn!("{message}");
+            *lock(&receiver.config.stats.last_error) = Some(message);
+            receiver.drop_connection();
+            true
+        };
+        let response = match request.send().await {
+            Ok(response) => response,
+            Err(error) => return failed(self, describe(&error)),
+        };
+        let status = response.status();
+        if status == reqwest::StatusCode::NO_CONTENT {
+            tracing::info!(url = %self.config.url, "SSE source: the server says the stream is over (204)");
+            self.finish();
+            return false;
         }
+        if !status.is_success() {
+            return failed(self, format!("answered HTTP {status}, not an event stream"));
+        }
+        let content_type = response
+            .headers()
+            .get(reqwest::header::CONTENT_TYPE)
+            .map(|value| String::from_utf8_lossy(value.as_bytes()).into_owned())
+            .unwrap_or_default();
+        if !content_type.trim_start().to_ascii_lowercase().starts_with("text/event-stream") {
+            return failed(
+                self,
+                format!("answered with content type {content_type:?}, not text/event-stream"),
+            );
+        }
+        stats.connections_opened.fetch_add(1, Ordering::Relaxed);
+        stats.connected.store(true, Ordering::Relaxed);
+        tracing::info!(url = %self.config.url, last_event_id = %self.last_event_id, "SSE source connected");
+        self.source = Some(Source::new(response, self.config.max_event_bytes));
+        true
     }
 
     fn finish(&mut self) {
@@ -356,28 +431,35 @@ impl SseReceiver {
         self.config.stats.connected.store(false, Ordering::Relaxed);
     }
 
-    /// Handles one item of the stream; true if it emitted an event.
-    fn handle(&mut self, item: Option<Result<Event, SourceError>>, out: &mut Emitter<SseEvent>) -> bool {
+    /// Handles one item of the stream (`None`: it ended); true if it emitted an event.
+    fn handle(&mut self, item: Option<Result<SseItem, reqwest::Error>>, out: &mut Emitter<SseEvent>) -> bool {
         let stats = self.config.stats.clone();
         match item {
-            Some(Ok(Event::Open)) => {
-                stats.connections_opened.fetch_add(1, Ordering::Relaxed);
-                stats.connected.store(true, Ordering::Relaxed);
-                tracing::info!(url = %self.config.url, last_event_id = %self.last_event_id, "SSE source connected");
+            Some(Ok(SseItem::Retry(retry))) => {
+                let ms = u64::try_from(retry.as_millis()).unwrap_or(u64::MAX - 1).min(u64::MAX - 1);
+                stats.reconnection_ms.store(ms, Ordering::Relaxed);
                 false
             }
-            Some(Ok(Event::Message(message))) => {
+            Some(Ok(SseItem::TooLong { id, bytes })) => {
                 self.delivered = true;
                 self.failures = 0;
                 stats.events_received.fetch_add(1, Ordering::Relaxed);
-                if let Some(retry) = message.retry {
-                    let ms = u64::try_from(retry.as_millis()).unwrap_or(u64::MAX - 1).min(u64::MAX - 1);
-                    stats.reconnection_ms.store(ms, Ordering::Relaxed);
-                }
-                if !message.id.is_empty() && message.id != self.last_event_id {
-                    self.last_event_id.clone_from(&message.id);
-                    lock(&stats.last_event_id).clone_from(&message.id);
-                }
+                self.remember_id(&id);
+                let count = stats.malformed.fetch_add(1, Ordering::Relaxed) + 1;
+                tracing::warn!(
+                    url = %self.config.url,
+                    after_id = %id,
+                    malformed_so_far = count,
+                    "SSE source: skipping an event of {bytes} bytes or more, over the {} byte cap (max_event_bytes)",
+                    self.config.max_event_bytes
+                );
+                false
+            }
+            Some(Ok(SseItem::Message(message))) => {
+                self.delivered = true;
+                self.failures = 0;
+                stats.events_received.fetch_add(1, Ordering::Relaxed);
+                self.remember_id(&message.id);
                 let message = match parse_sse_data(&message.data) {
                     ParsedData::Tweet(tweet) => {
                         stats.tweets.fetch_add(1, Ordering::Relaxed);
@@ -396,14 +478,7 @@ impl SseReceiver {
                 out.emit(SseEvent { id: self.last_event_id.clone(), message });
                 true
             }
-            Some(Err(SourceError::InvalidStatusCode(status, _)))
-                if status == reqwest::StatusCode::NO_CONTENT =>
-            {
-                tracing::info!(url = %self.config.url, "SSE source: the server says the stream is over (204)");
-                self.finish();
-                false
-            }
-            Some(Err(SourceError::StreamEnded)) | None => {
+            None => {
                 tracing::info!(url = %self.config.url, last_event_id = %self.last_event_id, "SSE source: stream ended, reconnecting");
                 self.drop_connection();
                 false
@@ -415,6 +490,14 @@ impl SseReceiver {
                 self.drop_connection();
                 false
             }
+        }
+    }
+
+    /// Keeps `id` as the one to resume from (`Last-Event-ID`), here and for a restarted stage.
+    fn remember_id(&mut self, id: &str) {
+        if !id.is_empty() && id != self.last_event_id {
+            id.clone_into(&mut self.last_event_id);
+            lock(&self.config.stats.last_event_id).clone_from(&self.last_event_id);
         }
     }
 
@@ -430,26 +513,18 @@ impl SseReceiver {
 }
 
 /// An error and its causes, e.g. `error sending request for url (...): client error (Connect): ... refused`.
-fn describe(error: &SourceError) -> String {
-    match error {
-        SourceError::InvalidStatusCode(status, _) => format!("answered HTTP {status}, not an event stream"),
-        SourceError::InvalidContentType(content_type, _) => {
-            format!("answered with content type {content_type:?}, not text/event-stream")
+fn describe(error: &reqwest::Error) -> String {
+    let mut text = error.to_string();
+    let mut cause = std::error::Error::source(error);
+    while let Some(error) = cause {
+        let line = error.to_string();
+        if !text.contains(&line) {
+            text.push_str(": ");
+            text.push_str(&line);
         }
-        other => {
-            let mut text = other.to_string();
-            let mut cause = std::error::Error::source(other);
-            while let Some(error) = cause {
-                let line = error.to_string();
-                if !text.contains(&line) {
-                    text.push_str(": ");
-                    text.push_str(&line);
-                }
-                cause = error.source();
-            }
-            text
-        }
+        cause = error.source();
     }
+    text
 }
 
 impl Producer for SseReceiver {
@@ -493,6 +568,9 @@ pub struct SseKind {
     max_backoff_ms: u64,
     /// end after this many failed attempts in a row (default: retry forever)
     give_up_after: Option<u32>,
+    /// largest event (its data lines together, or one line), bytes; a larger one is skipped and counted as malformed (default 1048576)
+    #[default(DEFAULT_MAX_EVENT_BYTES)]
+    max_event_bytes: usize,
 }
 
 impl SseKind {
@@ -512,7 +590,8 @@ impl SseKind {
             at_least_one("give_up_after", attempts.into())?;
             source = source.give_up_after(attempts);
         }
-        Ok(source)
+        at_least_one("max_event_bytes", self.max_event_bytes as u64)?;
+        Ok(source.max_event_bytes(self.max_event_bytes))
     }
 }
 

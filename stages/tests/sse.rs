@@ -481,3 +481,51 @@ async fn the_emulator_serves_the_lexicon_stats_and_clear_errors() {
     let twin_body = client.get(twin.url("/tweets/1")).send().await.unwrap().text().await.unwrap();
     assert_eq!(twin_body, body);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_over_the_cap_is_skipped_named_and_the_stream_goes_on() {
+    // A server of one response: event 1, event 2 of 4 MiB in 64 KiB data lines, event 3, then the end.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/tweets/1", listener.local_addr().unwrap());
+    let generator = TweetGenerator::new(3, 0.0, 0.0, Vocabulary::shipped());
+    let tweet = |sequence| match generator.event(1, sequence) {
+        GeneratedEvent::Tweet(tweet) => stageflow_stages::tweet::tweet_sse_data(&tweet),
+        other => panic!("not a tweet: {other:?}"),
+    };
+    let (first, last) = (tweet(1), tweet(3));
+    let server = tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (mut socket, _) = listener.accept().await.unwrap();
+        let mut request = [0u8; 4096];
+        let _ = socket.read(&mut request).await;
+        let head = "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nconnection: close\r\n\r\n";
+        socket.write_all(head.as_bytes()).await.unwrap();
+        socket.write_all(format!("id: 1\ndata: {first}\n\nid: 2\n").as_bytes()).await.unwrap();
+        let line = format!("data: {}\n", "x".repeat(64 << 10));
+        for _ in 0..64 {
+            socket.write_all(line.as_bytes()).await.unwrap();
+        }
+        socket.write_all(format!("\nid: 3\ndata: {last}\n\n").as_bytes()).await.unwrap();
+        // Later connections find the port closed: the receiver gives up.
+    });
+    let source = SseSourceConfig::new(&url)
+        .unwrap()
+        .max_event_bytes(256 << 10)
+        .backoff(Duration::from_millis(10), Duration::from_millis(10))
+        .give_up_after(1);
+    let stats = source.stats();
+    let received = Received::default();
+    let mut pipeline = Pipeline::new();
+    pipeline.producer("tweets", move || SseReceiver::new(&source));
+    pipeline.consumer("record", recorder(&received)).subscribe_to("tweets", SubscribeOptions::default());
+    let mut running = pipeline.start().unwrap();
+    wait_for_end(&mut running).await;
+    server.await.unwrap();
+
+    assert_eq!(ids(&received), [1, 3], "the events around the one over the cap");
+    let stats = stats.snapshot();
+    assert_eq!((stats.events_received, stats.tweets, stats.malformed), (3, 2, 1), "{stats:?}");
+    assert_eq!(stats.last_event_id, "3");
+    let restarts: u64 = running.metrics().iter().map(|stage| stage.restarts).sum();
+    assert_eq!(restarts, 0, "an event over the cap is no crash");
+}
