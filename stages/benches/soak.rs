@@ -351,12 +351,40 @@ async fn stored_ids(server: &Secantus) -> Result<BTreeSet<String>, String> {
             .collection::<Document>("tweets")
             .find(mongodb::bson::doc! {})
             .projection(mongodb::bson::doc! { "_id": 1 })
+            .batch_size(10_000)
             .await
             .map_err(|e| e.to_string())?,
     )
     .await
     .map_err(|e| e.to_string())?;
     Ok(documents.iter().filter_map(|d| d.get_str("_id").ok().map(str::to_string)).collect())
+}
+
+/// The stored ids, asked up to ten times (a loaded machine can make one query time out); the last error otherwise.
+async fn stored_ids_retrying(server: &Secantus) -> Result<BTreeSet<String>, String> {
+    let mut last = String::new();
+    for attempt in 1..=10 {
+        match stored_ids(server).await {
+            Ok(ids) => return Ok(ids),
+            Err(error) => {
+                eprintln!("soak: reading the stored ids failed (try {attempt} of 10): {error}");
+                last = error;
+            }
+        }
+        tokio::time::sleep(Duration::from_secs(5)).await;
+    }
+    Err(last)
+}
+
+/// How many tweets are stored now.
+async fn stored_count(server: &Secantus) -> Result<u64, String> {
+    let client = server.client().await;
+    client
+        .database("soak")
+        .collection::<Document>("tweets")
+        .count_documents(mongodb::bson::doc! {})
+        .await
+        .map_err(|e| e.to_string())
 }
 
 async fn soak() -> bool {
@@ -522,7 +550,7 @@ async fn soak() -> bool {
     let mut previous = 0;
     let drain_deadline = Instant::now() + Duration::from_secs(300);
     loop {
-        let stored = stored_ids(&mongo).await.map(|ids| ids.len()).unwrap_or(previous);
+        let stored = stored_count(&mongo).await.map(|count| count as usize).unwrap_or(previous);
         if stored != previous {
             previous = stored;
             stable_since = Instant::now();
@@ -536,7 +564,10 @@ async fn soak() -> bool {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     let drained = pipeline.interrupt(Duration::from_secs(150)).await;
-    let stored = stored_ids(&mongo).await.unwrap_or_default();
+    let (stored, store_error) = match stored_ids_retrying(&mongo).await {
+        Ok(ids) => (ids, None),
+        Err(error) => (BTreeSet::new(), Some(error)),
+    };
     let missing = expected.difference(&stored).count();
     let unexpected = stored.difference(&expected).count();
 
@@ -593,7 +624,7 @@ async fn soak() -> bool {
         );
     }
     let rss_ok = verdicts.values().all(|verdict| *verdict == Verdict::Under);
-    let store_ok = missing == 0 && unexpected == 0 && stored.len() == expected.len();
+    let store_ok = store_error.is_none() && missing == 0 && unexpected == 0 && stored.len() == expected.len();
     let broker_ok = undelivered == 0;
     let passed = store_ok && broker_ok && rss_ok && drained;
 
@@ -603,7 +634,7 @@ async fn soak() -> bool {
         "seconds": seconds,
         "fault_period_s": fault_period.as_secs(),
         "faults": faults.iter().map(|(t, what)| json!({ "at_s": t, "fault": what })).collect::<Vec<_>>(),
-        "store": { "emulator_last_sequence": last_sent, "expected_tweets": expected.len(), "stored": stored.len(), "missing": missing, "unexpected": unexpected, "pipeline_drained": drained, "ok": store_ok },
+        "store": { "emulator_last_sequence": last_sent, "expected_tweets": expected.len(), "stored": stored.len(), "missing": missing, "unexpected": unexpected, "pipeline_drained": drained, "read_error": store_error, "ok": store_ok },
         "broker": { "acknowledged_events": published, "undelivered_to_acking_subscribers": undelivered, "reconnects_of_subscriber_2": reconnects, "ok": broker_ok },
         "telnet": { "sessions_completed": sessions_ok, "sessions_failed": sessions_failed },
         "machine": {
@@ -654,9 +685,22 @@ async fn soak() -> bool {
         lines,
         legend: SeriesLabelPosition::LowerRight,
     };
+    // The processes' logs, kept beside the report (the work directory goes).
+    let kept_logs = dir.join("soak-logs");
+    let _ = std::fs::remove_dir_all(&kept_logs);
+    if std::fs::create_dir_all(&kept_logs).is_ok()
+        && let Ok(entries) = std::fs::read_dir(&logs)
+    {
+        for entry in entries.flatten() {
+            let _ = std::fs::copy(entry.path(), kept_logs.join(entry.file_name()));
+        }
+    }
     let svg = dir.join("soak.svg");
     if let Err(error) = plot::panels(&svg, (1200, 700), "Fault soak", (1, 1), &[panel]) {
         eprintln!("soak: cannot draw {}: {error}", svg.display());
+    }
+    if let Some(error) = &store_error {
+        println!("soak: the stored tweets could not be read: {error}");
     }
     println!(
         "soak: store {} of {} tweets (missing {missing}, unexpected {unexpected}, drained {drained}); broker {published} acknowledged, {undelivered} undelivered; telnet {sessions_ok} sessions ({sessions_failed} failed); RSS {}",

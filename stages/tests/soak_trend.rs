@@ -68,7 +68,8 @@ fn an_interval_that_reaches_the_limit_is_unresolved() {
     assert_eq!(verdict(trend(0.5, -3.0, 4.0)), Verdict::Unresolved);
     assert_eq!(verdict(trend(0.5, 0.1, 0.9)), Verdict::Under);
     assert_eq!(verdict(trend(-2.0, -3.0, 0.5)), Verdict::Under, "shrinking passes");
-    assert_eq!(verdict(trend(1.0, 0.2, 1.8)), Verdict::Over);
+    assert_eq!(verdict(trend(1.5, 0.2, 1.8)), Verdict::Unresolved, "over, but not surely");
+    assert_eq!(verdict(trend(3.0, 1.2, 4.8)), Verdict::Over);
     assert_eq!(theil_sen(&[(0.0, 1.0), (1.0, 1.0)]), None, "too few points");
     assert_eq!(verdict(None), Verdict::Unresolved);
 }

@@ -102,22 +102,23 @@ pub fn theil_sen(points: &[(f64, f64)]) -> Option<Trend> {
 /// The RSS criterion: under 1 % per hour after warm-up.
 pub const MAX_SLOPE: f64 = 1.0;
 
-/// What a trend says of the criterion.
+/// What a trend says of the criterion. Only `Under` passes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {
-    /// The whole 95 % interval is under the limit.
+    /// The whole 95 % interval is under the limit: the slope is under it.
     Under,
-    /// The slope itself is at or over the limit.
+    /// The whole interval is at or over the limit: the RSS grows at least that fast.
     Over,
-    /// The slope is under, its interval reaches the limit: the run was too short or too noisy to tell.
+    /// The interval holds the limit: the run was too short or too noisy to tell.
     Unresolved,
 }
 
+/// The verdict of `trend` (`None`, too few points, cannot tell).
 pub fn verdict(trend: Option<Trend>) -> Verdict {
     match trend {
         None => Verdict::Unresolved,
-        Some(trend) if trend.slope >= MAX_SLOPE => Verdict::Over,
         Some(trend) if trend.high < MAX_SLOPE => Verdict::Under,
+        Some(trend) if trend.low >= MAX_SLOPE => Verdict::Over,
         Some(_) => Verdict::Unresolved,
     }
 }
