@@ -81,29 +81,56 @@ impl SseParser {
     }
 
     /// Parses `bytes`, appending every item they complete to `out`.
-    pub fn feed(&mut self, bytes: &[u8], out: &mut Vec<SseItem>) {
-        for &byte in bytes {
-            let after_cr = std::mem::replace(&mut self.after_cr, byte == b'\r');
-            match byte {
-                b'\n' if after_cr => {}
-                b'\n' | b'\r' => self.end_line(out),
-                _ if self.line.len() < self.max => self.line.push(byte),
-                _ => self.line_skipped += 1,
+    pub fn feed(&mut self, mut bytes: &[u8], out: &mut Vec<SseItem>) {
+        while !bytes.is_empty() {
+            // A `\n` right after a `\r` ends nothing more (CRLF), even across feeds.
+            if std::mem::take(&mut self.after_cr) && bytes[0] == b'\n' {
+                bytes = &bytes[1..];
+                continue;
+            }
+            match bytes.iter().position(|&byte| byte == b'\n' || byte == b'\r') {
+                Some(end) => {
+                    self.keep(&bytes[..end]);
+                    self.after_cr = bytes[end] == b'\r';
+                    self.end_line(out);
+                    bytes = &bytes[end + 1..];
+                }
+                None => {
+                    self.keep(bytes);
+                    break;
+                }
             }
         }
     }
 
+    /// Adds `part` to the line being read, as far as the cap allows; counts the rest.
+    fn keep(&mut self, part: &[u8]) {
+        let kept = part.len().min(self.max.saturating_sub(self.line.len()));
+        self.line.extend_from_slice(&part[..kept]);
+        self.line_skipped += (part.len() - kept) as u64;
+    }
+
     fn end_line(&mut self, out: &mut Vec<SseItem>) {
-        let line = std::mem::take(&mut self.line);
+        let mut line = std::mem::take(&mut self.line);
         let skipped = std::mem::take(&mut self.line_skipped);
-        let mut text = String::from_utf8_lossy(&line).into_owned();
-        if std::mem::take(&mut self.first_line) && text.starts_with('\u{feff}') {
-            text.remove(0);
-        }
         if skipped > 0 {
             // A line over the cap spoils its event, whatever field it was.
+            self.first_line = false;
             self.spoil(line.len() as u64 + skipped);
-            return;
+        } else {
+            self.field(&line, out);
+        }
+        // The buffer keeps its capacity for the next line.
+        line.clear();
+        self.line = line;
+    }
+
+    /// Applies one complete line (within the cap).
+    fn field(&mut self, line: &[u8], out: &mut Vec<SseItem>) {
+        let text = String::from_utf8_lossy(line);
+        let mut text: &str = &text;
+        if std::mem::take(&mut self.first_line) {
+            text = text.strip_prefix('\u{feff}').unwrap_or(text);
         }
         if text.is_empty() {
             self.dispatch(out);
@@ -114,7 +141,7 @@ impl SseParser {
         }
         let (field, value) = match text.split_once(':') {
             Some((field, value)) => (field, value.strip_prefix(' ').unwrap_or(value)),
-            None => (text.as_str(), ""),
+            None => (text, ""),
         };
         match field {
             "event" => value.clone_into(&mut self.event),
