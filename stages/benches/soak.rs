@@ -34,6 +34,8 @@ mod plot;
 #[path = "load/report.rs"]
 #[allow(dead_code)]
 mod report;
+#[path = "load/rss.rs"]
+mod rss;
 #[path = "../tests/support/secantus.rs"]
 #[allow(dead_code)]
 mod secantus;
@@ -57,6 +59,7 @@ use tokio::time::Instant;
 
 use plot::{COLOURS, Line, Panel, Stroke};
 use report::{Series, report_dir};
+use rss::rss_kb;
 use secantus::{Secantus, free_port, repository};
 use trend::{BLOCK_S, MAX_SLOPE, Verdict, block_medians, slope_percent_per_hour, theil_sen, verdict};
 
@@ -151,18 +154,6 @@ impl Drop for Process {
 /// The 1-minute load average of the machine.
 fn load_average() -> Option<f64> {
     std::fs::read_to_string("/proc/loadavg").ok()?.split_whitespace().next()?.parse().ok()
-}
-
-fn rss_kb(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))?
-        .trim()
-        .trim_end_matches("kB")
-        .trim()
-        .parse()
-        .ok()
 }
 
 // ---------------------------------------------------------------- broker load
