@@ -1,6 +1,6 @@
 //! The task of a pooled stage: routes events to workers and gathers their output.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 
 use tokio::sync::mpsc;
 
@@ -61,6 +61,9 @@ struct Pool<P: ProducerConsumer> {
     config: PoolConfig,
     context: TaskContext,
     workers: Vec<Worker<P::In>>,
+    /// Where each worker id is in `workers`, so a report finds its worker
+    /// without a scan (a pool may have thousands, e.g. sleeping loggers).
+    positions: HashMap<usize, usize>,
     running: usize,
     next_id: usize,
     next_turn: usize,
@@ -88,6 +91,7 @@ impl<P: ProducerConsumer> Pool<P> {
             self.reports.clone(),
             self.context.clone(),
         ));
+        self.positions.insert(id, self.workers.len());
         self.workers.push(Worker { id, queue, load: 0 });
         self.running += 1;
         metrics::set(&self.context.metrics.workers, self.workers.len());
@@ -99,9 +103,13 @@ impl<P: ProducerConsumer> Pool<P> {
         while self.workers.len() < target {
             self.spawn_worker();
         }
-        while self.workers.len() > target {
-            let idlest = (0..self.workers.len()).min_by_key(|&i| self.workers[i].load).expect("non-empty");
-            self.workers.swap_remove(idlest);
+        if self.workers.len() > target {
+            // The idlest go: busiest first, then cut the tail.
+            self.workers.sort_by_key(|worker| std::cmp::Reverse(worker.load));
+            self.workers.truncate(target);
+            self.positions =
+                self.workers.iter().enumerate().map(|(index, worker)| (worker.id, index)).collect();
+            self.next_turn = 0;
         }
         metrics::set(&self.context.metrics.workers, self.workers.len());
     }
@@ -137,7 +145,7 @@ impl<P: ProducerConsumer> Pool<P> {
     }
 
     fn finished_one(&mut self, worker: usize) {
-        if let Some(slot) = self.workers.iter_mut().find(|w| w.id == worker) {
+        if let Some(slot) = self.positions.get(&worker).map(|&index| &mut self.workers[index]) {
             slot.load = slot.load.saturating_sub(1);
         }
     }
@@ -162,6 +170,7 @@ pub(crate) async fn run_pool<P: ProducerConsumer>(
         config,
         context: context.clone(),
         workers: Vec::new(),
+        positions: HashMap::new(),
         running: 0,
         next_id: 0,
         next_turn: 0,
@@ -246,6 +255,7 @@ pub(crate) async fn run_pool<P: ProducerConsumer>(
         }
     };
     pool.workers.clear();
+    pool.positions.clear();
     if let Some(error) = failure {
         if let Some(outlet) = &mut outlet {
             outlet.finish(EndReason::Failed(error.message.clone())).await;
