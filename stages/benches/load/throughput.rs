@@ -9,6 +9,7 @@
 //! reported as `e2e_generator`). Each round runs the three variants in turn;
 //! `STAGEFLOW_LOAD_ROUNDS` rounds (default 5), and every figure is the median
 //! over them with `_min` and `_max`. Ratios are taken within a round.
+//! `STAGEFLOW_LOAD_E2E_ONLY=e2e_null_sink` runs only the named variants (to profile one).
 //!
 //! `tweets_per_s` counts the events the replay served (every one a tweet:
 //! no kill messages) over the time until the pipeline had written the last
@@ -34,6 +35,8 @@ const EVENTS_PER_STREAM: f64 = 100_000.0;
 const RUN_CAP: Duration = Duration::from_secs(90);
 /// Rounds of the three variants.
 const ROUNDS_VAR: &str = "STAGEFLOW_LOAD_ROUNDS";
+/// Comma-separated variants to run (e.g. `e2e_null_sink` alone, to profile it); default all.
+const VARIANTS_VAR: &str = "STAGEFLOW_LOAD_E2E_ONLY";
 /// Rounds by default.
 const DEFAULT_ROUNDS: usize = 5;
 /// Events each baseline channel holds (batches of 200 for the sink's).
@@ -77,6 +80,9 @@ pub fn run(runtime: &tokio::runtime::Runtime, settings: &Settings, report: &mut 
     println!(
         "== 2. end-to-end throughput: {limit} replayed events per stream (2 streams), logger sleep 0, {rounds} rounds"
     );
+    let only: Option<Vec<String>> = std::env::var(VARIANTS_VAR)
+        .ok()
+        .map(|list| list.split(',').map(|name| name.trim().to_string()).collect());
     let config = emulator_config(limit);
     let generator =
         TweetGenerator::new(config.seed, config.kill_ratio, config.malformed_ratio, Vocabulary::shipped());
@@ -95,6 +101,10 @@ pub fn run(runtime: &tokio::runtime::Runtime, settings: &Settings, report: &mut 
     for round in 1..=rounds {
         let mut this_round = Vec::new();
         for (index, (variant, bench, _)) in VARIANTS.iter().enumerate() {
+            if only.as_ref().is_some_and(|only| !only.iter().any(|name| name == bench)) {
+                this_round.push(None);
+                continue;
+            }
             match runtime.block_on(measure(&replay, bench, *variant)) {
                 Ok(measured) if measured.events == 2 * limit => {
                     let tweets_per_s = measured.events as f64 / measured.seconds;

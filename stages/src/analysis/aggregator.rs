@@ -132,6 +132,9 @@ impl JoinState {
             let entry = self.pending.remove(&key).expect("just found");
             self.by_age.remove(&(entry.since, key));
             bump(&self.stats.joined, 1);
+            // This score's share of the tweet goes first, so the tweet is
+            // moved out of its `Arc` rather than copied when no one else holds it.
+            drop(scored.tweet);
             let FlowTweet { tweet, extracted, receipt, .. } = entry.tweet;
             return Some(ScoredTweet {
                 tweet: Arc::unwrap_or_clone(tweet),

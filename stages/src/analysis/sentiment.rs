@@ -25,29 +25,96 @@ use super::flow::{check_selectors, tweet_flow_selector};
 
 fn punctuation() -> &'static Regex {
     static PUNCTUATION: OnceLock<Regex> = OnceLock::new();
-    PUNCTUATION.get_or_init(|| Regex::new(r"[\p{P}[:punct:]]+").expect("a valid pattern"))
+    PUNCTUATION.get_or_init(|| Regex::new(r"^[\p{P}[:punct:]]$").expect("a valid pattern"))
 }
 
-fn word() -> &'static Regex {
-    static WORD: OnceLock<Regex> = OnceLock::new();
-    WORD.get_or_init(|| Regex::new(r"[\p{L}\p{N}][\p{L}\p{N}\p{M}]*").expect("a valid pattern"))
+fn word_start() -> &'static Regex {
+    static WORD_START: OnceLock<Regex> = OnceLock::new();
+    WORD_START.get_or_init(|| Regex::new(r"^[\p{L}\p{N}]$").expect("a valid pattern"))
+}
+
+fn mark() -> &'static Regex {
+    static MARK: OnceLock<Regex> = OnceLock::new();
+    MARK.get_or_init(|| Regex::new(r"^\p{M}$").expect("a valid pattern"))
+}
+
+/// What a (case-folded) character is to the word splitter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CharClass {
+    /// Punctuation: deleted, so it joins what is on either side.
+    Punctuation,
+    /// A letter or digit: starts or continues a word.
+    Word,
+    /// A combining mark: continues a word, and is no word on its own.
+    Mark,
+    /// Anything else (whitespace, symbols, emoji): ends a word.
+    Separator,
+}
+
+fn classify(c: char) -> CharClass {
+    let mut buffer = [0u8; 4];
+    let text = c.encode_utf8(&mut buffer);
+    if punctuation().is_match(text) {
+        CharClass::Punctuation
+    } else if word_start().is_match(text) {
+        CharClass::Word
+    } else if mark().is_match(text) {
+        CharClass::Mark
+    } else {
+        CharClass::Separator
+    }
+}
+
+/// The class of `c`: from a table for ASCII, else looked up once per thread and remembered.
+fn class_of(c: char) -> CharClass {
+    static ASCII: OnceLock<[CharClass; 128]> = OnceLock::new();
+    thread_local! {
+        static SEEN: std::cell::RefCell<HashMap<char, CharClass>> = std::cell::RefCell::new(HashMap::new());
+    }
+    if c.is_ascii() {
+        let table = ASCII.get_or_init(|| std::array::from_fn(|byte| classify(byte as u8 as char)));
+        return table[c as usize];
+    }
+    SEEN.with(|seen| *seen.borrow_mut().entry(c).or_insert_with(|| classify(c)))
+}
+
+/// Calls `each` with every word of `text`, case-folded, punctuation stripped (see the module docs).
+fn for_each_word(text: &str, mut each: impl FnMut(&str)) {
+    let folded = text.to_lowercase();
+    let mut word = String::with_capacity(32);
+    for c in folded.chars() {
+        match class_of(c) {
+            CharClass::Punctuation => {}
+            CharClass::Word => word.push(c),
+            CharClass::Mark if !word.is_empty() => word.push(c),
+            CharClass::Mark | CharClass::Separator => {
+                if !word.is_empty() {
+                    each(&word);
+                    word.clear();
+                }
+            }
+        }
+    }
+    if !word.is_empty() {
+        each(&word);
+    }
 }
 
 /// The words of `text`, case-folded, punctuation stripped (see the module docs).
 pub fn words(text: &str) -> Vec<String> {
-    let folded = text.to_lowercase();
-    let stripped = punctuation().replace_all(&folded, "");
-    word().find_iter(&stripped).map(|found| found.as_str().to_string()).collect()
+    let mut words = Vec::new();
+    for_each_word(text, |word| words.push(word.to_string()));
+    words
 }
 
 /// The mean lexicon score of the words of `text`; 0 for a text without words.
 pub fn sentiment_score(text: &str, lexicon: &Lexicon) -> f64 {
-    let words = words(text);
-    if words.is_empty() {
-        return 0.0;
-    }
-    let total: f64 = words.iter().map(|word| lexicon.score(word)).sum();
-    total / words.len() as f64
+    let (mut total, mut count) = (0.0, 0usize);
+    for_each_word(text, |word| {
+        total += lexicon.score(word);
+        count += 1;
+    });
+    if count == 0 { 0.0 } else { total / count as f64 }
 }
 
 /// Word scores, keyed by lowercase word.
@@ -295,6 +362,52 @@ impl Kind for SentimentKind {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    /// The definition the splitter implements, with regular expressions over the whole text.
+    fn reference_words(text: &str) -> Vec<String> {
+        static PATTERNS: OnceLock<(Regex, Regex)> = OnceLock::new();
+        let (punctuation, word) = PATTERNS.get_or_init(|| {
+            let punctuation = Regex::new(r"[\p{P}[:punct:]]+").expect("a valid pattern");
+            (punctuation, Regex::new(r"[\p{L}\p{N}][\p{L}\p{N}\p{M}]*").expect("a valid pattern"))
+        });
+        let folded = text.to_lowercase();
+        let stripped = punctuation.replace_all(&folded, "");
+        word.find_iter(&stripped).map(|found| found.as_str().to_string()).collect()
+    }
+
+    /// Text mixing ASCII, letters of other scripts, combining marks, punctuation, symbols and emoji.
+    fn mixed_text() -> impl Strategy<Value = String> {
+        let pieces = prop::sample::select(vec![
+            "a", "Z", "7", " ", "\t", "-", "'", "#", "@", "$", "+", "é", "e\u{301}", "\u{301}", "İ", "Σ",
+            "ΑΣ", "東", "١", "¡", "«", "—", "…", "😀", "👍🏽", "❤️", "€", "©", "\u{200d}", "ß", "ǅ",
+        ]);
+        prop::collection::vec(pieces, 0..30).prop_map(|pieces| pieces.concat())
+    }
+
+    proptest! {
+        #[test]
+        fn the_splitter_agrees_with_the_regular_expressions(text in mixed_text()) {
+            prop_assert_eq!(words(&text), reference_words(&text));
+        }
+
+        #[test]
+        fn the_splitter_agrees_on_any_text(text in "\\PC{0,60}") {
+            prop_assert_eq!(words(&text), reference_words(&text));
+        }
+
+        #[test]
+        fn the_score_is_the_mean_over_the_words(text in mixed_text()) {
+            let lexicon = Lexicon::from_pairs([("a", 1.0), ("z", -2.0), ("é", 0.5), ("e\u{301}", 3.0), ("ασ", 4.0), ("ας", -4.0)]);
+            let words = reference_words(&text);
+            let expected = if words.is_empty() {
+                0.0
+            } else {
+                words.iter().map(|word| lexicon.score(word)).sum::<f64>() / words.len() as f64
+            };
+            prop_assert!((sentiment_score(&text, &lexicon) - expected).abs() < 1e-9);
+        }
+    }
 
     fn small() -> Lexicon {
         Lexicon::from_pairs([("love", 3.2), ("hate", -2.7), ("good", 1.9), ("café", 1.0), ("dont", -0.5)])

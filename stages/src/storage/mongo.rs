@@ -142,8 +142,8 @@ fn to_document(map: &serde_json::Map<String, Value>) -> Document {
     map.iter().map(|(key, value)| (key.clone(), to_bson(value))).collect()
 }
 
-/// A stored document: the JSON with `_id` first.
-fn keyed(id: &str, value: &Value) -> Document {
+/// A stored document: the JSON with `_id` first (also what the storage bench's raw-driver baseline inserts).
+pub fn keyed(id: &str, value: &Value) -> Document {
     let mut document = doc! { "_id": id };
     if let Value::Object(map) = value {
         document.extend(to_document(map));

@@ -49,6 +49,15 @@ impl NatsServer {
         Some(server)
     }
 
+    /// A single JetStream server with `extra` command-line arguments (e.g.
+    /// `-c FILE`); `None` when not installed outside CI.
+    pub async fn start_with(extra: &[&str]) -> Option<NatsServer> {
+        let binary = binary()?;
+        let mut server = Self::new(binary, free_port(), extra.iter().map(|arg| arg.to_string()).collect());
+        server.launch().await;
+        Some(server)
+    }
+
     /// Three JetStream servers routed into one cluster; `None` when not installed outside CI.
     pub async fn cluster() -> Option<Vec<NatsServer>> {
         let binary = binary()?;
