@@ -7,8 +7,10 @@
 //! 1. `memory.svg`: RSS every 100 ms of the tweet pipeline (a child process)
 //!    with the emulator at max and a sink throttled to 4000 tweets/s, at 1x
 //!    and 10x the events, beside the same pipeline on unbounded channels.
-//! 2. `throughput.svg`: tweets/s end to end, emulator at max, logger sleep 0,
-//!    into the null sink and the embedded SQLite sink.
+//! 2. `throughput.svg`: tweets/s end to end, the emulator's events replayed
+//!    from memory, logger sleep 0, into the null sink and the embedded SQLite
+//!    sink, beside the same stages on hand-written bounded tokio channels
+//!    (5 rounds, medians; see `load/throughput.rs`).
 //! 3. `scaling.svg`: events/s of the linear (2, 4, 8 stages), broadcast and
 //!    partition (1, 2, 4, 8 consumers) topologies beside batched tokio channels.
 //! 4. `broker.svg`: in-process broker publish → deliver → ack rate and
