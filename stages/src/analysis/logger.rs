@@ -196,7 +196,9 @@ impl Consumer for Logger {
                 }
             };
             let started = Instant::now();
-            self.config.output.write(log_line(&tweet.tweet.text)).await;
+            if !matches!(self.config.output, OutputTarget::Discard) {
+                self.config.output.write(log_line(&tweet.tweet.text)).await;
+            }
             let sleep = self.config.sleep.sample(&mut self.rng);
             if !sleep.is_zero() {
                 tokio::time::sleep(sleep).await;
