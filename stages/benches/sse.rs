@@ -5,7 +5,7 @@
 //! to `target/bench-report/sse/report.json` (under `CARGO_TARGET_DIR` when set):
 //!
 //! - `sse` / `events_per_s`, `bytes_per_s`: replay server → `SseReceiver`
-//!   (reqwest-eventsource, each event parsed into a `Tweet` or kill message)
+//!   (its own capped parser, `sse_parser`, each event parsed into a `Tweet` or kill message)
 //!   → a consumer that counts, in a stageflow pipeline with default demand;
 //!   the count is checked.
 //! - `sse_baseline` / `events_per_s`, `bytes_per_s`: the same bytes read
