@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use stageflow::config::{
     BuildContext, DeadLetterRecord, DeadLetterTargets, DeadLetterWriter, DispatcherChoices, Kind, Registry,
-    StageDecl, configure, parse_pipeline, settings,
+    StageDecl, configure, kind, parse_pipeline,
 };
 use stageflow::failure::{DeadLetter, FailurePolicy};
 use stageflow::ops::FromIter;
@@ -251,7 +251,7 @@ fn a_batch_that_always_panics_on_one_event_dead_letters_that_event_alone() {
 // ---- pipeline files ---------------------------------------------------------
 
 /// consumes numbers and panics on multiples of `poison`
-#[settings]
+#[kind("flaky", u64 -> Nothing)]
 struct FlakyKind {
     /// multiples of this panic
     poison: u64,
@@ -265,10 +265,6 @@ struct Shared {
 }
 
 impl Kind for FlakyKind {
-    const NAME: &'static str = "flaky";
-    type In = u64;
-    type Out = Nothing;
-
     fn build(self, stage: &StageDecl, pipeline: &mut Pipeline, context: &BuildContext) -> Result<(), String> {
         let shared = context.resources.get_or_default::<Shared>();
         let config =
@@ -279,17 +275,13 @@ impl Kind for FlakyKind {
 }
 
 /// emits 1..=count
-#[settings]
+#[kind("count", Nothing -> u64)]
 struct CountKind {
     /// how many
     count: u64,
 }
 
 impl Kind for CountKind {
-    const NAME: &'static str = "count";
-    type In = Nothing;
-    type Out = u64;
-
     fn build(self, stage: &StageDecl, pipeline: &mut Pipeline, _: &BuildContext) -> Result<(), String> {
         let count = self.count;
         let config = pipeline.producer(&stage.id, move || FromIter::new(1..=count));

@@ -12,12 +12,22 @@
 //! own type; `#[serde(rename = "...")]` on a field names the setting.
 //! Unknown keys are the registry's to report (with a did-you-mean), so the
 //! struct does not deny them itself, and settings structs flatten freely.
+//!
+//! `#[kind("name", In -> Out)]` does the same for a stage kind's settings
+//! and adds its `stageflow::config::Signature`: the name pipeline files use
+//! and the events it takes and emits (`, external_subscribers` when
+//! subscribers may join at run time). What is left to write is `impl Kind`:
+//! how it builds its stage.
 
 use proc_macro::TokenStream;
 use proc_macro2::{Ident, TokenTree};
 use quote::{format_ident, quote};
+use syn::parse::{Parse, ParseStream};
 use syn::spanned::Spanned;
-use syn::{Attribute, Data, DeriveInput, Expr, Fields, Lit, Meta, Type, parse_macro_input, parse_quote};
+use syn::{
+    Attribute, Data, DeriveInput, Expr, Fields, Lit, LitStr, Meta, Token, Type, parse_macro_input,
+    parse_quote,
+};
 
 /// Derives `Deserialize` and `stageflow::config::Settings` for a settings struct (see the crate docs).
 #[proc_macro_attribute]
@@ -30,6 +40,57 @@ pub fn settings(args: TokenStream, input: TokenStream) -> TokenStream {
     match expand(&mut input) {
         Ok(tokens) => tokens.into(),
         Err(error) => error.to_compile_error().into(),
+    }
+}
+
+/// `#[settings]` plus the kind's `Signature`: `#[kind("name", In -> Out)]` (see the crate docs).
+#[proc_macro_attribute]
+pub fn kind(args: TokenStream, input: TokenStream) -> TokenStream {
+    let signature = parse_macro_input!(args as KindArgs);
+    let mut input = parse_macro_input!(input as DeriveInput);
+    match expand(&mut input) {
+        Ok(tokens) => {
+            let KindArgs { name, input: takes, output: emits, external } = signature;
+            let ident = &input.ident;
+            quote! {
+                #tokens
+                impl ::stageflow::config::Signature for #ident {
+                    const NAME: &'static str = #name;
+                    type In = #takes;
+                    type Out = #emits;
+                    const EXTERNAL_SUBSCRIBERS: bool = #external;
+                }
+            }
+            .into()
+        }
+        Err(error) => error.to_compile_error().into(),
+    }
+}
+
+/// `"name", In -> Out` and an optional `, external_subscribers`.
+struct KindArgs {
+    name: LitStr,
+    input: Type,
+    output: Type,
+    external: bool,
+}
+
+impl Parse for KindArgs {
+    fn parse(input: ParseStream) -> syn::Result<Self> {
+        let name = input.parse()?;
+        input.parse::<Token![,]>()?;
+        let takes = Type::without_plus(input)?;
+        input.parse::<Token![->]>()?;
+        let emits = Type::without_plus(input)?;
+        let mut external = false;
+        if input.parse::<Option<Token![,]>>()?.is_some() && !input.is_empty() {
+            let flag: Ident = input.parse()?;
+            if flag != "external_subscribers" {
+                return Err(syn::Error::new(flag.span(), "expected `external_subscribers`"));
+            }
+            external = true;
+        }
+        Ok(KindArgs { name, input: takes, output: emits, external })
     }
 }
 

@@ -1,23 +1,25 @@
 //! How a stage kind is declared: its settings struct *is* the kind.
 //!
 //! To add a kind, write the struct a stage's table deserialises into, beside
-//! the stage it builds, under [`#[settings]`](macro@settings): it derives
-//! `serde::Deserialize` and turns the doc comments into the kind's
+//! the stage it builds, under [`#[kind("name", In -> Out)]`](macro@kind): the
+//! name pipeline files use and the events it takes and emits (its role
+//! follows: `Nothing -> T` is a producer, `T -> Nothing` a consumer). It
+//! derives `serde::Deserialize` and turns the doc comments into the kind's
 //! documentation (the struct's into its summary, each field's into that
 //! setting's help; a field is required unless it is an `Option` or has a
-//! default, written `#[default(value)]`). Then implement [`Kind`]: its name, the events
-//! it takes and emits (its role follows: `In = Nothing` is a producer,
-//! `Out = Nothing` a consumer) and how it adds its stage to a pipeline.
+//! default, written `#[default(value)]`). Then implement [`Kind`]: how it
+//! adds its stage to a pipeline. (A struct of settings several kinds share
+//! is a [`#[settings]`](macro@settings) struct, `#[serde(flatten)]`ed into theirs.)
 //! Register it with [`Registry::add`](super::Registry::add). There is no
 //! central list of settings or roles to keep in step.
 //!
 //! ```
-//! use stageflow::config::{BuildContext, DispatcherChoices, Kind, Registry, StageDecl, configure, settings};
+//! use stageflow::config::{BuildContext, DispatcherChoices, Kind, Registry, StageDecl, configure, kind};
 //! use stageflow::ops::FromIter;
 //! use stageflow::{Nothing, Pipeline};
 //!
 //! /// emits start, start+1, ... as demand allows; ends after `count` numbers
-//! #[settings]
+//! #[kind("numbers", Nothing -> u64)]
 //! struct Numbers {
 //!     /// first number (default 1)
 //!     #[default(1)]
@@ -27,10 +29,6 @@
 //! }
 //!
 //! impl Kind for Numbers {
-//!     const NAME: &'static str = "numbers";
-//!     type In = Nothing;
-//!     type Out = u64;
-//!
 //!     // Optional: checks beyond what deserialising does, run by `stageflow check` too.
 //!     fn check(&self, _: &StageDecl) -> Result<(), String> {
 //!         match self.count {
@@ -74,7 +72,7 @@ use crate::failure::{DeadLetter, FailurePolicy, KeepFn};
 use crate::pipeline::Pipeline;
 use crate::stage::Nothing;
 
-pub use stageflow_derive::settings;
+pub use stageflow_derive::{kind, settings};
 
 /// A type of event that flows between stage kinds, with the name errors use.
 pub trait Event: Send + 'static {
@@ -153,8 +151,8 @@ pub trait Settings: DeserializeOwned {
     fn docs() -> Vec<SettingDoc>;
 }
 
-/// A stage kind: a settings struct that knows which stage it builds.
-pub trait Kind: Settings + 'static {
+/// A kind's name and the events it takes and emits; written by [`#[kind]`](macro@kind).
+pub trait Signature {
     /// The name used in `kind = "..."`.
     const NAME: &'static str;
     /// The events it takes ([`Nothing`] for a producer).
@@ -162,8 +160,11 @@ pub trait Kind: Settings + 'static {
     /// The events it emits ([`Nothing`] for a consumer).
     type Out: Event;
     /// Whether subscribers may join at run time, so no subscriber in the file is fine.
-    const EXTERNAL_SUBSCRIBERS: bool = false;
+    const EXTERNAL_SUBSCRIBERS: bool;
+}
 
+/// A stage kind: a settings struct that knows which stage it builds.
+pub trait Kind: Settings + Signature + 'static {
     /// Checks what deserialising cannot (ranges, files, combinations); run before every build.
     fn check(&self, _stage: &StageDecl) -> Result<(), String> {
         Ok(())

@@ -33,7 +33,7 @@ mod resources;
 mod suggest;
 
 pub use env::expand_env;
-pub use kind::{Event, Kind, Settings, settings};
+pub use kind::{Event, Kind, Settings, Signature, kind, settings};
 pub use parse::parse_pipeline;
 pub use registry::{
     BuildContext, DispatcherChoices, EventType, Registry, Role, SettingDoc, StageKind, configure,

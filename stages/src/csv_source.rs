@@ -24,7 +24,7 @@ use crate::broker::protocol::shorten;
 use crate::sse::{SseEvent, TweetMessage};
 use crate::tweet::{Entities, Hashtag, Tweet, User};
 use stageflow::Nothing;
-use stageflow::config::{BuildContext, DispatcherChoices, Kind, StageDecl, configure, settings};
+use stageflow::config::{BuildContext, DispatcherChoices, Kind, StageDecl, configure, kind};
 
 /// Columns a tweet CSV file must have.
 pub const REQUIRED_COLUMNS: [&str; 3] = ["id_str", "text", "user_id_str"];
@@ -397,7 +397,7 @@ pub fn expand_files(patterns: &[String]) -> Result<Vec<PathBuf>, String> {
 }
 
 /// reads tweets from CSV files as demand allows; bad rows are counted and logged with file and line
-#[settings]
+#[kind("csv_tweets", Nothing -> SseEvent)]
 pub struct CsvTweetsKind {
     /// glob patterns of CSV files with a header row (id_str, text, user_id_str required; created_at, favorite_count, retweet_count, lang, hashtags, screen_name, user_name, followers_count, friends_count optional)
     files: Vec<String>,
@@ -407,10 +407,6 @@ pub struct CsvTweetsKind {
 }
 
 impl Kind for CsvTweetsKind {
-    const NAME: &'static str = "csv_tweets";
-    type In = Nothing;
-    type Out = SseEvent;
-
     fn check(&self, _: &StageDecl) -> Result<(), String> {
         if self.max_record_bytes == 0 {
             return Err("`max_record_bytes` must be at least 1".into());

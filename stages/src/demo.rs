@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use stageflow::config::{BuildContext, DispatcherChoices, Kind, StageDecl, configure, settings};
+use stageflow::config::{BuildContext, DispatcherChoices, Kind, StageDecl, configure, kind};
 use stageflow::ops::{FromIter, Map};
 use stageflow::{Consumer, Events, Nothing, Pipeline};
 
@@ -14,7 +14,7 @@ fn number_choices() -> DispatcherChoices<u64> {
 }
 
 /// emits start, start+1, ... as demand allows; ends after `count` numbers
-#[settings]
+#[kind("numbers", Nothing -> u64)]
 pub struct NumbersKind {
     /// first number (default 0)
     #[serde(default)]
@@ -24,10 +24,6 @@ pub struct NumbersKind {
 }
 
 impl Kind for NumbersKind {
-    const NAME: &'static str = "numbers";
-    type In = Nothing;
-    type Out = u64;
-
     fn build(self, stage: &StageDecl, pipeline: &mut Pipeline, _: &BuildContext) -> Result<(), String> {
         let start = self.start;
         let end = self.count.map_or(u64::MAX, |count| start.saturating_add(count));
@@ -37,17 +33,13 @@ impl Kind for NumbersKind {
 }
 
 /// multiplies each number by `factor`
-#[settings]
+#[kind("scale", u64 -> u64)]
 pub struct ScaleKind {
     /// what every number is multiplied by
     factor: u64,
 }
 
 impl Kind for ScaleKind {
-    const NAME: &'static str = "scale";
-    type In = u64;
-    type Out = u64;
-
     fn build(self, stage: &StageDecl, pipeline: &mut Pipeline, _: &BuildContext) -> Result<(), String> {
         let factor = self.factor;
         // Wrapping: a long run must not panic on overflow.
@@ -58,7 +50,7 @@ impl Kind for ScaleKind {
 }
 
 /// adds up the numbers it takes; logs the total at the end
-#[settings]
+#[kind("sum", u64 -> Nothing)]
 pub struct SumKind {}
 
 /// Adds up numbers; the total is logged at the end.
@@ -82,10 +74,6 @@ impl Consumer for Sum {
 }
 
 impl Kind for SumKind {
-    const NAME: &'static str = "sum";
-    type In = u64;
-    type Out = Nothing;
-
     fn build(self, stage: &StageDecl, pipeline: &mut Pipeline, _: &BuildContext) -> Result<(), String> {
         let total = Arc::new(AtomicU64::new(0));
         let id = stage.id.clone();
@@ -95,17 +83,13 @@ impl Kind for SumKind {
 }
 
 /// turns each number into text through `template`
-#[settings]
+#[kind("format", u64 -> String)]
 pub struct FormatKind {
     /// text with {} where the number goes, e.g. "n = {}"
     template: String,
 }
 
 impl Kind for FormatKind {
-    const NAME: &'static str = "format";
-    type In = u64;
-    type Out = String;
-
     fn check(&self, _: &StageDecl) -> Result<(), String> {
         if !self.template.contains("{}") {
             return Err(format!("`template` must contain {{}} for the number, got \"{}\"", self.template));
@@ -124,7 +108,7 @@ impl Kind for FormatKind {
 }
 
 /// prints lines of text to stdout
-#[settings]
+#[kind("print", String -> Nothing)]
 pub struct PrintKind {
     /// print one line in this many (default 1)
     #[default(1)]
@@ -151,10 +135,6 @@ impl Consumer for Print {
 }
 
 impl Kind for PrintKind {
-    const NAME: &'static str = "print";
-    type In = String;
-    type Out = Nothing;
-
     fn check(&self, _: &StageDecl) -> Result<(), String> {
         match self.every {
             0 => Err("`every` must be at least 1".into()),

@@ -53,7 +53,7 @@ use stageflow::{Emitter, Flow, Producer};
 use crate::sse_parser::{DEFAULT_MAX_EVENT_BYTES, SseItem, SseParser};
 
 use crate::tweet::{ParsedData, Tweet, parse_sse_data};
-use stageflow::config::{BuildContext, DispatcherChoices, Kind, StageDecl, configure, settings};
+use stageflow::config::{BuildContext, DispatcherChoices, Kind, StageDecl, configure, kind};
 use stageflow::{Nothing, Pipeline};
 
 use crate::backoff::backoff;
@@ -556,7 +556,7 @@ impl Producer for SseReceiver {
 }
 
 /// reads an SSE stream of tweets (and kill messages) only as fast as downstream asks; reconnects with backoff
-#[settings]
+#[kind("sse", Nothing -> SseEvent)]
 pub struct SseKind {
     /// the stream, e.g. "http://localhost:4000/tweets/1"
     url: String,
@@ -596,10 +596,6 @@ impl SseKind {
 }
 
 impl Kind for SseKind {
-    const NAME: &'static str = "sse";
-    type In = Nothing;
-    type Out = SseEvent;
-
     fn check(&self, _: &StageDecl) -> Result<(), String> {
         self.source().map(|_| ())
     }

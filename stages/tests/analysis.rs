@@ -9,9 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::StreamExt;
-use stageflow::config::{
-    BuildContext, DispatcherChoices, Kind, StageDecl, configure, parse_pipeline, settings,
-};
+use stageflow::config::{BuildContext, DispatcherChoices, Kind, StageDecl, configure, kind, parse_pipeline};
 use stageflow::ops::{ForEach, FromIter, FromStream};
 use stageflow::window::top_n;
 use stageflow::{
@@ -719,14 +717,10 @@ async fn statistics_nobody_subscribes_to_write_their_frames_but_buffer_none() {
 struct Collected(Arc<Mutex<Vec<ScoredTweet>>>);
 
 /// collects scored tweets (tests) into the [`Collected`] of the build context
-#[settings]
+#[kind("collect", ScoredTweet -> Nothing)]
 struct CollectKind {}
 
 impl Kind for CollectKind {
-    const NAME: &'static str = "collect";
-    type In = ScoredTweet;
-    type Out = Nothing;
-
     fn build(self, stage: &StageDecl, pipeline: &mut Pipeline, context: &BuildContext) -> Result<(), String> {
         let collected = context.resources.get_or_default::<Collected>();
         let config = pipeline.consumer(&stage.id, collector(collected.0.clone()));

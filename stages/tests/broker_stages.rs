@@ -18,8 +18,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use stageflow::config::{
-    BuildContext, DispatcherChoices, Kind, Registry, Resources, StageDecl, configure, parse_pipeline,
-    settings,
+    BuildContext, DispatcherChoices, Kind, Registry, Resources, StageDecl, configure, kind, parse_pipeline,
 };
 use stageflow::ops::FromIter;
 use stageflow::{Consumer, Events, Nothing, Pipeline, PipelineHandle};
@@ -150,7 +149,7 @@ struct Gate {
 }
 
 /// records lines, one permit each (the [`Gate`] comes from the build context)
-#[settings]
+#[kind("gated", String -> Nothing)]
 struct GatedKind {}
 
 /// Takes one permit per line before recording it.
@@ -168,10 +167,6 @@ impl Consumer for Gated {
 }
 
 impl Kind for GatedKind {
-    const NAME: &'static str = "gated";
-    type In = String;
-    type Out = Nothing;
-
     fn build(self, stage: &StageDecl, pipeline: &mut Pipeline, context: &BuildContext) -> Result<(), String> {
         let gate = context.resources.get::<Gate>().ok_or("the test puts a Gate in the context")?;
         let config = pipeline.consumer(&stage.id, move || Gated((*gate).clone()));
@@ -183,14 +178,10 @@ impl Kind for GatedKind {
 struct FixedTweets(Vec<ScoredTweet>);
 
 /// emits fixed scored tweets (the [`FixedTweets`] in the build context), then ends
-#[settings]
+#[kind("test_tweets", Nothing -> ScoredTweet)]
 struct TestTweetsKind {}
 
 impl Kind for TestTweetsKind {
-    const NAME: &'static str = "test_tweets";
-    type In = Nothing;
-    type Out = ScoredTweet;
-
     fn build(self, stage: &StageDecl, pipeline: &mut Pipeline, context: &BuildContext) -> Result<(), String> {
         let tweets =
             context.resources.get::<FixedTweets>().ok_or("the test puts FixedTweets in the context")?;

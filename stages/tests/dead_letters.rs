@@ -20,7 +20,7 @@ use std::time::Duration;
 use futures::TryStreamExt;
 use mongodb::bson::{Document, doc};
 use stageflow::config::{
-    BuildContext, DispatcherChoices, Kind, PipelineFile, StageDecl, configure, parse_pipeline, settings,
+    BuildContext, DispatcherChoices, Kind, PipelineFile, StageDecl, configure, kind, parse_pipeline,
 };
 use stageflow::{Nothing, Pipeline};
 use stageflow_stages::analysis::logger::KILL_PANIC;
@@ -83,14 +83,10 @@ fn good_ids(except: &[u64]) -> BTreeSet<String> {
 }
 
 /// emits tweets 1..=40, some of which stores reject (tests)
-#[settings]
+#[kind("mixed_tweets", Nothing -> ScoredTweet)]
 struct MixedTweetsKind {}
 
 impl Kind for MixedTweetsKind {
-    const NAME: &'static str = "mixed_tweets";
-    type In = Nothing;
-    type Out = ScoredTweet;
-
     fn build(self, stage: &StageDecl, pipeline: &mut Pipeline, _: &BuildContext) -> Result<(), String> {
         let config = pipeline.producer(&stage.id, || stageflow::ops::FromIter::new(mixed().into_iter()));
         configure(stage, config, &DispatcherChoices::cloneable(), None)

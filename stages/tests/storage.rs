@@ -27,7 +27,7 @@ use futures::TryStreamExt;
 use mongodb::Client;
 use mongodb::bson::{Document, doc};
 use stageflow::config::{
-    BuildContext, DispatcherChoices, Kind, Resources, StageDecl, configure, parse_pipeline, settings,
+    BuildContext, DispatcherChoices, Kind, Resources, StageDecl, configure, kind, parse_pipeline,
 };
 use stageflow::ops::FromIter;
 use stageflow::{DemandBounds, Emitter, Flow, Nothing, Pipeline, Producer, SubscribeOptions};
@@ -692,17 +692,13 @@ async fn a_mongo_server_stopped_mid_run_loses_nothing_and_duplicates_nothing() {
 // ---------------------------------------------------------------- kinds
 
 /// emits `count` distinct scored tweets (tests; no replays)
-#[settings]
+#[kind("test_tweets", Nothing -> ScoredTweet)]
 struct TestTweetsKind {
     /// how many
     count: u64,
 }
 
 impl Kind for TestTweetsKind {
-    const NAME: &'static str = "test_tweets";
-    type In = Nothing;
-    type Out = ScoredTweet;
-
     fn build(self, stage: &StageDecl, pipeline: &mut Pipeline, _: &BuildContext) -> Result<(), String> {
         let tweets = (1..=self.count).map(|id| scored(tweet(id, id % 37), false)).collect();
         let config = pipeline.producer(&stage.id, from_vec(tweets));

@@ -36,7 +36,7 @@ use mongodb::Client;
 use mongodb::bson::{Bson, Document, doc};
 use serde_json::Value;
 use stageflow::config::{
-    BuildContext, DispatcherChoices, Kind, Resources, StageDecl, configure, parse_pipeline, settings,
+    BuildContext, DispatcherChoices, Kind, Resources, StageDecl, configure, kind, parse_pipeline,
 };
 use stageflow::{Nothing, Pipeline, PipelineSummary};
 use stageflow_stages::analysis::engagement::engagement_of;
@@ -632,14 +632,10 @@ impl Sink for SlowSink {
 }
 
 /// takes one batch per second (test only); the [`SlowSink`] comes from the build context
-#[settings]
+#[kind("slow_sink", Batch -> Nothing)]
 struct SlowSinkKind {}
 
 impl Kind for SlowSinkKind {
-    const NAME: &'static str = "slow_sink";
-    type In = Batch;
-    type Out = Nothing;
-
     fn build(self, stage: &StageDecl, pipeline: &mut Pipeline, context: &BuildContext) -> Result<(), String> {
         let sink = context.resources.get::<SlowSink>().ok_or("the test puts a SlowSink in the context")?;
         let (id, metrics) = (stage.id.clone(), SinkMetrics::new());

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use stageflow::config::{BuildContext, Kind, StageDecl, settings};
+use stageflow::config::{BuildContext, Kind, Signature, StageDecl, kind};
 use stageflow::{Consumer, Emitter, Events, Flow, Nothing, Pipeline, Producer, ProducerConsumer};
 use stageflow_stages::analysis::sentiment::SharedLexicon;
 use stageflow_stages::analysis::{
@@ -20,6 +20,7 @@ use stageflow_stages::scored::ScoredTweet;
 use stageflow_stages::sse::{SseEvent, SseReceiver, SseSourceConfig};
 use stageflow_stages::storage::batcher::Batch;
 use stageflow_stages::storage::documents::SplitBatch;
+use stageflow_stages::storage::null::NullSink;
 use stageflow_stages::storage::{
     EngagementFlush, FlushId, Inserted, Sink, SinkError, SinkMetrics, SinkOptions, SinkStage, build_sink,
 };
@@ -69,32 +70,24 @@ impl ThrottledSink {
 impl Sink for ThrottledSink {
     const NEEDS_DOCUMENTS: bool = false;
 
-    async fn insert(&mut self, batch: &SplitBatch, _: &FlushId) -> Result<Inserted, SinkError> {
+    async fn insert(&mut self, batch: &SplitBatch, id: &FlushId) -> Result<Inserted, SinkError> {
         tokio::time::sleep(Duration::from_secs_f64(batch.tweets.len() as f64 / self.tweets_per_s)).await;
-        Ok(Inserted {
-            new_tweets: (0..batch.tweets.len()).collect(),
-            new_users: batch.users.len(),
-            ..Inserted::default()
-        })
+        NullSink.insert(batch, id).await
     }
 
-    async fn add_engagements(&mut self, _: &EngagementFlush) -> Result<(), SinkError> {
-        Ok(())
+    async fn add_engagements(&mut self, flush: &EngagementFlush) -> Result<(), SinkError> {
+        NullSink.add_engagements(flush).await
     }
 }
 
 /// stores nothing, at a fixed number of tweets per second (load benchmark only)
-#[settings]
+#[kind("throttled_sink", Batch -> Nothing)]
 struct ThrottledSinkKind {
     /// tweets stored per second
     tweets_per_s: f64,
 }
 
 impl Kind for ThrottledSinkKind {
-    const NAME: &'static str = "throttled_sink";
-    type In = Batch;
-    type Out = Nothing;
-
     fn build(self, stage: &StageDecl, pipeline: &mut Pipeline, context: &BuildContext) -> Result<(), String> {
         let sink = ThrottledSink { tweets_per_s: self.tweets_per_s };
         build_sink(stage, pipeline, context, Self::NAME, SinkOptions::default(), move || sink)

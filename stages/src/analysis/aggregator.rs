@@ -18,7 +18,7 @@ use tokio::time::Instant;
 use super::flow::{FlowTweet, Score, TweetScore};
 use crate::scored::ScoredTweet;
 use stageflow::Pipeline;
-use stageflow::config::{BuildContext, DispatcherChoices, Kind, StageDecl, configure, settings};
+use stageflow::config::{BuildContext, DispatcherChoices, Kind, StageDecl, configure, kind};
 
 use super::StatsHub;
 use crate::settings::at_least_one;
@@ -226,7 +226,7 @@ impl ProducerConsumer for Aggregator {
 }
 
 /// joins each tweet's sentiment and engagement scores into a scored tweet; half-joined tweets wait at most ttl_ms, at most max_pending of them, evictions counted
-#[settings]
+#[kind("aggregator", TweetScore -> ScoredTweet)]
 pub struct AggregatorKind {
     /// how long a tweet with one score waits for the other before it is evicted (default 30000)
     #[default(30_000)]
@@ -237,10 +237,6 @@ pub struct AggregatorKind {
 }
 
 impl Kind for AggregatorKind {
-    const NAME: &'static str = "aggregator";
-    type In = TweetScore;
-    type Out = ScoredTweet;
-
     fn check(&self, _: &StageDecl) -> Result<(), String> {
         at_least_one("ttl_ms", self.ttl_ms)?;
         at_least_one("max_pending", self.max_pending)

@@ -4,7 +4,7 @@ use stageflow::{Emitter, Events, ProducerConsumer};
 
 use super::flow::{Score, TweetFlow, TweetScore};
 use crate::tweet::Tweet;
-use stageflow::config::{BuildContext, DispatcherChoices, Kind, StageDecl, configure, settings};
+use stageflow::config::{BuildContext, DispatcherChoices, Kind, StageDecl, configure, kind};
 use stageflow::{Pipeline, PoolConfig};
 
 use super::flow::{check_selectors, tweet_flow_selector};
@@ -39,14 +39,10 @@ impl ProducerConsumer for Engagement {
 }
 
 /// scores each tweet: (favorites + retweets) / followers, 0 followers counted as 1; skips kill messages
-#[settings]
+#[kind("engagement", TweetFlow -> TweetScore)]
 pub struct EngagementKind {}
 
 impl Kind for EngagementKind {
-    const NAME: &'static str = "engagement";
-    type In = TweetFlow;
-    type Out = TweetScore;
-
     fn check(&self, stage: &StageDecl) -> Result<(), String> {
         check_selectors(stage)
     }

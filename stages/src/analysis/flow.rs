@@ -11,7 +11,7 @@ use crate::sse::{SseEvent, TweetMessage};
 use crate::tweet::Tweet;
 use crate::tweet::partition_of_id;
 use stageflow::Pipeline;
-use stageflow::config::{BuildContext, DispatcherChoices, Kind, StageDecl, configure, settings};
+use stageflow::config::{BuildContext, DispatcherChoices, Kind, StageDecl, configure, kind};
 
 /// Numbers every tweet entering the flow, process-wide, so equal tweet ids
 /// travelling at once (an original retweeted twice) never join each other.
@@ -273,7 +273,7 @@ pub fn check_selectors(stage: &StageDecl) -> Result<(), String> {
 }
 
 /// the tweet hub: SSE events in; tweets, originals extracted from retweets (flagged) and kill messages out; subscribers may use selector = "tweets" | "received" | "extracted" | "kills" | "all" with dispatcher = "broadcast"
-#[settings]
+#[kind("tweets", SseEvent -> TweetFlow)]
 pub struct TweetsKind {
     /// emit each retweet's retweeted_status as a tweet of its own, flagged extracted (default true)
     #[default(true)]
@@ -281,10 +281,6 @@ pub struct TweetsKind {
 }
 
 impl Kind for TweetsKind {
-    const NAME: &'static str = "tweets";
-    type In = SseEvent;
-    type Out = TweetFlow;
-
     fn build(self, stage: &StageDecl, pipeline: &mut Pipeline, _: &BuildContext) -> Result<(), String> {
         let extract = self.extract_retweets;
         let config = pipeline.producer_consumer(&stage.id, move || TweetsHub::new(extract));

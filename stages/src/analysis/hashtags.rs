@@ -25,7 +25,7 @@ use stageflow::{Consumer, Events};
 
 use super::flow::TweetFlow;
 use crate::tweet::Tweet;
-use stageflow::config::{BuildContext, DispatcherChoices, Kind, StageDecl, configure, settings};
+use stageflow::config::{BuildContext, DispatcherChoices, Kind, StageDecl, configure, kind};
 use stageflow::{Nothing, Pipeline};
 
 use super::flow::{check_selectors, tweet_flow_selector};
@@ -183,7 +183,7 @@ impl Consumer for Hashtags {
 }
 
 /// counts hashtags per window and writes the top ones atomically to a JSON file after each window
-#[settings]
+#[kind("hashtags", TweetFlow -> Nothing)]
 pub struct HashtagsKind {
     /// the JSON file, relative to the data directory (default "hashtags.json")
     #[default("hashtags.json")]
@@ -200,10 +200,6 @@ pub struct HashtagsKind {
 }
 
 impl Kind for HashtagsKind {
-    const NAME: &'static str = "hashtags";
-    type In = TweetFlow;
-    type Out = Nothing;
-
     fn check(&self, stage: &StageDecl) -> Result<(), String> {
         a_period("every_ms", self.every_ms)?;
         at_least_one("top", self.top)?;

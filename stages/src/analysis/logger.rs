@@ -15,7 +15,7 @@ use tokio::time::Instant;
 
 use super::flow::TweetFlow;
 use super::statistics::StatsHub;
-use stageflow::config::{BuildContext, DispatcherChoices, Kind, StageDecl, configure, settings};
+use stageflow::config::{BuildContext, DispatcherChoices, Kind, StageDecl, configure, kind};
 use stageflow::{Nothing, Pipeline, PoolConfig, RestartPolicy};
 
 use super::flow::{check_selectors, tweet_flow_selector};
@@ -220,7 +220,7 @@ pub struct LoggerOutput(pub OutputTarget);
 pub const DEFAULT_LOGGER_WORKERS: (usize, usize) = (1, 5000);
 
 /// prints each tweet's text, sleeps to emulate work, crashes on a kill message (restarted by its supervisor); an autoscaled pool by default
-#[settings]
+#[kind("logger", TweetFlow -> Nothing)]
 pub struct LoggerKind {
     /// "stdout" (default), "stderr" or "none"
     #[default("stdout")]
@@ -249,10 +249,6 @@ impl LoggerKind {
 }
 
 impl Kind for LoggerKind {
-    const NAME: &'static str = "logger";
-    type In = TweetFlow;
-    type Out = Nothing;
-
     fn check(&self, stage: &StageDecl) -> Result<(), String> {
         OutputTarget::named(&self.output)?;
         self.sleep().validate()?;

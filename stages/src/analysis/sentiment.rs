@@ -18,7 +18,7 @@ use stageflow::{Emitter, Events, ProducerConsumer};
 use tokio::sync::OnceCell;
 
 use super::flow::{Score, TweetFlow, TweetScore};
-use stageflow::config::{BuildContext, DispatcherChoices, Kind, StageDecl, configure, settings};
+use stageflow::config::{BuildContext, DispatcherChoices, Kind, StageDecl, configure, kind};
 use stageflow::{Pipeline, PoolConfig};
 
 use super::flow::{check_selectors, tweet_flow_selector};
@@ -311,7 +311,7 @@ impl ProducerConsumer for Sentiment {
 pub const DEFAULT_SCORING_WORKERS: (usize, usize) = (1, 4);
 
 /// scores each tweet: mean lexicon score of its words (VADER's lexicon unless told otherwise); skips kill messages
-#[settings]
+#[kind("sentiment", TweetFlow -> TweetScore)]
 pub struct SentimentKind {
     /// a word<TAB>score file to use instead of VADER's (default: VADER, from the vader_sentiment crate)
     lexicon_file: Option<PathBuf>,
@@ -338,10 +338,6 @@ impl SentimentKind {
 }
 
 impl Kind for SentimentKind {
-    const NAME: &'static str = "sentiment";
-    type In = TweetFlow;
-    type Out = TweetScore;
-
     fn check(&self, stage: &StageDecl) -> Result<(), String> {
         check_selectors(stage)?;
         match self.source()? {

@@ -34,7 +34,7 @@ use super::aggregator::JoinStats;
 use crate::dead_letters::DeadLetterCounts;
 use crate::sse::SseSources;
 use crate::timings::{InsertTimings, LatencyRecorder, TimingSummary};
-use stageflow::config::{BuildContext, DispatcherChoices, Kind, StageDecl, configure, settings};
+use stageflow::config::{BuildContext, DispatcherChoices, Kind, StageDecl, configure, kind};
 use stageflow::{BufferKeep, Nothing, Pipeline};
 
 use crate::settings::a_period;
@@ -363,7 +363,7 @@ impl Producer for Statistics {
 pub const STATISTICS_BUFFER: usize = 64;
 
 /// every frame: p75/p85/p95 of logger and bulk-insert times, crashes, tweets and users ingested, events dropped; logged and emitted as stats frames
-#[settings]
+#[kind("statistics", Nothing -> StatsFrame, external_subscribers)]
 pub struct StatisticsKind {
     /// the frame (default 5000)
     #[default(5000)]
@@ -385,11 +385,6 @@ impl StatisticsKind {
 }
 
 impl Kind for StatisticsKind {
-    const NAME: &'static str = "statistics";
-    type In = Nothing;
-    type Out = StatsFrame;
-    const EXTERNAL_SUBSCRIBERS: bool = true;
-
     fn check(&self, _: &StageDecl) -> Result<(), String> {
         a_period("frame_ms", self.frame_ms)?;
         self.output().map(|_| ())

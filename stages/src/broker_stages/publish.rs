@@ -17,7 +17,7 @@ use crate::scored::ScoredTweet;
 use crate::storage::documents::split_batch;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use stageflow::config::{BuildContext, DispatcherChoices, Kind, StageDecl, configure, settings};
+use stageflow::config::{BuildContext, DispatcherChoices, Kind, StageDecl, configure, kind, settings};
 use stageflow::{Nothing, Pipeline};
 
 use super::client::ConnectSettings;
@@ -471,9 +471,12 @@ pub struct PublishSettings {
 }
 
 impl PublishSettings {
-    /// Checks the connection, priority and window without connecting.
-    fn check(&self) -> Result<(), String> {
+    /// Checks the connection, priority, window and `topics` (setting, topic) without connecting.
+    fn check(&self, topics: &[(&str, &str)]) -> Result<(), String> {
         self.connect.check()?;
+        for (key, topic) in topics {
+            check_name("topic", topic).map_err(|why| format!("`{key}`: {why}"))?;
+        }
         if self.priority > MAX_PRIORITY {
             return Err(format!("`priority` must be from 0 to {MAX_PRIORITY}, got {}", self.priority));
         }
@@ -512,11 +515,6 @@ impl PublishSettings {
     }
 }
 
-/// Checks a topic name given as setting `key`.
-fn check_topic(key: &str, topic: &str) -> Result<(), String> {
-    check_name("topic", topic).map_err(|why| format!("`{key}`: {why}"))
-}
-
 /// When this build happened, in hex milliseconds: keeps generated ids of different runs apart.
 fn run_token() -> String {
     let millis = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |since| since.as_millis());
@@ -524,7 +522,7 @@ fn run_token() -> String {
 }
 
 /// publishes lines of text to a broker topic (an event line as is, other lines wrapped); waits for each ok
-#[settings]
+#[kind("broker_publish", String -> Nothing)]
 pub struct BrokerPublishKind {
     #[serde(flatten)]
     publish: PublishSettings,
@@ -540,13 +538,8 @@ pub struct BrokerPublishKind {
 }
 
 impl Kind for BrokerPublishKind {
-    const NAME: &'static str = "broker_publish";
-    type In = String;
-    type Out = Nothing;
-
     fn check(&self, _: &StageDecl) -> Result<(), String> {
-        self.publish.check()?;
-        check_topic("topic", &self.topic)?;
+        self.publish.check(&[("topic", &self.topic)])?;
         if let Some(prefix) = &self.id_prefix
             && (prefix.is_empty()
                 || prefix.len() > MAX_ID_LEN / 2
@@ -572,7 +565,7 @@ impl Kind for BrokerPublishKind {
 }
 
 /// publishes each scored tweet's document to `tweets` and its user's to `users`, ids = id_str
-#[settings]
+#[kind("broker_tweets", ScoredTweet -> Nothing)]
 pub struct BrokerTweetsKind {
     #[serde(flatten)]
     publish: PublishSettings,
@@ -585,14 +578,8 @@ pub struct BrokerTweetsKind {
 }
 
 impl Kind for BrokerTweetsKind {
-    const NAME: &'static str = "broker_tweets";
-    type In = ScoredTweet;
-    type Out = Nothing;
-
     fn check(&self, _: &StageDecl) -> Result<(), String> {
-        self.publish.check()?;
-        check_topic("tweets_topic", &self.tweets_topic)?;
-        check_topic("users_topic", &self.users_topic)
+        self.publish.check(&[("tweets_topic", &self.tweets_topic), ("users_topic", &self.users_topic)])
     }
 
     fn build(self, stage: &StageDecl, pipeline: &mut Pipeline, _: &BuildContext) -> Result<(), String> {
@@ -603,7 +590,7 @@ impl Kind for BrokerTweetsKind {
 }
 
 /// publishes each stats frame to logger_stats, tweets_stats and users_stats
-#[settings]
+#[kind("broker_stats", StatsFrame -> Nothing)]
 pub struct BrokerStatsKind {
     #[serde(flatten)]
     publish: PublishSettings,
@@ -619,15 +606,12 @@ pub struct BrokerStatsKind {
 }
 
 impl Kind for BrokerStatsKind {
-    const NAME: &'static str = "broker_stats";
-    type In = StatsFrame;
-    type Out = Nothing;
-
     fn check(&self, _: &StageDecl) -> Result<(), String> {
-        self.publish.check()?;
-        check_topic("logger_topic", &self.logger_topic)?;
-        check_topic("tweets_topic", &self.tweets_topic)?;
-        check_topic("users_topic", &self.users_topic)
+        self.publish.check(&[
+            ("logger_topic", &self.logger_topic),
+            ("tweets_topic", &self.tweets_topic),
+            ("users_topic", &self.users_topic),
+        ])
     }
 
     fn build(self, stage: &StageDecl, pipeline: &mut Pipeline, _: &BuildContext) -> Result<(), String> {

@@ -27,7 +27,7 @@ use stageflow::{Emitter, Flow, Producer};
 
 use super::client::{ClientError, Connection, Incoming};
 use crate::backoff::backoff;
-use stageflow::config::{BuildContext, DispatcherChoices, Kind, StageDecl, configure, settings};
+use stageflow::config::{BuildContext, DispatcherChoices, Kind, StageDecl, configure, kind};
 use stageflow::{Nothing, Pipeline};
 
 use super::client::ConnectSettings;
@@ -364,7 +364,7 @@ impl Producer for SubscribeStage {
 }
 
 /// emits a broker topic's events as text against demand; acks them when the pipeline asks for more
-#[settings]
+#[kind("broker_subscribe", Nothing -> String)]
 pub struct BrokerSubscribeKind {
     #[serde(flatten)]
     connect: ConnectSettings,
@@ -405,10 +405,6 @@ impl BrokerSubscribeKind {
 }
 
 impl Kind for BrokerSubscribeKind {
-    const NAME: &'static str = "broker_subscribe";
-    type In = Nothing;
-    type Out = String;
-
     fn check(&self, _: &StageDecl) -> Result<(), String> {
         self.options().map(|_| ())
     }

@@ -15,7 +15,7 @@ use async_nats::jetstream::{self, context::PublishError, publish::PublishAck};
 
 use bytes::Bytes;
 use futures::FutureExt;
-use stageflow::config::{BuildContext, DispatcherChoices, Kind, StageDecl, configure, settings};
+use stageflow::config::{BuildContext, DispatcherChoices, Kind, StageDecl, configure, kind};
 use stageflow::{Consumer, Events, Nothing, Pipeline};
 use tokio::sync::OnceCell;
 
@@ -223,7 +223,7 @@ impl<T: Wire> Consumer for NatsPublish<T> {
 }
 
 /// publishes each text event to a NATS JetStream subject, holding at most `max_in_flight` unacknowledged publishes (a slow or unreachable server holds the pipeline back); read it with `nats_subscribe` or any NATS client
-#[settings]
+#[kind("nats_publish", String -> Nothing)]
 pub struct NatsPublishKind {
     /// the subject every event is published to, e.g. "orders.new"
     subject: String,
@@ -241,10 +241,6 @@ pub struct NatsPublishKind {
 pub const DEFAULT_NATS: &str = "nats://127.0.0.1:4222";
 
 impl Kind for NatsPublishKind {
-    const NAME: &'static str = "nats_publish";
-    type In = String;
-    type Out = Nothing;
-
     fn check(&self, _: &StageDecl) -> Result<(), String> {
         check_subject(&self.subject)?;
         if self.max_in_flight == 0 {

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use async_nats::jetstream::consumer::PullConsumer;
 use async_nats::jetstream::{self, stream::Stream as JetStream};
 use futures::StreamExt;
-use stageflow::config::{BuildContext, DispatcherChoices, Kind, StageDecl, configure, settings};
+use stageflow::config::{BuildContext, DispatcherChoices, Kind, StageDecl, configure, kind};
 use stageflow::{Emitter, Flow, Producer};
 use stageflow::{Nothing, Pipeline};
 use tokio::sync::{Mutex, Notify, OnceCell, mpsc};
@@ -351,7 +351,7 @@ impl SubscribeSetup {
 }
 
 /// emits the messages of a NATS JetStream stream as text events, from a durable consumer (one reading process at a time; others wait on standby), acking each once emitted
-#[settings]
+#[kind("nats_subscribe", Nothing -> String)]
 pub struct NatsSubscribeKind {
     /// the JetStream stream to read
     stream: String,
@@ -368,10 +368,6 @@ pub struct NatsSubscribeKind {
 }
 
 impl Kind for NatsSubscribeKind {
-    const NAME: &'static str = "nats_subscribe";
-    type In = Nothing;
-    type Out = String;
-
     fn check(&self, stage: &StageDecl) -> Result<(), String> {
         let durable = self.durable.as_deref().unwrap_or(&stage.id);
         for (key, name) in [("stream", self.stream.as_str()), ("durable", durable)] {

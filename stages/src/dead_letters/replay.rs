@@ -24,7 +24,7 @@ use std::sync::Arc;
 use serde_json::{Value, json};
 use stageflow::config::{
     BuildContext, DispatcherChoices, DispatcherDecl, Event, Kind, Location, PipelineFile, Registry,
-    StageDecl, SubscriptionDecl, configure, settings,
+    Signature, StageDecl, SubscriptionDecl, configure, kind,
 };
 use stageflow::ops::FromIter;
 use stageflow::{DemandBounds, Nothing, Pipeline};
@@ -162,7 +162,7 @@ fn build_replay<T: Replayable>(
 macro_rules! replay_kind {
     ($kind:ident, $name:literal, $event:ty, $doc:literal) => {
         #[doc = $doc]
-        #[settings]
+        #[kind($name, Nothing -> $event)]
         pub struct $kind {
             /// the dead-letter file (JSONL), relative to the data directory
             file: String,
@@ -174,10 +174,6 @@ macro_rules! replay_kind {
         }
 
         impl Kind for $kind {
-            const NAME: &'static str = $name;
-            type In = Nothing;
-            type Out = $event;
-
             fn build(
                 self,
                 decl: &StageDecl,

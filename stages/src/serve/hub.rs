@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use stageflow::config::{BuildContext, Kind, PipelineFile, Resources};
+use stageflow::config::{BuildContext, PipelineFile, Resources, Signature};
 use stageflow::{
     BroadcastDispatcher, BufferKeep, DemandBounds, MetricsReader, PipelineError, PipelineHandle,
     ShutdownTrigger, StageSnapshot, SubscribeOptions, Subscription,
@@ -218,7 +218,7 @@ impl Hub {
         let loggers: Vec<&str> = file
             .stages
             .iter()
-            .filter(|s| s.kind == <LoggerKind as Kind>::NAME)
+            .filter(|s| s.kind == <LoggerKind as Signature>::NAME)
             .map(|s| s.id.as_str())
             .collect();
         view.graph.add_stage(lines, &loggers);

@@ -34,10 +34,10 @@ use tokio::time::Instant;
 use super::documents::flush_due;
 use super::tick_for;
 use crate::scored::ScoredTweet;
-use stageflow::config::{BuildContext, DispatcherChoices, Kind, StageDecl, configure, settings};
+use stageflow::config::{BuildContext, DispatcherChoices, Kind, StageDecl, configure, kind};
 use stageflow::{Pipeline, SubscribeOptions};
 
-use crate::settings::duration_setting;
+use crate::settings::{at_least_one, duration_setting};
 
 /// The default largest batch.
 pub const DEFAULT_BATCH_SIZE: usize = 200;
@@ -195,7 +195,7 @@ impl ProducerConsumer for Batcher {
 }
 
 /// groups scored tweets into batches of `batch_size`, or what came within `flush_interval`
-#[settings]
+#[kind("batcher", ScoredTweet -> Batch)]
 pub struct BatcherKind {
     /// largest batch (default 200)
     batch_size: Option<usize>,
@@ -208,9 +208,7 @@ pub struct BatcherKind {
 impl BatcherKind {
     fn resolve(&self) -> Result<(usize, Duration), String> {
         let batch_size = self.batch_size.unwrap_or(DEFAULT_BATCH_SIZE);
-        if batch_size == 0 {
-            return Err("`batch_size` must be at least 1".into());
-        }
+        at_least_one("batch_size", batch_size as u64)?;
         let interval = duration_setting(
             self.flush_interval.as_deref(),
             self.flush_interval_ms,
@@ -222,10 +220,6 @@ impl BatcherKind {
 }
 
 impl Kind for BatcherKind {
-    const NAME: &'static str = "batcher";
-    type In = ScoredTweet;
-    type Out = Batch;
-
     /// A batcher takes one upstream (its demand follows its batches), runs as one stage, no selector.
     fn check(&self, stage: &StageDecl) -> Result<(), String> {
         if stage.subscribe_to.len() != 1 {

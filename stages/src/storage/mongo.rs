@@ -42,7 +42,7 @@ use serde_json::Value;
 
 use super::documents::{EngagementDelta, SplitBatch};
 use super::{Collection, EngagementFlush, FlushId, Inserted, Rejected, Sink, SinkError};
-use stageflow::config::{BuildContext, Kind, StageDecl, settings};
+use stageflow::config::{BuildContext, Kind, Signature, StageDecl, kind};
 use stageflow::{Nothing, Pipeline};
 
 use super::batcher::Batch;
@@ -521,7 +521,7 @@ fn check_update_reply(reply: &Document) -> Result<(), SinkError> {
 }
 
 /// stores batches of scored tweets in MongoDB collections tweets, users, users_engagements
-#[settings]
+#[kind("mongo_sink", Batch -> Nothing)]
 pub struct MongoSinkKind {
     /// connection string, e.g. "${MONGODB_URI}" or "mongodb://127.0.0.1:27017/tweets"
     uri: String,
@@ -543,10 +543,6 @@ impl MongoSinkKind {
 }
 
 impl Kind for MongoSinkKind {
-    const NAME: &'static str = "mongo_sink";
-    type In = Batch;
-    type Out = Nothing;
-
     fn check(&self, _: &StageDecl) -> Result<(), String> {
         self.resolve().map(|_| ())
     }

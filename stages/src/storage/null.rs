@@ -2,7 +2,7 @@
 
 use super::documents::SplitBatch;
 use super::{EngagementFlush, FlushId, Inserted, Sink, SinkError};
-use stageflow::config::{BuildContext, Kind, StageDecl, settings};
+use stageflow::config::{BuildContext, Kind, Signature, StageDecl, kind};
 use stageflow::{Nothing, Pipeline};
 
 use super::batcher::Batch;
@@ -30,14 +30,10 @@ impl Sink for NullSink {
 }
 
 /// counts batches of scored tweets and discards them (for benchmarks)
-#[settings]
+#[kind("null_sink", Batch -> Nothing)]
 pub struct NullSinkKind {}
 
 impl Kind for NullSinkKind {
-    const NAME: &'static str = "null_sink";
-    type In = Batch;
-    type Out = Nothing;
-
     fn build(self, stage: &StageDecl, pipeline: &mut Pipeline, context: &BuildContext) -> Result<(), String> {
         build_sink(stage, pipeline, context, Self::NAME, SinkOptions::default(), || NullSink)
     }

@@ -28,7 +28,7 @@ use rusqlite::{Connection, ErrorCode, params};
 
 use super::documents::SplitBatch;
 use super::{EngagementFlush, FlushId, Inserted, Sink, SinkError};
-use stageflow::config::{BuildContext, Kind, StageDecl, settings};
+use stageflow::config::{BuildContext, Kind, Signature, StageDecl, kind};
 use stageflow::{Nothing, Pipeline};
 
 use super::batcher::Batch;
@@ -209,7 +209,7 @@ impl Sink for SqliteSink {
 }
 
 /// stores batches of scored tweets in tables tweets, users, users_engagements of a SQLite file
-#[settings]
+#[kind("sqlite_sink", Batch -> Nothing)]
 pub struct SqliteSinkKind {
     /// database file, relative to the data directory (default stageflow.db)
     file: Option<String>,
@@ -218,10 +218,6 @@ pub struct SqliteSinkKind {
 }
 
 impl Kind for SqliteSinkKind {
-    const NAME: &'static str = "sqlite_sink";
-    type In = Batch;
-    type Out = Nothing;
-
     fn check(&self, _: &StageDecl) -> Result<(), String> {
         self.common.options().map(|_| ())
     }
