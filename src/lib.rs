@@ -144,6 +144,9 @@
 //!   far as demand goes, so a source can be written as an
 //!   `async_stream::stream!` block or a `tokio_stream` wrapper (a channel, an
 //!   interval) and still never read ahead of its consumers.
+//! - [`ops::FromChunks`] is its sibling for sources that read in batches
+//!   (rows of a file on the blocking pool): it asks for one chunk of at most
+//!   the demand in hand at a time, as `from_enumerable` takes demand-sized chunks.
 //! - [`Subscription::into_stream`] turns an outside subscription to a running
 //!   producer into a [`SubscriptionStream`] of its events; credits are granted
 //!   as items are taken, so a stream nobody polls holds the producer back.

@@ -107,6 +107,71 @@ where
     }
 }
 
+/// A producer that asks for its events a chunk at a time, each of at most
+/// the demand in hand, then ends when `next` yields `None` (GenStage's
+/// `from_enumerable` takes demand-sized chunks of its enumerable the same way).
+///
+/// [`FromStream`] pulls a stream one item at a time; `FromChunks` is for a
+/// source that reads in batches and must still never read ahead of its
+/// consumers, such as rows read from a file on the blocking pool: `next`
+/// gets the state and the demand, and returns the chunk with the state to
+/// go on from. The state moves into the future, so it can move on into
+/// `spawn_blocking` and back.
+///
+/// ```
+/// use stageflow::{Pipeline, SubscribeOptions, ops::FromChunks};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let mut pipeline = Pipeline::new();
+/// pipeline.producer("lines", || {
+///     FromChunks::new(0u64, |read, demand| async move {
+///         let chunk = tokio::task::spawn_blocking(move || {
+///             (read..100).take(demand).map(|n| format!("line {n}")).collect::<Vec<_>>()
+///         });
+///         let chunk = chunk.await.ok().filter(|lines| !lines.is_empty())?;
+///         Some((read + chunk.len() as u64, chunk))
+///     })
+/// });
+/// let running = pipeline.start().expect("a valid graph");
+/// let mut lines = running.subscribe::<String>("lines", SubscribeOptions::default()).await.unwrap();
+/// let mut count = 0;
+/// while let Some(batch) = lines.next_batch().await {
+///     count += batch.len();
+/// }
+/// assert_eq!(count, 100);
+/// # }
+/// ```
+pub struct FromChunks<S, F> {
+    state: Option<S>,
+    next: F,
+}
+
+impl<S, F> FromChunks<S, F> {
+    /// Starts from `state`; `next(state, demand)` yields the state after a chunk of at most `demand` events and the chunk, or `None` at the end.
+    pub fn new(state: S, next: F) -> Self {
+        FromChunks { state: Some(state), next }
+    }
+}
+
+impl<S, F, Fut, T> Producer for FromChunks<S, F>
+where
+    S: Send + 'static,
+    F: FnMut(S, usize) -> Fut + Send + 'static,
+    Fut: Future<Output = Option<(S, Vec<T>)>> + Send,
+    T: Send + 'static,
+{
+    type Out = T;
+
+    async fn produce(&mut self, demand: usize, out: &mut Emitter<T>) -> Flow {
+        let Some(state) = self.state.take() else { return Flow::Done };
+        let Some((state, chunk)) = (self.next)(state, demand).await else { return Flow::Done };
+        out.emit_batch(chunk);
+        self.state = Some(state);
+        Flow::Continue
+    }
+}
+
 /// A producer-consumer that applies a function to each event.
 pub struct Map<F, In, Out> {
     function: F,

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::StreamExt;
-use stageflow::ops::FromStream;
+use stageflow::ops::{FromChunks, FromStream};
 use stageflow::{EndReason, Pipeline, SubscribeOptions};
 
 /// Lets every task run until none can (time is paused, so the sleep only ends when all are idle).
@@ -98,4 +98,34 @@ async fn a_channel_wrapped_by_tokio_stream_is_a_source_and_cancel_ends_the_reade
     assert_eq!(fed.end_reason(), Some(&EndReason::Cancelled));
     drop(feed);
     within("the stop", running.stop()).await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_chunked_source_is_asked_for_chunks_of_at_most_the_demand_in_hand() {
+    let asked = Arc::new(Mutex::new(Vec::new()));
+    let record = asked.clone();
+    let mut pipeline = Pipeline::new();
+    pipeline.producer("numbers", move || {
+        let record = record.clone();
+        FromChunks::new(0u64, move |from: u64, demand| {
+            record.lock().unwrap().push(demand);
+            let to = (from + demand as u64).min(25);
+            async move { (from < to).then(|| (to, (from..to).collect::<Vec<u64>>())) }
+        })
+    });
+    let mut running = pipeline.start().unwrap();
+    let subscription =
+        running.subscribe::<u64>("numbers", SubscribeOptions::default().with_demand(10, 5)).await.unwrap();
+    settle().await;
+    assert_eq!(*asked.lock().unwrap(), [10], "one chunk of the first grant, nothing read ahead");
+    let mut numbers = subscription.into_stream();
+    let first: Vec<u64> = within("the first 5", numbers.by_ref().take(5).collect()).await;
+    assert_eq!(first, [0, 1, 2, 3, 4]);
+    settle().await;
+    assert_eq!(*asked.lock().unwrap(), [10, 5], "at 5 outstanding the top-up of 5 is one chunk of 5");
+    let rest: Vec<u64> = within("the rest", numbers.by_ref().collect()).await;
+    assert_eq!(rest, (5..25).collect::<Vec<u64>>());
+    assert!(asked.lock().unwrap().iter().all(|demand| *demand <= 10), "{:?}", asked.lock().unwrap());
+    assert_eq!(numbers.end_reason(), Some(&EndReason::Normal));
+    within("the end", running.wait()).await.expect("the pipeline ends with its chunks");
 }

@@ -18,7 +18,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use stageflow::{Emitter, Flow, Pipeline, Producer};
+use stageflow::ops::FromChunks;
+use stageflow::{Pipeline, Producer};
 
 use crate::broker::protocol::shorten;
 use crate::sse::{SseEvent, TweetMessage};
@@ -235,13 +236,13 @@ struct Cursor {
 }
 
 impl Cursor {
-    /// Reads up to `demand` good rows (blocking); `true` once every file is done.
-    fn read(&mut self, demand: usize, out: &mut Vec<SseEvent>) -> bool {
-        let mut bytes = Vec::new();
+    /// Reads up to `demand` good rows (blocking); fewer only once every file is done.
+    fn read(&mut self, demand: usize) -> Vec<SseEvent> {
+        let (mut out, mut bytes) = (Vec::with_capacity(demand.min(4096)), Vec::new());
         while out.len() < demand {
             let Some(OpenFile { path, records, headers }) = &mut self.open else {
                 if !self.open_next() {
-                    return true;
+                    break;
                 }
                 continue;
             };
@@ -279,7 +280,7 @@ impl Cursor {
                 }
             }
         }
-        false
+        out
     }
 
     /// The header of a file just opened: its first record.
@@ -333,49 +334,26 @@ fn bad_row(stats: &CsvStats, path: &Path, line: u64, why: &str) {
     tracing::warn!("{}:{line}: bad row skipped: {why}", path.display());
 }
 
-/// A producer of tweets read from CSV files, as SSE-shaped events (id = `file:line`).
-pub struct CsvTweets {
-    cursor: Option<Cursor>,
-}
-
-impl CsvTweets {
-    /// Reads `files` in order, counting into `stats`, records of at most [`DEFAULT_MAX_RECORD_BYTES`].
-    pub fn new(files: Vec<PathBuf>, stats: Arc<CsvStats>) -> Self {
-        CsvTweets::with_max_record_bytes(files, stats, DEFAULT_MAX_RECORD_BYTES)
-    }
-
-    /// Like [`CsvTweets::new`], records of at most `max_record_bytes`.
-    pub fn with_max_record_bytes(files: Vec<PathBuf>, stats: Arc<CsvStats>, max_record_bytes: usize) -> Self {
-        let max_record_bytes = max_record_bytes.max(1);
-        let cursor = Cursor { files, next_file: 0, open: None, max_record_bytes, stats };
-        CsvTweets { cursor: Some(cursor) }
-    }
-}
-
-impl Producer for CsvTweets {
-    type Out = SseEvent;
-
-    async fn produce(&mut self, demand: usize, out: &mut Emitter<SseEvent>) -> Flow {
-        let Some(mut cursor) = self.cursor.take() else { return Flow::Done };
-        let read = tokio::task::spawn_blocking(move || {
-            let mut rows = Vec::with_capacity(demand.min(4096));
-            let finished = cursor.read(demand, &mut rows);
-            (cursor, rows, finished)
-        })
-        .await;
-        match read {
-            Ok((cursor, rows, finished)) => {
-                out.emit_batch(rows);
-                self.cursor = Some(cursor);
-                if finished { Flow::Done } else { Flow::Continue }
-            }
+/// A producer of tweets read from CSV files in order, as SSE-shaped events
+/// (id = `file:line`), counting into `stats`: each chunk of at most the
+/// demand is read on the blocking pool, records of at most `max_record_bytes`.
+pub fn csv_tweets(
+    files: Vec<PathBuf>,
+    stats: Arc<CsvStats>,
+    max_record_bytes: usize,
+) -> impl Producer<Out = SseEvent> {
+    let max_record_bytes = max_record_bytes.max(1);
+    let cursor = Cursor { files, next_file: 0, open: None, max_record_bytes, stats };
+    FromChunks::new(cursor, |mut cursor: Cursor, demand| async move {
+        match tokio::task::spawn_blocking(move || (cursor.read(demand), cursor)).await {
+            Ok((rows, cursor)) => (!rows.is_empty()).then_some((cursor, rows)),
             Err(error) => {
                 // Only a runtime shutting down (or a bug in the reader) gets here.
                 tracing::error!("reading CSV rows stopped: {error}");
-                Flow::Done
+                None
             }
         }
-    }
+    })
 }
 
 /// Expands glob patterns into the files they match, sorted, each pattern at least one file.
@@ -418,8 +396,7 @@ impl Kind for CsvTweetsKind {
         let files = expand_files(&self.files)?;
         let stats = Arc::new(CsvStats::default());
         let max = self.max_record_bytes;
-        let config = pipeline
-            .producer(&stage.id, move || CsvTweets::with_max_record_bytes(files.clone(), stats.clone(), max));
+        let config = pipeline.producer(&stage.id, move || csv_tweets(files.clone(), stats.clone(), max));
         configure(stage, config, &DispatcherChoices::cloneable(), None)
     }
 }
@@ -522,11 +499,11 @@ mod tests {
         let stats = Arc::new(CsvStats::default());
         let mut cursor =
             Cursor { files: vec![path], next_file: 0, open: None, max_record_bytes: 1000, stats };
-        let mut out = Vec::new();
-        assert!(cursor.read(10, &mut out));
+        let out = cursor.read(10);
         let ids: Vec<&str> = out.iter().map(|event| event.id.rsplit(':').next().unwrap()).collect();
         assert_eq!(ids, ["2", "4"], "rows 1 and 3 (lines 2 and 4); line 3 was over the cap");
         assert_eq!(cursor.stats.bad_rows.load(Ordering::Relaxed), 1);
+        assert!(cursor.read(10).is_empty(), "every file is done");
     }
 
     proptest! {

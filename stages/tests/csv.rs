@@ -5,7 +5,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use stageflow::{Consumer, DemandHandle, Events, Pipeline, SubscribeOptions};
-use stageflow_stages::csv_source::{CsvStats, CsvTweets, expand_files};
+use stageflow_stages::csv_source::{CsvStats, DEFAULT_MAX_RECORD_BYTES, csv_tweets, expand_files};
 use stageflow_stages::sse::{SseEvent, TweetMessage};
 
 /// Asks for `chunk` rows, then more only when told to.
@@ -57,7 +57,9 @@ fn rows_are_read_only_against_demand_and_bad_rows_are_skipped() {
         let handle = Arc::new(std::sync::Mutex::new(None));
         let mut pipeline = Pipeline::new();
         let source_stats = stats.clone();
-        pipeline.producer("csv", move || CsvTweets::new(files.clone(), source_stats.clone()));
+        pipeline.producer("csv", move || {
+            csv_tweets(files.clone(), source_stats.clone(), DEFAULT_MAX_RECORD_BYTES)
+        });
         let (collected, demand) = (ids.clone(), handle.clone());
         pipeline
             .consumer("collect", move || Collector {
