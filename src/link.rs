@@ -41,9 +41,20 @@ pub(crate) enum Inbox<T> {
     Done { link: SubscriberId, reason: EndReason },
 }
 
-/// Capacity of a consumer inbox, in batches. Batches are bounded by credits,
-/// so this only limits how many separate batches may wait.
-pub(crate) const INBOX_BATCHES: usize = 64;
+/// The producer's end of a consumer's inbox.
+///
+/// Unbounded as a channel because credits bound it: a producer sends only
+/// events a consumer asked for, and at most one end per subscription, so
+/// what may wait is at most the subscriptions' `max_demand` — and a send
+/// never waits, which spares every batch a semaphore round trip.
+pub(crate) type InboxSender<T> = mpsc::UnboundedSender<Inbox<T>>;
+/// The consumer's end of its inbox.
+pub(crate) type InboxReceiver<T> = mpsc::UnboundedReceiver<Inbox<T>>;
+
+/// A new consumer inbox.
+pub(crate) fn inbox<T>() -> (InboxSender<T>, InboxReceiver<T>) {
+    mpsc::unbounded_channel()
+}
 
 /// The shared half of a subscription.
 #[derive(Debug)]
@@ -219,6 +230,6 @@ impl<T> SubscribeOptions<T> {
 /// The producer's half of a subscription.
 pub(crate) struct Subscriber<T> {
     pub(crate) link: Arc<Link>,
-    pub(crate) inbox: mpsc::Sender<Inbox<T>>,
+    pub(crate) inbox: InboxSender<T>,
     pub(crate) options: DispatchOptions<T>,
 }

@@ -5,10 +5,9 @@ use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
 use futures::Stream;
-use tokio::sync::mpsc;
 
 use crate::demand::{DemandBounds, DemandLedger};
-use crate::link::{EndReason, Inbox, Link};
+use crate::link::{EndReason, Inbox, InboxReceiver, Link};
 
 /// An external consumer of a running producer, with automatic demand.
 ///
@@ -17,7 +16,7 @@ use crate::link::{EndReason, Inbox, Link};
 /// broadcast dispatcher, paces every subscriber) — so a slow reader costs at
 /// most `max_demand` events of memory.
 pub struct Subscription<T> {
-    inbox: mpsc::Receiver<Inbox<T>>,
+    inbox: InboxReceiver<T>,
     link: Arc<Link>,
     ledger: DemandLedger,
     taken: usize,
@@ -26,7 +25,7 @@ pub struct Subscription<T> {
 
 impl<T> Subscription<T> {
     /// Subscribes and grants the first `max_demand` credits at once, as a consumer stage does.
-    pub(crate) fn new(inbox: mpsc::Receiver<Inbox<T>>, link: Arc<Link>, bounds: DemandBounds) -> Self {
+    pub(crate) fn new(inbox: InboxReceiver<T>, link: Arc<Link>, bounds: DemandBounds) -> Self {
         let mut ledger = DemandLedger::new(bounds);
         link.ask(ledger.top_up(usize::MAX));
         Subscription { inbox, link, ledger, taken: 0, ended: None }

@@ -12,7 +12,7 @@ use tokio::task::JoinSet;
 use super::spec::ErasedTap;
 use crate::demand::bounds_problem;
 use crate::error::{PipelineError, StageError};
-use crate::link::{INBOX_BATCHES, Link, SubscribeOptions, Subscriber};
+use crate::link::{self, Link, SubscribeOptions, Subscriber};
 use crate::metrics::{StageKind, StageMetrics, StageSnapshot};
 use crate::run::{Control, ErasedControl};
 use crate::subscription::Subscription;
@@ -162,7 +162,7 @@ impl PipelineHandle {
         })?;
         let bounds =
             options.demand_bounds().map_err(|why| PipelineError::Request(bounds_problem(producer, &why)))?;
-        let (inbox, receiver) = mpsc::channel(INBOX_BATCHES);
+        let (inbox, receiver) = link::inbox();
         let link = Link::new(producer, "external", self.stages[index].wake.clone());
         let subscriber = Subscriber { link: link.clone(), inbox, options: options.dispatch_options() };
         let (reply, answer) = oneshot::channel();

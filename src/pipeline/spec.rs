@@ -5,7 +5,7 @@
 use std::any::{Any, TypeId, type_name};
 use std::sync::Arc;
 
-use tokio::sync::{Notify, mpsc, watch};
+use tokio::sync::{Notify, watch};
 
 use super::builder::StageConfig;
 use crate::buffer::Buffer;
@@ -14,7 +14,7 @@ use crate::dispatcher::DemandDispatcher;
 use crate::error::StageError;
 use crate::failure::FailurePolicy;
 use crate::graph::{EventType, Node};
-use crate::link::{INBOX_BATCHES, Inbox, Link, Subscriber};
+use crate::link::{self, InboxSender, Link, Subscriber};
 use crate::metrics::{StageKind, StageMetrics};
 use crate::pool::PoolConfig;
 use crate::run::inlet::Inlet;
@@ -189,7 +189,7 @@ pub(super) struct ProcessorSpec<P: ProducerConsumer> {
     pub(super) kind: StageKind,
     pub(super) wake: Arc<Notify>,
     pub(super) metrics: Arc<StageMetrics>,
-    pub(super) inbox: mpsc::Sender<Inbox<P::In>>,
+    pub(super) inbox: InboxSender<P::In>,
     pub(super) inlet: Inlet<P::In>,
     pub(super) outlet: Option<Outlet<P::Out>>,
 }
@@ -307,7 +307,7 @@ pub(super) fn processor_spec<P: ProducerConsumer>(
     kind: StageKind,
 ) -> ProcessorSpec<P> {
     let metrics = Arc::new(StageMetrics::default());
-    let (inbox, receiver) = mpsc::channel(INBOX_BATCHES);
+    let (inbox, receiver) = link::inbox();
     ProcessorSpec {
         config: StageConfig::new(id),
         factory,

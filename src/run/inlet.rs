@@ -2,11 +2,9 @@
 
 use std::sync::Arc;
 
-use tokio::sync::mpsc;
-
 use crate::demand::{DemandLedger, DemandMode};
 use crate::dispatcher::SubscriberId;
-use crate::link::{CancelMode, DemandHandle, EndReason, Inbox, Link};
+use crate::link::{CancelMode, DemandHandle, EndReason, InboxReceiver, Link};
 use crate::metrics::{self, StageMetrics};
 
 pub(crate) struct Upstream {
@@ -25,7 +23,7 @@ pub(crate) enum AfterEnd {
 }
 
 pub(crate) struct Inlet<T> {
-    pub(crate) inbox: mpsc::Receiver<Inbox<T>>,
+    pub(crate) inbox: InboxReceiver<T>,
     upstreams: Vec<Upstream>,
     metrics: Arc<StageMetrics>,
     /// Set when a permanent upstream ended: the stage ends once none is left.
@@ -33,7 +31,7 @@ pub(crate) struct Inlet<T> {
 }
 
 impl<T> Inlet<T> {
-    pub(crate) fn new(inbox: mpsc::Receiver<Inbox<T>>, metrics: Arc<StageMetrics>) -> Self {
+    pub(crate) fn new(inbox: InboxReceiver<T>, metrics: Arc<StageMetrics>) -> Self {
         Inlet { inbox, upstreams: Vec::new(), metrics, permanent_ended: false }
     }
 

@@ -81,15 +81,10 @@ impl<T: Send + 'static> Outlet<T> {
             if subscriber.link.is_cancelled() || subscriber.inbox.is_closed() {
                 let subscriber = self.subscribers.swap_remove(index);
                 self.dispatcher.cancel(subscriber.link.id);
-                let done = Inbox::Done { link: subscriber.link.id, reason: EndReason::Cancelled };
-                // A stalled consumer must not stall this producer: if its
-                // inbox is full, one task per cancelled subscription waits
-                // for room. A closed inbox means the consumer is gone already.
-                if let Err(mpsc::error::TrySendError::Full(done)) = subscriber.inbox.try_send(done) {
-                    tokio::spawn(async move {
-                        let _ = subscriber.inbox.send(done).await;
-                    });
-                }
+                // A closed inbox means the consumer is gone already.
+                let _ = subscriber
+                    .inbox
+                    .send(Inbox::Done { link: subscriber.link.id, reason: EndReason::Cancelled });
                 continue;
             }
             let credits = subscriber.link.collect();
@@ -104,26 +99,26 @@ impl<T: Send + 'static> Outlet<T> {
     }
 
     /// Delivers `events` within credits; the rest waits in the buffer.
-    pub(crate) async fn emit(&mut self, events: Vec<T>) {
+    pub(crate) fn emit(&mut self, events: Vec<T>) {
         if events.is_empty() {
             return;
         }
         self.tap.offer(&events);
         if self.buffer.is_empty() {
             let leftover = self.dispatcher.dispatch(events, &mut self.deliveries);
-            self.send_deliveries().await;
+            self.send_deliveries();
             let dropped = self.buffer.push_back(leftover) as usize + self.trim_held();
             metrics::add(&self.metrics.dropped, dropped);
         } else {
             let dropped = self.buffer.push_back(events);
             metrics::add(&self.metrics.dropped, dropped as usize);
-            self.pump().await;
+            self.pump();
         }
         self.update_gauges();
     }
 
     /// Delivers buffered events as far as credits allow.
-    pub(crate) async fn pump(&mut self) {
+    pub(crate) fn pump(&mut self) {
         if self.buffered() == 0 || self.dispatcher.allowance() == 0 {
             return;
         }
@@ -133,7 +128,7 @@ impl<T: Send + 'static> Outlet<T> {
             let leftover = self.dispatcher.dispatch(waiting, &mut self.deliveries);
             self.buffer.push_front(leftover);
         }
-        self.send_deliveries().await;
+        self.send_deliveries();
         self.update_gauges();
     }
 
@@ -151,14 +146,14 @@ impl<T: Send + 'static> Outlet<T> {
         metrics::set(&self.metrics.demand_held, self.dispatcher.allowance());
     }
 
-    async fn send_deliveries(&mut self) {
+    fn send_deliveries(&mut self) {
         for (id, batch) in std::mem::take(&mut self.deliveries) {
             let count = batch.len();
             let Some(index) = self.subscribers.iter().position(|s| s.link.id == id) else {
                 metrics::add(&self.metrics.dropped, count);
                 continue;
             };
-            let delivered = self.subscribers[index].inbox.send(Inbox::Events { link: id, batch }).await;
+            let delivered = self.subscribers[index].inbox.send(Inbox::Events { link: id, batch });
             if delivered.is_ok() {
                 metrics::add(&self.metrics.events_out, count);
             } else {
@@ -178,10 +173,10 @@ impl<T: Send + 'static> Outlet<T> {
     }
 
     /// Tells every subscriber that this producer has ended.
-    pub(crate) async fn finish(&mut self, reason: EndReason) {
+    pub(crate) fn finish(&mut self, reason: EndReason) {
         for subscriber in self.subscribers.drain(..) {
             let done = Inbox::Done { link: subscriber.link.id, reason: reason.clone() };
-            let _ = subscriber.inbox.send(done).await;
+            let _ = subscriber.inbox.send(done);
         }
     }
 
@@ -192,7 +187,7 @@ impl<T: Send + 'static> Outlet<T> {
     pub(crate) async fn drain(&mut self, control: &mut mpsc::Receiver<Control<T>>) {
         loop {
             self.collect_asks();
-            self.pump().await;
+            self.pump();
             if self.buffered() == 0 {
                 return;
             }

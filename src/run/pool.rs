@@ -189,7 +189,7 @@ pub(crate) async fn run_pool<P: ProducerConsumer>(
     let failure = loop {
         if let Some(outlet) = &mut outlet {
             outlet.collect_asks();
-            outlet.pump().await;
+            outlet.pump();
         }
         inlet.top_up(upstream_budget(outlet.as_ref(), &inlet, in_pool));
         if in_pool == 0 && inlet.finished(shutting_down) {
@@ -203,14 +203,14 @@ pub(crate) async fn run_pool<P: ProducerConsumer>(
                     pool.finished_one(worker);
                     pool.dispatch().await;
                     inlet.processed(link, 1);
-                    emit(&mut outlet, out).await;
+                    emit(&mut outlet, out);
                     if let Some(error) = error {
                         break Some(error);
                     }
                 }
                 Report::Exited { out, error } => {
                     pool.running -= 1;
-                    emit(&mut outlet, out).await;
+                    emit(&mut outlet, out);
                     if let Some(error) = error {
                         break Some(error);
                     }
@@ -258,7 +258,7 @@ pub(crate) async fn run_pool<P: ProducerConsumer>(
     pool.positions.clear();
     if let Some(error) = failure {
         if let Some(outlet) = &mut outlet {
-            outlet.finish(EndReason::Failed(error.message.clone())).await;
+            outlet.finish(EndReason::Failed(error.message.clone()));
         }
         return Err(error);
     }
@@ -273,19 +273,19 @@ pub(crate) async fn run_pool<P: ProducerConsumer>(
         match report {
             Some(Report::Exited { out, error }) => {
                 pool.running -= 1;
-                emit(&mut outlet, out).await;
+                emit(&mut outlet, out);
                 if let Some(error) = error {
                     return Err(error);
                 }
             }
-            Some(Report::Processed { out, .. }) => emit(&mut outlet, out).await,
+            Some(Report::Processed { out, .. }) => emit(&mut outlet, out),
             None => break,
         }
     }
     metrics::set(&context.metrics.workers, 0);
     if let Some(outlet) = &mut outlet {
         outlet.drain(&mut control).await;
-        outlet.finish(EndReason::Normal).await;
+        outlet.finish(EndReason::Normal);
     }
     Ok(())
 }

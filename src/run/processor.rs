@@ -12,7 +12,7 @@ use super::{Control, Factory, TaskContext, panic_message, shutdown_requested};
 use crate::StageError;
 use crate::failure::{DeadLetter, FailurePolicy};
 use crate::link::{DemandHandle, EndReason, Inbox, Subscriber};
-use crate::metrics;
+use crate::metrics::{self, TimingSampler};
 use crate::stage::{Emitter, Events, ProducerConsumer};
 use crate::supervisor::RestartTracker;
 
@@ -24,6 +24,7 @@ pub(crate) struct Supervised<P: ProducerConsumer> {
     context: TaskContext,
     manual: Vec<DemandHandle>,
     failure: Option<FailurePolicy<P::In>>,
+    timing: TimingSampler,
 }
 
 impl<P: ProducerConsumer> Supervised<P> {
@@ -37,7 +38,15 @@ impl<P: ProducerConsumer> Supervised<P> {
         for handle in &manual {
             stage.handle_subscribe(handle.clone());
         }
-        Supervised { stage, tracker: RestartTracker::new(context.restart), factory, context, manual, failure }
+        Supervised {
+            stage,
+            tracker: RestartTracker::new(context.restart),
+            factory,
+            context,
+            manual,
+            failure,
+            timing: TimingSampler::default(),
+        }
     }
 
     /// A cursor over `batch` that keeps copies of the events being handled when the stage has a failure policy.
@@ -121,11 +130,15 @@ impl<P: ProducerConsumer> Supervised<P> {
         events.start_share(chunk);
         let before = events.remaining_in_batch();
         let mut out = Emitter::default();
-        let started = Instant::now();
+        let started = self.timing.should_time().then(Instant::now);
         let result =
             AssertUnwindSafe(async { self.stage.handle_events(events, &mut out).await }).catch_unwind().await;
         let taken = before - events.remaining_in_batch();
-        self.context.metrics.record_processing(started.elapsed(), taken);
+        if let Some(started) = started {
+            let elapsed = started.elapsed();
+            self.timing.timed(elapsed);
+            self.context.metrics.record_processing(elapsed, taken);
+        }
         match result {
             Ok(()) => {
                 let untaken = events.discard_share();
@@ -195,9 +208,9 @@ pub(crate) fn subscribe<O: Send + 'static>(
 }
 
 /// Emits through the outlet of a stage that may be a consumer (which has none).
-pub(crate) async fn emit<O: Send + 'static>(outlet: &mut Option<Outlet<O>>, events: Vec<O>) {
+pub(crate) fn emit<O: Send + 'static>(outlet: &mut Option<Outlet<O>>, events: Vec<O>) {
     if let Some(outlet) = outlet {
-        outlet.emit(events).await;
+        outlet.emit(events);
     }
 }
 
@@ -217,7 +230,7 @@ async fn handle_message<P: ProducerConsumer>(
             let mut events = supervised.events(batch);
             while events.remaining_in_batch() > 0 {
                 let (done, emitted) = supervised.handle_chunk(&mut events, chunk).await?;
-                emit(outlet, emitted).await;
+                emit(outlet, emitted);
                 inlet.processed(link, done);
                 let in_hand = events.remaining_in_batch();
                 inlet.top_up(upstream_budget(outlet.as_ref(), inlet, in_hand));
@@ -253,7 +266,7 @@ pub(crate) async fn run_processor<P: ProducerConsumer>(
     let failure = loop {
         if let Some(outlet) = &mut outlet {
             outlet.collect_asks();
-            outlet.pump().await;
+            outlet.pump();
         }
         inlet.top_up(upstream_budget(outlet.as_ref(), &inlet, 0));
         if inlet.finished(shutting_down) {
@@ -278,7 +291,7 @@ pub(crate) async fn run_processor<P: ProducerConsumer>(
             biased;
             _ = async { ticker.as_mut().expect("guarded").tick().await }, if ticker.is_some() => {
                 match supervised.tick().await {
-                    Ok(events) => emit(&mut outlet, events).await,
+                    Ok(events) => emit(&mut outlet, events),
                     Err(error) => break Some(error),
                 }
             }
@@ -301,15 +314,15 @@ pub(crate) async fn run_processor<P: ProducerConsumer>(
     };
     if let Some(error) = failure {
         if let Some(outlet) = &mut outlet {
-            outlet.finish(EndReason::Failed(error.message.clone())).await;
+            outlet.finish(EndReason::Failed(error.message.clone()));
         }
         return Err(error);
     }
     let flushed = supervised.flush().await?;
     if let Some(outlet) = &mut outlet {
-        outlet.emit(flushed).await;
+        outlet.emit(flushed);
         outlet.drain(&mut control).await;
-        outlet.finish(EndReason::Normal).await;
+        outlet.finish(EndReason::Normal);
     }
     Ok(())
 }

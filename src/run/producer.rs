@@ -97,7 +97,7 @@ impl<P: Producer> State<P> {
     ) -> Result<(), StageError> {
         let emitted = out.take();
         let nothing = emitted.is_empty();
-        outlet.emit(emitted).await;
+        outlet.emit(emitted);
         match outcome {
             Outcome::Returned(flow) => {
                 self.idle = Some(producer);
@@ -110,7 +110,7 @@ impl<P: Producer> State<P> {
                 metrics::add(&context.metrics.restarts, 1);
                 if let Err(escalation) = self.tracker.record(Instant::now()) {
                     let error = StageError::new(&context.stage, format!("{escalation}; last panic: {panic}"));
-                    outlet.finish(EndReason::Failed(error.message.clone())).await;
+                    outlet.finish(EndReason::Failed(error.message.clone()));
                     return Err(error);
                 }
                 self.quiet = false;
@@ -145,7 +145,7 @@ pub(crate) async fn run_producer<P: Producer>(
         if outlet.collect_asks() > 0 {
             state.quiet = false;
         }
-        outlet.pump().await;
+        outlet.pump();
         let data_gone = follows.as_ref().is_some_and(|ended| *ended.borrow());
         if state.exhausted || data_gone || *context.shutdown.borrow() {
             break;
@@ -194,6 +194,6 @@ pub(crate) async fn run_producer<P: Producer>(
         state.flush(&mut outlet, &context).await?;
     }
     outlet.drain(&mut control).await;
-    outlet.finish(EndReason::Normal).await;
+    outlet.finish(EndReason::Normal);
     Ok(())
 }
