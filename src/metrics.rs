@@ -70,13 +70,16 @@ const SLOW_CALLBACK: Duration = Duration::from_micros(20);
 ///
 /// Reading the clock twice costs about as much as a fast stage's whole
 /// callback on a few hundred events, so a stage whose last timed callback
-/// was short is timed one call in `FAST_TIMED_EVERY` (its percentiles come
-/// from that sample); one whose last timed callback was slow is timed on
-/// every call, where the clock costs nothing next to the work.
+/// was short is timed one call in `FAST_TIMED_EVERY`; one whose last timed
+/// callback was slow is timed on every call, where the clock costs nothing
+/// next to the work. A timed callback's time per event stands for the
+/// events of the untimed calls before it too, so the histogram still counts
+/// (nearly) every event.
 #[derive(Debug, Default)]
 pub(crate) struct TimingSampler {
     skip: u32,
     slow: bool,
+    untimed_events: u64,
 }
 
 impl TimingSampler {
@@ -91,9 +94,16 @@ impl TimingSampler {
         }
     }
 
-    /// Records how long a timed callback took.
-    pub(crate) fn timed(&mut self, elapsed: Duration) {
+    /// Notes the events of a callback that was not timed.
+    pub(crate) fn untimed(&mut self, events: usize) {
+        self.untimed_events += events as u64;
+    }
+
+    /// Takes a timed callback's duration; returns how many events its time
+    /// per event stands for (its own and the untimed ones before it).
+    pub(crate) fn timed(&mut self, elapsed: Duration, events: usize) -> u64 {
         self.slow = elapsed >= SLOW_CALLBACK;
+        events as u64 + std::mem::take(&mut self.untimed_events)
     }
 }
 
@@ -102,14 +112,15 @@ fn new_histogram() -> Histogram<u64> {
 }
 
 impl StageMetrics {
-    /// Records that `events` events took `elapsed` in a callback, as that many equal samples.
-    pub(crate) fn record_processing(&self, elapsed: Duration, events: usize) {
-        if events == 0 {
+    /// Records that `events` events took `elapsed` in a callback, and that
+    /// `weight` events (at least those) took as long each.
+    pub(crate) fn record_processing(&self, elapsed: Duration, events: usize, weight: u64) {
+        if events == 0 || weight == 0 {
             return;
         }
         let per_event = (elapsed.as_nanos() / events as u128).clamp(1, 3_600_000_000_000) as u64;
         if let Ok(mut histogram) = self.processing_ns.lock() {
-            histogram.saturating_record_n(per_event, events as u64);
+            histogram.saturating_record_n(per_event, weight);
         }
     }
 
@@ -159,7 +170,7 @@ pub const PROCESSING_BUCKETS_US: [f64; 12] = [
 /// Processing time per event, in microseconds.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct Percentiles {
-    /// Events recorded.
+    /// Events recorded (those of untimed fast callbacks through the timed one after them).
     pub count: u64,
     /// Sum of every recorded time (from the histogram's mean, so within its 1% precision).
     pub sum_us: f64,
@@ -240,13 +251,13 @@ mod tests {
     #[test]
     fn percentiles_come_from_recorded_times() {
         let metrics = StageMetrics::default();
-        metrics.record_processing(Duration::from_micros(100), 1);
-        metrics.record_processing(Duration::from_micros(1000), 10);
+        metrics.record_processing(Duration::from_micros(100), 1, 1);
+        metrics.record_processing(Duration::from_micros(1000), 10, 10);
         let snapshot = metrics.snapshot("s", StageKind::Consumer);
         assert_eq!(snapshot.processing.count, 11);
         assert!((snapshot.processing.p50_us - 100.0).abs() < 2.0);
         assert!((snapshot.processing.max_us - 100.0).abs() < 2.0);
-        metrics.record_processing(Duration::from_millis(5), 1);
+        metrics.record_processing(Duration::from_millis(5), 1, 1);
         let snapshot = metrics.snapshot("s", StageKind::Consumer);
         assert!((snapshot.processing.max_us - 5000.0).abs() < 50.0);
     }
@@ -254,9 +265,9 @@ mod tests {
     #[test]
     fn buckets_count_events_at_or_under_each_bound_cumulatively() {
         let metrics = StageMetrics::default();
-        metrics.record_processing(Duration::from_micros(3), 2);
-        metrics.record_processing(Duration::from_micros(200), 1);
-        metrics.record_processing(Duration::from_secs(20), 1);
+        metrics.record_processing(Duration::from_micros(3), 2, 2);
+        metrics.record_processing(Duration::from_micros(200), 1, 1);
+        metrics.record_processing(Duration::from_secs(20), 1, 1);
         let processing = metrics.snapshot("s", StageKind::Consumer).processing;
         let at = |bound: f64| {
             let index = PROCESSING_BUCKETS_US.iter().position(|b| *b == bound).expect("a bound");
@@ -271,20 +282,19 @@ mod tests {
     #[test]
     fn fast_callbacks_are_timed_one_in_sixteen_and_slow_ones_every_time() {
         let mut sampler = TimingSampler::default();
-        let fast: Vec<bool> = (0..32)
-            .map(|_| {
-                let time = sampler.should_time();
-                if time {
-                    sampler.timed(Duration::from_micros(1));
-                }
-                time
-            })
-            .collect();
-        let timed: Vec<usize> = fast.iter().enumerate().filter(|(_, t)| **t).map(|(i, _)| i).collect();
-        assert_eq!(timed, vec![0, 16], "the first call, then one in FAST_TIMED_EVERY");
-        sampler.timed(Duration::from_millis(1));
+        let mut timed = Vec::new();
+        for call in 0..32 {
+            if sampler.should_time() {
+                timed.push((call, sampler.timed(Duration::from_micros(1), 10)));
+            } else {
+                sampler.untimed(10);
+            }
+        }
+        assert_eq!(timed, vec![(0, 10), (16, 160)], "one call in 16, standing for the 15 before it too");
+        assert!(sampler.should_time());
+        assert_eq!(sampler.timed(Duration::from_millis(1), 1), 151, "calls 17 to 31 were not timed");
         assert!((0..5).all(|_| sampler.should_time()), "a slow stage is timed on every call");
-        sampler.timed(Duration::from_micros(1));
+        sampler.timed(Duration::from_micros(1), 1);
         assert!(!sampler.should_time(), "back to sampling once a timed call is fast");
     }
 }

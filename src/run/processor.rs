@@ -134,10 +134,13 @@ impl<P: ProducerConsumer> Supervised<P> {
         let result =
             AssertUnwindSafe(async { self.stage.handle_events(events, &mut out).await }).catch_unwind().await;
         let taken = before - events.remaining_in_batch();
-        if let Some(started) = started {
-            let elapsed = started.elapsed();
-            self.timing.timed(elapsed);
-            self.context.metrics.record_processing(elapsed, taken);
+        match started {
+            Some(started) => {
+                let elapsed = started.elapsed();
+                let weight = self.timing.timed(elapsed, taken);
+                self.context.metrics.record_processing(elapsed, taken, weight);
+            }
+            None => self.timing.untimed(taken),
         }
         match result {
             Ok(()) => {
