@@ -36,35 +36,18 @@ pub fn settings(args: TokenStream, input: TokenStream) -> TokenStream {
         let error = syn::Error::new(proc_macro2::Span::call_site(), "#[settings] takes no arguments");
         return error.to_compile_error().into();
     }
-    let mut input = parse_macro_input!(input as DeriveInput);
-    match expand(&mut input) {
-        Ok(tokens) => tokens.into(),
-        Err(error) => error.to_compile_error().into(),
-    }
+    derive(input, None)
 }
 
 /// `#[settings]` plus the kind's `Signature`: `#[kind("name", In -> Out)]` (see the crate docs).
 #[proc_macro_attribute]
 pub fn kind(args: TokenStream, input: TokenStream) -> TokenStream {
-    let signature = parse_macro_input!(args as KindArgs);
+    derive(input, Some(parse_macro_input!(args as KindArgs)))
+}
+
+fn derive(input: TokenStream, kind: Option<KindArgs>) -> TokenStream {
     let mut input = parse_macro_input!(input as DeriveInput);
-    match expand(&mut input) {
-        Ok(tokens) => {
-            let KindArgs { name, input: takes, output: emits, external } = signature;
-            let ident = &input.ident;
-            quote! {
-                #tokens
-                impl ::stageflow::config::Signature for #ident {
-                    const NAME: &'static str = #name;
-                    type In = #takes;
-                    type Out = #emits;
-                    const EXTERNAL_SUBSCRIBERS: bool = #external;
-                }
-            }
-            .into()
-        }
-        Err(error) => error.to_compile_error().into(),
-    }
+    expand(&mut input, kind).unwrap_or_else(|error| error.to_compile_error()).into()
 }
 
 /// `"name", In -> Out` and an optional `, external_subscribers`.
@@ -94,14 +77,26 @@ impl Parse for KindArgs {
     }
 }
 
-fn expand(input: &mut DeriveInput) -> syn::Result<proc_macro2::TokenStream> {
+fn expand(input: &mut DeriveInput, kind: Option<KindArgs>) -> syn::Result<proc_macro2::TokenStream> {
     let defaults = take_defaults(input)?;
     let docs = docs_impl(input)?;
+    let signature = kind.map(|KindArgs { name, input: takes, output: emits, external }| {
+        let ident = &input.ident;
+        quote! {
+            impl ::stageflow::config::Signature for #ident {
+                const NAME: &'static str = #name;
+                type In = #takes;
+                type Out = #emits;
+                const EXTERNAL_SUBSCRIBERS: bool = #external;
+            }
+        }
+    });
     input.attrs.insert(0, parse_quote!(#[derive(::serde::Deserialize)]));
     Ok(quote! {
         #input
         #defaults
         #docs
+        #signature
     })
 }
 
@@ -255,5 +250,26 @@ fn is_option(ty: &Type) -> bool {
             path.qself.is_none() && path.path.segments.last().is_some_and(|last| last.ident == "Option")
         }
         _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kind_arguments_are_a_name_and_in_to_out_with_an_optional_flag() {
+        let plain: KindArgs = syn::parse_str(r#""numbers", Nothing -> u64"#).unwrap();
+        assert_eq!((plain.name.value(), plain.external), ("numbers".to_string(), false));
+        let output = &plain.output;
+        assert_eq!(quote!(#output).to_string(), "u64");
+        let open: KindArgs =
+            syn::parse_str(r#""statistics", Nothing -> StatsFrame, external_subscribers"#).unwrap();
+        assert!(open.external);
+        for bad in ["numbers, Nothing -> u64", r#""numbers", Nothing"#, r#""numbers" Nothing -> u64"#] {
+            assert!(syn::parse_str::<KindArgs>(bad).is_err(), "{bad}");
+        }
+        let flag = syn::parse_str::<KindArgs>(r#""n", u64 -> Nothing, external"#).err().unwrap();
+        assert_eq!(flag.to_string(), "expected `external_subscribers`");
     }
 }
