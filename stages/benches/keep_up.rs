@@ -13,6 +13,7 @@
 #[allow(dead_code)]
 mod report;
 #[path = "load/rss.rs"]
+#[allow(dead_code)]
 mod rss;
 
 use std::process::{Command, Stdio};

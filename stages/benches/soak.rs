@@ -59,7 +59,7 @@ use tokio::time::Instant;
 
 use plot::{COLOURS, Line, Panel, Stroke};
 use report::{Series, report_dir};
-use rss::rss_kb;
+use rss::{rss_kb, status_kb};
 use secantus::{Secantus, free_port, repository};
 use trend::{BLOCK_S, MAX_SLOPE, Verdict, block_medians, slope_percent_per_hour, theil_sen, verdict};
 
@@ -334,43 +334,115 @@ async fn stop_and_merge(last: &mut BTreeMap<u32, u64>, emulator: EmulatorHandle)
     }
 }
 
-async fn stored_ids(server: &Secantus) -> Result<BTreeSet<String>, String> {
-    let client = server.client().await;
-    let documents: Vec<Document> = futures::TryStreamExt::try_collect(
-        client
-            .database("soak")
-            .collection::<Document>("tweets")
-            .find(mongodb::bson::doc! {})
-            .projection(mongodb::bson::doc! { "_id": 1 })
-            .batch_size(10_000)
-            .await
-            .map_err(|e| e.to_string())?,
-    )
-    .await
-    .map_err(|e| e.to_string())?;
+/// Ids per range query of the read-back. SecantusDB answers a range on `_id`
+/// with a scan of the collection that materialises the matches before the
+/// first batch, so one query for a million ids holds the server (and its
+/// replies to the driver's monitor) for minutes; ranges of this many expected
+/// ids keep each query to seconds of the server's time per 100 k stored.
+const READ_CHUNK: usize = 200_000;
+
+/// A client for the read-back: the driver's monitor waits as long as a
+/// range query may keep the (single-threaded) server busy, instead of
+/// declaring it gone after the default 10 s and cutting the query.
+async fn patient_client(server: &Secantus) -> Result<mongodb::Client, String> {
+    let uri = format!(
+        "{}&connectTimeoutMS=600000&serverSelectionTimeoutMS=600000&heartbeatFrequencyMS=600000",
+        server.uri("admin")
+    );
+    mongodb::Client::with_uri_str(&uri).await.map_err(|e| e.to_string())
+}
+
+/// The string `_id`s stored in `[low, high)` (no bound where `None`).
+async fn stored_range(
+    client: &mongodb::Client,
+    low: Option<&str>,
+    high: Option<&str>,
+) -> Result<Vec<String>, String> {
+    let mut range = Document::new();
+    range.insert("$gte", low.unwrap_or(""));
+    if let Some(high) = high {
+        range.insert("$lt", high);
+    }
+    let cursor = client
+        .database("soak")
+        .collection::<Document>("tweets")
+        .find(mongodb::bson::doc! { "_id": range })
+        .projection(mongodb::bson::doc! { "_id": 1 })
+        .batch_size(10_000)
+        .await
+        .map_err(|e| e.to_string())?;
+    let documents: Vec<Document> =
+        futures::TryStreamExt::try_collect(cursor).await.map_err(|e| e.to_string())?;
     Ok(documents.iter().filter_map(|d| d.get_str("_id").ok().map(str::to_string)).collect())
 }
 
-/// The stored ids, asked up to ten times (a loaded machine can make one query time out); the last error otherwise.
-async fn stored_ids_retrying(server: &Secantus) -> Result<BTreeSet<String>, String> {
-    let mut last = String::new();
-    for attempt in 1..=10 {
-        match stored_ids(server).await {
-            Ok(ids) => return Ok(ids),
-            Err(error) => {
-                eprintln!("soak: reading the stored ids failed (try {attempt} of 10): {error}");
-                last = error;
+/// Cuts the string space at every `chunk`-th expected id: the ranges
+/// `[None, b1)`, `[b1, b2)` … `[bn, None)` together hold every string, so an
+/// unexpected id is read too, in whichever range it falls.
+fn id_ranges(expected: &BTreeSet<String>, chunk: usize) -> Vec<(Option<String>, Option<String>)> {
+    let cuts: Vec<&String> = expected.iter().skip(chunk).step_by(chunk.max(1)).collect();
+    let mut ranges = Vec::with_capacity(cuts.len() + 1);
+    let mut low: Option<String> = None;
+    for cut in cuts {
+        ranges.push((low.take(), Some(cut.clone())));
+        low = Some(cut.clone());
+    }
+    ranges.push((low, None));
+    ranges
+}
+
+/// Every stored tweet id, read range by range (each range tried up to five
+/// times; a loaded machine can make one query fail), and how many stored
+/// documents have an `_id` that is not a string (no range reads those).
+/// Gives up with the last error once `limit` has passed.
+async fn stored_ids(
+    server: &Secantus,
+    expected: &BTreeSet<String>,
+    limit: Duration,
+) -> Result<(BTreeSet<String>, u64), String> {
+    let deadline = Instant::now() + limit;
+    let client = patient_client(server).await?;
+    let mut ids = BTreeSet::new();
+    let ranges = id_ranges(expected, READ_CHUNK);
+    for (index, (low, high)) in ranges.iter().enumerate() {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let left = deadline.saturating_duration_since(Instant::now());
+            let read = tokio::time::timeout(left, stored_range(&client, low.as_deref(), high.as_deref()))
+                .await
+                .unwrap_or_else(|_| Err(format!("the read-back's {} s ran out", limit.as_secs())));
+            match read {
+                Ok(found) => {
+                    ids.extend(found);
+                    break;
+                }
+                Err(error) if attempt < 5 && Instant::now() < deadline => {
+                    eprintln!(
+                        "soak: reading range {} of {} failed (try {attempt}): {error}",
+                        index + 1,
+                        ranges.len()
+                    );
+                    tokio::time::sleep(Duration::from_secs(5)).await;
+                }
+                Err(error) => return Err(format!("range {} of {}: {error}", index + 1, ranges.len())),
             }
         }
-        tokio::time::sleep(Duration::from_secs(5)).await;
     }
-    Err(last)
+    let total = client
+        .database("soak")
+        .collection::<Document>("tweets")
+        .count_documents(mongodb::bson::doc! {})
+        .await
+        .map_err(|e| e.to_string())?;
+    let not_string = total.saturating_sub(ids.len() as u64);
+    Ok((ids, not_string))
 }
 
 /// How many tweets are stored now.
 async fn stored_count(server: &Secantus) -> Result<u64, String> {
-    let client = server.client().await;
-    client
+    patient_client(server)
+        .await?
         .database("soak")
         .collection::<Document>("tweets")
         .count_documents(mongodb::bson::doc! {})
@@ -485,6 +557,9 @@ async fn soak() -> bool {
 
     let started = Instant::now();
     let mut rss: BTreeMap<&'static str, Vec<(f64, f64)>> = BTreeMap::new();
+    // Anonymous memory (heap, stacks) beside the RSS: the RSS also holds the
+    // binary's code pages, which come and go with memory pressure.
+    let mut anon: BTreeMap<&'static str, Vec<(f64, f64)>> = BTreeMap::new();
     let mut faults: Vec<(f64, String)> = Vec::new();
     // The machine's 1-minute load average: the soak shares its cores with whatever else runs.
     let mut loads: Vec<(f64, f64)> = Vec::new();
@@ -501,6 +576,9 @@ async fn soak() -> bool {
         for process in [&pipeline, &broker, &serve] {
             if let Some(kb) = process.pid().and_then(rss_kb) {
                 rss.entry(process.name).or_default().push((t, kb as f64 / 1024.0));
+            }
+            if let Some(kb) = process.pid().and_then(|pid| status_kb(pid, "RssAnon")) {
+                anon.entry(process.name).or_default().push((t, kb as f64 / 1024.0));
             }
         }
         if Instant::now() >= next_fault {
@@ -555,12 +633,16 @@ async fn soak() -> bool {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     let drained = pipeline.interrupt(Duration::from_secs(150)).await;
-    let (stored, store_error) = match stored_ids_retrying(&mongo).await {
-        Ok(ids) => (ids, None),
-        Err(error) => (BTreeSet::new(), Some(error)),
+    // A generous bound that grows with the run: 10 minutes and a minute per 100 k tweets.
+    let read_limit = Duration::from_secs(600 + 60 * (expected.len() as u64 / 100_000));
+    let read_started = Instant::now();
+    let (stored, not_string, store_error) = match stored_ids(&mongo, &expected, read_limit).await {
+        Ok((ids, not_string)) => (ids, not_string, None),
+        Err(error) => (BTreeSet::new(), 0, Some(error)),
     };
+    let read_seconds = read_started.elapsed().as_secs_f64();
     let missing = expected.difference(&stored).count();
-    let unexpected = stored.difference(&expected).count();
+    let unexpected = stored.difference(&expected).count() + not_string as usize;
 
     // Every acknowledged broker event reaches every acking subscriber (give them 30 s).
     let broker_deadline = Instant::now() + Duration::from_secs(30);
@@ -601,6 +683,10 @@ async fn soak() -> bool {
         let blocks = block_medians(&after);
         let trend = theil_sen(&blocks);
         verdicts.insert(name, verdict(trend));
+        let anon_after: Vec<(f64, f64)> =
+            anon.get(name).into_iter().flatten().copied().filter(|&(t, _)| steady(name, t)).collect();
+        let anon_blocks = block_medians(&anon_after);
+        let anon_trend = theil_sen(&anon_blocks);
         trends.insert(
             name,
             json!({
@@ -611,6 +697,12 @@ async fn soak() -> bool {
                 "first_block_mb": blocks.first().map(|b| b.1),
                 "last_block_mb": blocks.last().map(|b| b.1),
                 "verdict": format!("{:?}", verdict(trend)),
+                "anonymous": {
+                    "theil_sen_percent_per_hour": anon_trend.map(|t| t.slope),
+                    "interval_95_percent_per_hour": anon_trend.map(|t| [t.low, t.high]),
+                    "first_block_mb": anon_blocks.first().map(|b| b.1),
+                    "last_block_mb": anon_blocks.last().map(|b| b.1),
+                },
             }),
         );
     }
@@ -625,7 +717,7 @@ async fn soak() -> bool {
         "seconds": seconds,
         "fault_period_s": fault_period.as_secs(),
         "faults": faults.iter().map(|(t, what)| json!({ "at_s": t, "fault": what })).collect::<Vec<_>>(),
-        "store": { "emulator_last_sequence": last_sent, "expected_tweets": expected.len(), "stored": stored.len(), "missing": missing, "unexpected": unexpected, "pipeline_drained": drained, "read_error": store_error, "ok": store_ok },
+        "store": { "emulator_last_sequence": last_sent, "expected_tweets": expected.len(), "stored": stored.len(), "missing": missing, "unexpected": unexpected, "pipeline_drained": drained, "read_error": store_error, "read_seconds": read_seconds, "ok": store_ok },
         "broker": { "acknowledged_events": published, "undelivered_to_acking_subscribers": undelivered, "reconnects_of_subscriber_2": reconnects, "ok": broker_ok },
         "telnet": { "sessions_completed": sessions_ok, "sessions_failed": sessions_failed },
         "machine": {
@@ -639,6 +731,7 @@ async fn soak() -> bool {
             "broker_restarts_s": restarts,
             "trends": trends,
             "samples_mb": rss,
+            "anonymous_samples_mb": anon,
             "ok": rss_ok,
         },
         "passed": passed,

@@ -205,6 +205,7 @@ impl DeliveryTask {
         }
         self.in_flight.remove(index);
         lock(&self.state.acked).insert(seq);
+        self.topic.log.mark_changed(seq);
         self.topic.acked.fetch_add(1, Ordering::Relaxed);
         Ok(ticket)
     }

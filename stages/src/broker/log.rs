@@ -11,6 +11,7 @@ use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufReader, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -54,6 +55,9 @@ struct Segment {
     path: PathBuf,
     /// Bumped each time compaction rewrites the file (read cursors then rescan).
     generation: u64,
+    /// Compaction's last look kept all of it that it kept: it needs no new
+    /// look until an ack or an unsubscribe reaches its events or the checkpoint moves.
+    settled: bool,
 }
 
 struct LogState {
@@ -66,6 +70,9 @@ struct LogState {
     scratch: Vec<u8>,
     /// The checkpoint at the head of the active segment: subscriber → (start, acked through).
     active_checkpoint: HashMap<String, (u64, u64)>,
+    /// The lowest sequence number whose event may have stopped being needed
+    /// since compaction last looked (0: anything), `u64::MAX` when nothing changed.
+    changed_from: u64,
 }
 
 /// One topic's log.
@@ -76,6 +83,8 @@ pub struct TopicLog {
     state: Mutex<LogState>,
     synced: watch::Sender<u64>,
     sync_wanted: Notify,
+    /// Events read back from the log for spilled queues: what restarts and slow subscribers cost in reading.
+    read_back: AtomicU64,
 }
 
 /// A durable subscriber found by recovery.
@@ -158,6 +167,8 @@ impl LogGuard<'_> {
         self.state.active_len = len;
         self.state.active_checkpoint =
             subscribers.into_iter().map(|e| (e.subscriber, (e.start, e.acked_through))).collect();
+        // A new checkpoint decides anew which acks in closed segments are still needed.
+        self.state.changed_from = 0;
         Ok(())
     }
 
@@ -169,6 +180,7 @@ impl LogGuard<'_> {
         (&*state.active).write_all(&state.scratch)?;
         state.active_len += state.scratch.len() as u64;
         state.appended += 1;
+
         Ok(state.appended)
     }
 
@@ -212,6 +224,7 @@ impl TopicLog {
                 .into_iter()
                 .map(|e| (e.subscriber, (e.start, e.acked_through)))
                 .collect(),
+            changed_from: 0,
         };
         let log = TopicLog {
             dir: dir.to_path_buf(),
@@ -220,6 +233,7 @@ impl TopicLog {
             state: Mutex::new(state),
             synced: watch::Sender::new(0),
             sync_wanted: Notify::new(),
+            read_back: AtomicU64::new(0),
         };
         Ok((log, recovery))
     }
@@ -323,6 +337,7 @@ impl TopicLog {
                 let before = frames.offset;
                 match frames.next_frame()? {
                     Frame::Record(Record::Publish(event)) => {
+                        self.read_back.fetch_add(1, Ordering::Relaxed);
                         if event.seq > through {
                             cursor.position = Some((segment.number, segment.generation, before));
                             cursor.next_seq = through + 1;
@@ -357,61 +372,122 @@ impl TopicLog {
         Ok(events)
     }
 
+    /// Says the event `seq` (and any after it; 0: every event) may no longer
+    /// be needed: an ack or a subscription's end, once the subscription's
+    /// state shows it.
+    pub fn mark_changed(&self, seq: u64) {
+        let mut state = self.lock();
+        state.state.changed_from = state.state.changed_from.min(seq);
+    }
+
+    /// Takes the lowest sequence number whose event may have stopped being
+    /// needed since the last call (0: anything; `u64::MAX`: nothing). Take it
+    /// before the snapshot of what subscribers acked that compaction works from.
+    pub fn take_changes(&self) -> u64 {
+        std::mem::replace(&mut self.lock().state.changed_from, u64::MAX)
+    }
+
     /// Deletes closed segments holding nothing still needed and rewrites those
     /// at least half dead. Needed: events `publish_needed` says a subscriber
     /// still waits for, and acks not yet covered by the active checkpoint.
-    pub fn compact(&self, publish_needed: impl Fn(u64) -> bool) -> io::Result<CompactionReport> {
+    /// A segment compaction already looked at is read again only if
+    /// `changed_from` (from [`TopicLog::take_changes`]) reaches its events: a
+    /// backlog nobody acks is not reread every pass. Nothing of a segment is
+    /// held in memory beyond one record: live bytes are counted first and a
+    /// rewrite streams them to the new file.
+    pub fn compact(
+        &self,
+        changed_from: u64,
+        publish_needed: impl Fn(u64) -> bool,
+    ) -> io::Result<CompactionReport> {
+        let result = self.compact_segments(changed_from, publish_needed);
+        if result.is_err() {
+            // Look again next time at whatever this pass did not finish.
+            self.mark_changed(changed_from);
+        }
+        result
+    }
+
+    fn compact_segments(
+        &self,
+        changed_from: u64,
+        publish_needed: impl Fn(u64) -> bool,
+    ) -> io::Result<CompactionReport> {
         let (closed, checkpoint) = {
             let state = self.lock();
             let segments = &state.state.segments;
-            (segments[..segments.len() - 1].to_vec(), state.state.active_checkpoint.clone())
+            let closed: Vec<(Segment, u64)> =
+                segments.windows(2).map(|pair| (pair[0].clone(), pair[1].first_seq)).collect();
+            (closed, state.state.active_checkpoint.clone())
         };
         let ack_needed = |subscriber: &str, seq: u64| {
             checkpoint
                 .get(subscriber)
                 .is_some_and(|&(start, acked_through)| seq > start && seq > acked_through)
         };
+        let keep = |record: &Record| match record {
+            Record::Publish(event) => publish_needed(event.seq),
+            Record::Ack { subscriber, seq } => ack_needed(subscriber, *seq),
+            Record::Subscribe { .. } | Record::Unsubscribe { .. } | Record::Checkpoint { .. } => false,
+        };
         let mut report = CompactionReport::default();
-        for segment in closed {
+        for (segment, next_first_seq) in closed {
+            if segment.settled && next_first_seq <= changed_from {
+                continue;
+            }
             let file = File::open(&segment.path)?;
             let total = file.metadata()?.len();
             let mut frames = FrameReader::new(file, 0)?;
-            let mut live = Vec::new();
-            while let Frame::Record(record) = frames.next_frame()? {
-                let keep = match &record {
-                    Record::Publish(event) => publish_needed(event.seq),
-                    Record::Ack { subscriber, seq } => ack_needed(subscriber, *seq),
-                    Record::Subscribe { .. } | Record::Unsubscribe { .. } | Record::Checkpoint { .. } => {
-                        false
-                    }
-                };
-                if keep {
-                    record::encode(&record, &mut live);
+            let mut live = 0u64;
+            loop {
+                let before = frames.offset;
+                let Frame::Record(record) = frames.next_frame()? else { break };
+                if keep(&record) {
+                    live += frames.offset - before;
                 }
             }
-            if live.is_empty() {
+            if live == 0 {
                 self.lock().state.segments.retain(|s| s.number != segment.number);
                 fs::remove_file(&segment.path)?;
                 report.deleted += 1;
                 report.bytes_freed += total;
-            } else if (live.len() as u64) * 2 <= total {
+                continue;
+            }
+            let rewritten = live * 2 <= total;
+            if rewritten {
                 let temporary = segment.path.with_extension("tmp");
-                let mut file = File::create(&temporary)?;
-                file.write_all(&live)?;
+                let mut out = io::BufWriter::with_capacity(64 * 1024, File::create(&temporary)?);
+                let mut frames = FrameReader::new(File::open(&segment.path)?, 0)?;
+                let mut scratch = Vec::new();
+                while let Frame::Record(record) = frames.next_frame()? {
+                    if keep(&record) {
+                        scratch.clear();
+                        record::encode(&record, &mut scratch);
+                        out.write_all(&scratch)?;
+                    }
+                }
+                let file = out.into_inner().map_err(io::IntoInnerError::into_error)?;
                 file.sync_all()?;
                 fs::rename(&temporary, &segment.path)?;
                 sync_dir(&self.dir)?;
-                if let Some(s) = self.lock().state.segments.iter_mut().find(|s| s.number == segment.number) {
-                    s.generation += 1;
-                }
                 report.rewritten += 1;
-                report.bytes_freed += total - live.len() as u64;
+                report.bytes_freed += total.saturating_sub(file.metadata()?.len());
+            }
+            if let Some(s) = self.lock().state.segments.iter_mut().find(|s| s.number == segment.number) {
+                s.generation += u64::from(rewritten);
+                s.settled = true;
             }
         }
         if report.deleted > 0 {
             sync_dir(&self.dir)?;
         }
         Ok(report)
+    }
+
+    /// Events read back from the log for spilled queues since it was opened.
+    #[cfg(test)]
+    pub fn events_read_back(&self) -> u64 {
+        self.read_back.load(Ordering::Relaxed)
     }
 
     /// Bytes of all segment files.
@@ -439,7 +515,7 @@ fn create_segment(
     file.write_all(&bytes)?;
     file.sync_data()?;
     sync_dir(dir)?;
-    Ok((Segment { number, first_seq, path, generation: 0 }, file, bytes.len() as u64))
+    Ok((Segment { number, first_seq, path, generation: 0, settled: false }, file, bytes.len() as u64))
 }
 
 fn sync_dir(dir: &Path) -> io::Result<()> {
@@ -459,7 +535,7 @@ fn list_segments(dir: &Path) -> io::Result<Vec<Segment>> {
         let Some(stem) = name.strip_suffix(".log") else { continue };
         let Some((number, first_seq)) = stem.split_once('-') else { continue };
         if let (Ok(number), Ok(first_seq)) = (number.parse(), first_seq.parse()) {
-            segments.push(Segment { number, first_seq, path, generation: 0 });
+            segments.push(Segment { number, first_seq, path, generation: 0, settled: false });
         }
     }
     segments.sort_by_key(|s| s.number);
@@ -518,30 +594,22 @@ fn recover(segments: &[Segment]) -> io::Result<Recovery> {
             break;
         }
     }
-    let mut found: Vec<RecoveredSubscriber> = order
+    // Sequence numbers go to publishes only, one after another, and compaction
+    // drops an event only once every subscriber that gets it has acked it: so
+    // a subscriber's pending events are those after its start, less its acks
+    // (no second pass over the whole log, which grows with the backlog).
+    let last_seq = recovery.last_seq;
+    let found: Vec<RecoveredSubscriber> = order
         .into_iter()
         .filter_map(|name| {
             let &(start, acked_through) = subscribers.get(&name)?;
             let mut acked = acks.remove(&name).unwrap_or_default();
             acked.forget_through(start);
             acked.insert_range(start + 1, acked_through);
-            Some(RecoveredSubscriber { name, start, acked, pending: 0 })
+            let pending = last_seq.saturating_sub(start) - acked.count_within(start, last_seq);
+            Some(RecoveredSubscriber { name, start, acked, pending })
         })
         .collect();
-    if !found.is_empty() {
-        for segment in segments {
-            let mut frames = FrameReader::new(File::open(&segment.path)?, 0)?;
-            while let Frame::Record(record) = frames.next_frame()? {
-                if let Record::Publish(event) = record {
-                    for subscriber in &mut found {
-                        if event.seq > subscriber.start && !subscriber.acked.contains(event.seq) {
-                            subscriber.pending += 1;
-                        }
-                    }
-                }
-            }
-        }
-    }
     recovery.subscribers = found;
     Ok(recovery)
 }
@@ -704,13 +772,41 @@ mod tests {
     }
 
     #[test]
+    fn compaction_rereads_a_kept_segment_only_once_something_reaches_its_events() {
+        let dir = tempfile::tempdir().unwrap();
+        let (log, _) = TopicLog::open(dir.path(), 2048, SyncMode::Off).unwrap();
+        publish_many(&log, 300);
+        log.lock().roll(Vec::new()).unwrap();
+        let segments = list_segments(dir.path()).unwrap().len();
+        // Every event needed: nothing goes, and each closed segment is now settled.
+        let report = log.compact(log.take_changes(), |_| true).unwrap();
+        assert_eq!(report, CompactionReport::default());
+        assert_eq!(log.take_changes(), u64::MAX, "a pass with no acks leaves nothing to look at");
+        // Nothing changed, so a pass does not read them again, even if asked with a rule that would drop all.
+        assert_eq!(log.compact(u64::MAX, |_| false).unwrap(), CompactionReport::default());
+        assert_eq!(list_segments(dir.path()).unwrap().len(), segments);
+        // An ack of event 150 reaches the segment holding it and every later one, not the earlier ones.
+        log.mark_changed(150);
+        let report = log.compact(log.take_changes(), |_| false).unwrap();
+        assert!(report.deleted > 0, "{report:?}");
+        let mut cursor = ReadCursor::new(1);
+        let left = log.read_events(&mut cursor, 300, 1000, |_| false).unwrap();
+        assert!(left.first().is_some_and(|e| e.seq == 1), "the segments before 150 were not reread");
+        assert!(
+            left.iter().all(|e| e.seq < 150),
+            "every segment from 150's on was dropped: {:?}",
+            left.last()
+        );
+    }
+
+    #[test]
     fn compaction_deletes_dead_segments_and_keeps_needed_events() {
         let dir = tempfile::tempdir().unwrap();
         let (log, _) = TopicLog::open(dir.path(), 2048, SyncMode::Off).unwrap();
         publish_many(&log, 300);
         log.lock().roll(Vec::new()).unwrap();
         let before = log.disk_bytes();
-        let report = log.compact(|seq| seq == 150).unwrap();
+        let report = log.compact(log.take_changes(), |seq| seq == 150).unwrap();
         assert!(report.deleted > 3, "{report:?}");
         assert!(log.disk_bytes() < before / 4, "{} of {before}", log.disk_bytes());
         let mut cursor = ReadCursor::new(1);

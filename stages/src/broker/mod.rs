@@ -216,6 +216,9 @@ impl Broker {
             eprintln!("warning: {warning}");
         }
         for subscriber in recovery.subscribers {
+            // Everything through its contiguous acks is done: the read-back
+            // starts after them, not at its start (which would rescan the log).
+            let read_from = subscriber.acked.contiguous_through(subscriber.start) + 1;
             let engine = topic.engine_subscription().await?;
             let (commands, receiver) = mpsc::channel(64);
             let state = topic.register_recovered(
@@ -232,7 +235,7 @@ impl Broker {
                 commands: receiver,
                 queue: PendingQueue::new(config.queue_events, config.queue_bytes),
                 registered_at: recovery.last_seq,
-                read_from: Some(subscriber.start + 1),
+                read_from: Some(read_from),
             }));
         }
         let syncer = topic.clone();
@@ -527,5 +530,96 @@ impl Drop for Client {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn input(id: String) -> EventInput {
+        EventInput { id, priority: 0, msg: serde_json::Value::Null }
+    }
+
+    /// (events in memory, deliveries awaiting an ack, events waiting in the log) of a subscription.
+    fn held(broker: &Broker, topic: &str, subscriber: &str) -> (u64, u64, u64) {
+        let state = broker.topic(topic).and_then(|t| t.subscription(subscriber)).expect("the subscription");
+        (
+            state.queued.load(Ordering::Relaxed) as u64,
+            state.in_flight.load(Ordering::Relaxed) as u64,
+            state.spilled.load(Ordering::Relaxed),
+        )
+    }
+
+    async fn eventually(what: &str, check: impl Fn() -> bool) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        while !check() {
+            assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_backlog_nobody_acks_waits_in_the_log_and_memory_holds_only_the_queue_and_the_window() {
+        const EVENTS: u64 = 3000;
+        const QUEUE: usize = 100;
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = BrokerConfig::new(dir.path());
+        config.sync = SyncMode::Off;
+        config.queue_events = QUEUE;
+        config.segment_bytes = 32 * 1024;
+        config.compact_interval = Duration::from_secs(3600);
+        let broker = Broker::open(config.clone()).await.unwrap();
+        broker.publish("t", input("setup".into())).await.unwrap();
+        let (silent_outlet, _silent_inbox) = mpsc::channel(EVENTS as usize);
+        let mut silent = broker.connect(silent_outlet);
+        silent.set_name("silent").unwrap();
+        silent.subscribe("t").await.unwrap();
+        let (acker_outlet, mut acker_inbox) = mpsc::channel(EVENTS as usize);
+        let mut acker = broker.connect(acker_outlet);
+        acker.set_name("acker").unwrap();
+        acker.subscribe("t").await.unwrap();
+        let acking = tokio::spawn(async move {
+            for _ in 0..EVENTS {
+                let delivery = acker_inbox.recv().await.expect("a delivery");
+                acker.ack(&delivery.topic, &delivery.event.id).await.unwrap();
+            }
+        });
+        for n in 0..EVENTS {
+            broker.publish("t", input(format!("e{n}"))).await.unwrap();
+        }
+        tokio::time::timeout(Duration::from_secs(60), acking)
+            .await
+            .expect("the acker got everything")
+            .unwrap();
+
+        // The silent subscriber holds its window in flight and at most its queue in memory; the rest is in the log.
+        eventually("the silent subscriber's figures to settle", || {
+            let (queued, in_flight, spilled) = held(&broker, "t", "silent");
+            queued + in_flight + spilled == EVENTS
+        })
+        .await;
+        let (queued, in_flight, _) = held(&broker, "t", "silent");
+        assert!(queued <= QUEUE as u64, "{queued} events in memory, over the queue's {QUEUE}");
+        assert_eq!(in_flight, DEFAULT_WINDOW as u64);
+        drop(silent);
+        broker.shutdown().await;
+
+        // After a restart: the backlog is counted from the log, memory again holds at most the
+        // queue, and the subscriber that acked everything reads nothing back (the log is not
+        // rescanned per subscriber: that grows with the backlog).
+        let broker = Broker::open(config).await.unwrap();
+        let topic = broker.topic("t").unwrap();
+        eventually("the silent subscriber's queue to refill", || held(&broker, "t", "silent").0 > 0).await;
+        let (queued, in_flight, spilled) = held(&broker, "t", "silent");
+        assert_eq!((queued + spilled, in_flight), (EVENTS, 0));
+        assert!(queued <= QUEUE as u64, "{queued} events in memory after the restart");
+        assert_eq!(held(&broker, "t", "acker"), (0, 0, 0));
+        let read_back = topic.log.events_read_back();
+        assert!(
+            read_back <= 2 * QUEUE as u64,
+            "{read_back} events read back from the log after the restart for {QUEUE} in memory"
+        );
+        broker.shutdown().await;
     }
 }

@@ -156,6 +156,23 @@ impl AckedSet {
         self.ranges = keep;
     }
 
+    /// How many numbers in `after + 1 ..= through` are in the set.
+    pub fn count_within(&self, after: u64, through: u64) -> u64 {
+        if through <= after {
+            return 0;
+        }
+        let low = after + 1;
+        let first = self.ranges.range(..low).next_back().map(|(&start, &end)| (start, end));
+        first
+            .into_iter()
+            .chain(self.ranges.range(low..=through).map(|(&start, &end)| (start, end)))
+            .map(|(start, end)| {
+                let (start, end) = (start.max(low), end.min(through));
+                if end >= start { end - start + 1 } else { 0 }
+            })
+            .sum()
+    }
+
     /// Number of disjoint ranges (a measure of its memory).
     pub fn range_count(&self) -> usize {
         self.ranges.len()
@@ -226,6 +243,8 @@ mod tests {
             for seq in 0..70 {
                 prop_assert_eq!(acked.contains(seq), model.contains(&seq));
             }
+            prop_assert_eq!(acked.count_within(cut, cut + 15), model.range(cut + 1..=cut + 15).count() as u64);
+            prop_assert_eq!(acked.count_within(cut, cut), 0);
             let through = (cut..).take_while(|s| model.contains(&(s + 1))).last().map_or(cut, |s| s + 1);
             prop_assert_eq!(acked.contiguous_through(cut), through);
             acked.forget_through(cut);

@@ -257,6 +257,9 @@ impl Topic {
                 .map_err(|error| format!("cannot write the log: {error}"))?;
         }
         lock(&self.registry).remove(key);
+        drop(guard);
+        // What only this subscription still waited for may go now.
+        self.log.mark_changed(0);
         Ok(ticket)
     }
 
@@ -272,9 +275,12 @@ impl Topic {
 
     /// Compacts the log: keeps only events some subscription still needs.
     pub fn compact(&self) -> io::Result<super::log::CompactionReport> {
+        let changed_from = self.log.take_changes();
         let snapshot: Vec<(u64, AckedSet)> =
             self.subscriptions().iter().map(|s| (s.start, lock(&s.acked).clone())).collect();
-        self.log.compact(|seq| snapshot.iter().any(|(start, acked)| seq > *start && !acked.contains(seq)))
+        self.log.compact(changed_from, |seq| {
+            snapshot.iter().any(|(start, acked)| seq > *start && !acked.contains(seq))
+        })
     }
 
     /// Stops the topic's stage: subscriptions end, delivery tasks finish.
