@@ -28,6 +28,8 @@
 //! `target/bench-report/soak.json` and `soak.svg` (RSS over time, faults
 //! marked). Exits non-zero if a check fails.
 
+#[path = "soak_parts/faults.rs"]
+mod faults;
 #[path = "load/plot.rs"]
 #[allow(dead_code)]
 mod plot;
@@ -57,6 +59,7 @@ use stageflow_stages::emulator::{EmulatorConfig, EmulatorHandle, Rate, start_emu
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::time::Instant;
 
+use faults::{Fault, faults_from};
 use plot::{COLOURS, Line, Panel, Stroke};
 use report::{Series, report_dir};
 use rss::{rss_kb, status_kb};
@@ -453,11 +456,21 @@ async fn stored_count(server: &Secantus) -> Result<u64, String> {
 async fn soak() -> bool {
     let seconds: u64 =
         std::env::var("STAGEFLOW_SOAK_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(600);
+    let kinds = match faults_from(std::env::var("STAGEFLOW_SOAK_FAULTS").ok().as_deref()) {
+        Ok(kinds) => kinds,
+        Err(error) => {
+            eprintln!("soak: {error}");
+            return false;
+        }
+    };
     let fault_period = Duration::from_secs((seconds / 4).clamp(10, 60));
     let work = tempfile::tempdir().expect("a temporary directory");
     let logs = work.path().join("logs");
     std::fs::create_dir_all(&logs).unwrap();
-    println!("soak: {seconds} s, a fault every {fault_period:?}; logs in {}", logs.display());
+    println!(
+        "soak: {seconds} s, a fault every {fault_period:?} ({kinds:?} in turn); logs in {}",
+        logs.display()
+    );
     let binary = work.path().join("stageflow");
     std::fs::copy(env!("CARGO_BIN_EXE_stageflow"), &binary).expect("a copy of the stageflow binary");
     let _ = BINARY.set(binary);
@@ -583,20 +596,20 @@ async fn soak() -> bool {
         }
         if Instant::now() >= next_fault {
             next_fault += fault_period;
-            let what = match fault_index % 3 {
-                0 => {
+            let what = match kinds[fault_index % kinds.len()] {
+                Fault::Mongo => {
                     mongo.kill();
                     tokio::time::sleep(Duration::from_secs(2)).await;
                     mongo.launch().await;
                     "SecantusDB SIGKILLed and restarted"
                 }
-                1 => {
+                Fault::Broker => {
                     broker.kill();
                     tokio::time::sleep(Duration::from_secs(1)).await;
                     broker.launch();
                     "broker SIGKILLed and restarted"
                 }
-                _ => {
+                Fault::Sse => {
                     stop_and_merge(&mut last_sent, emulator).await;
                     emulator = start_emulator(&emulator_addr, emulator_config())
                         .await
@@ -716,6 +729,7 @@ async fn soak() -> bool {
     let report = json!({
         "seconds": seconds,
         "fault_period_s": fault_period.as_secs(),
+        "fault_kinds": kinds.iter().map(|kind| format!("{kind:?}")).collect::<Vec<_>>(),
         "faults": faults.iter().map(|(t, what)| json!({ "at_s": t, "fault": what })).collect::<Vec<_>>(),
         "store": { "emulator_last_sequence": last_sent, "expected_tweets": expected.len(), "stored": stored.len(), "missing": missing, "unexpected": unexpected, "pipeline_drained": drained, "read_error": store_error, "read_seconds": read_seconds, "ok": store_ok },
         "broker": { "acknowledged_events": published, "undelivered_to_acking_subscribers": undelivered, "reconnects_of_subscriber_2": reconnects, "ok": broker_ok },

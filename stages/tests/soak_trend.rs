@@ -1,4 +1,8 @@
-//! The fault soak's RSS trend (`benches/soak_parts/trend.rs`), tested with the suite.
+//! The fault soak's RSS trend (`benches/soak_parts/trend.rs`) and its choice
+//! of faults (`benches/soak_parts/faults.rs`), tested with the suite.
+
+#[path = "../benches/soak_parts/faults.rs"]
+mod faults;
 
 #[path = "../benches/soak_parts/trend.rs"]
 #[allow(dead_code)]
@@ -79,4 +83,15 @@ fn blocks_with_too_few_samples_are_left_out() {
     let points: Vec<(f64, f64)> = (0..74).map(|s| (s as f64, s as f64)).collect();
     let blocks = block_medians(&points);
     assert_eq!(blocks, vec![(15.0, 15.0), (45.0, 45.0)], "the last block has 14 samples of 30");
+}
+
+#[test]
+fn the_faults_are_all_three_unless_named_and_a_wrong_name_is_an_error_that_names_it() {
+    use faults::{Fault, faults_from};
+    assert_eq!(faults_from(None), Ok(vec![Fault::Mongo, Fault::Broker, Fault::Sse]));
+    assert_eq!(faults_from(Some("broker, sse")), Ok(vec![Fault::Broker, Fault::Sse]));
+    assert_eq!(faults_from(Some("sse,mongo,")), Ok(vec![Fault::Sse, Fault::Mongo]));
+    let error = faults_from(Some("broker,disk")).unwrap_err();
+    assert!(error.contains("'disk'") && error.contains("STAGEFLOW_SOAK_FAULTS"), "{error}");
+    assert!(faults_from(Some(" , ")).is_err());
 }
