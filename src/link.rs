@@ -46,14 +46,40 @@ pub(crate) enum Inbox<T> {
 /// Unbounded as a channel because credits bound it: a producer sends only
 /// events a consumer asked for, and at most one end per subscription, so
 /// what may wait is at most the subscriptions' `max_demand` — and a send
-/// never waits, which spares every batch a semaphore round trip.
-pub(crate) type InboxSender<T> = mpsc::UnboundedSender<Inbox<T>>;
+/// never waits, which spares every batch a semaphore round trip. Each send
+/// also notifies the consumer's wake-up, the one thing its task waits on.
+pub(crate) struct InboxSender<T> {
+    channel: mpsc::UnboundedSender<Inbox<T>>,
+    consumer_wake: Arc<Notify>,
+}
+
+impl<T> Clone for InboxSender<T> {
+    fn clone(&self) -> Self {
+        InboxSender { channel: self.channel.clone(), consumer_wake: self.consumer_wake.clone() }
+    }
+}
+
+impl<T> InboxSender<T> {
+    /// Puts `message` in the inbox and wakes the consumer; gives it back if the consumer is gone.
+    pub(crate) fn send(&self, message: Inbox<T>) -> Result<(), Inbox<T>> {
+        self.channel.send(message).map_err(|unsent| unsent.0)?;
+        self.consumer_wake.notify_one();
+        Ok(())
+    }
+
+    /// Whether the consumer is gone.
+    pub(crate) fn is_closed(&self) -> bool {
+        self.channel.is_closed()
+    }
+}
+
 /// The consumer's end of its inbox.
 pub(crate) type InboxReceiver<T> = mpsc::UnboundedReceiver<Inbox<T>>;
 
-/// A new consumer inbox.
-pub(crate) fn inbox<T>() -> (InboxSender<T>, InboxReceiver<T>) {
-    mpsc::unbounded_channel()
+/// A new inbox of the consumer that waits on `consumer_wake`.
+pub(crate) fn inbox<T>(consumer_wake: Arc<Notify>) -> (InboxSender<T>, InboxReceiver<T>) {
+    let (channel, receiver) = mpsc::unbounded_channel();
+    (InboxSender { channel, consumer_wake }, receiver)
 }
 
 /// The shared half of a subscription.

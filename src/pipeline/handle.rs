@@ -6,7 +6,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{Notify, mpsc, oneshot, watch};
+use tokio::sync::{Notify, oneshot, watch};
 use tokio::task::JoinSet;
 
 use super::spec::ErasedTap;
@@ -14,7 +14,7 @@ use crate::demand::bounds_problem;
 use crate::error::{PipelineError, StageError};
 use crate::link::{self, Link, SubscribeOptions, Subscriber};
 use crate::metrics::{StageKind, StageMetrics, StageSnapshot};
-use crate::run::{Control, ErasedControl};
+use crate::run::{Control, ControlSender, ErasedControl};
 use crate::subscription::Subscription;
 use crate::tap::{TapOptions, TapSlot, TapStream};
 
@@ -154,7 +154,7 @@ impl PipelineHandle {
             .iter()
             .position(|s| s.id == producer)
             .ok_or_else(|| PipelineError::Request(format!("no stage '{producer}' in this pipeline")))?;
-        let control = self.controls[index].downcast_ref::<mpsc::Sender<Control<T>>>().ok_or_else(|| {
+        let control = self.controls[index].downcast_ref::<ControlSender<T>>().ok_or_else(|| {
             PipelineError::Request(format!(
                 "stage '{producer}' does not emit events of type {}",
                 type_name::<T>()
@@ -162,7 +162,8 @@ impl PipelineHandle {
         })?;
         let bounds =
             options.demand_bounds().map_err(|why| PipelineError::Request(bounds_problem(producer, &why)))?;
-        let (inbox, receiver) = link::inbox();
+        // An outside subscription waits on its channel itself; nothing waits on this wake-up.
+        let (inbox, receiver) = link::inbox(Arc::new(Notify::new()));
         let link = Link::new(producer, "external", self.stages[index].wake.clone());
         let subscriber = Subscriber { link: link.clone(), inbox, options: options.dispatch_options() };
         let (reply, answer) = oneshot::channel();

@@ -158,7 +158,7 @@ impl<P: Producer> StageSpec for ProducerSpec<P> {
         follows: Option<watch::Receiver<bool>>,
     ) -> Started {
         let this = *self;
-        let (control, control_rx) = control_channel::<P::Out>();
+        let (control, control_rx) = control_channel::<P::Out>(this.wake.clone());
         let context = TaskContext {
             stage: this.config.id,
             restart: this.config.restart,
@@ -260,7 +260,7 @@ impl<P: ProducerConsumer> StageSpec for ProcessorSpec<P> {
     fn start(self: Box<Self>, shutdown: watch::Receiver<bool>, _: Option<watch::Receiver<bool>>) -> Started {
         let this = *self;
         drop(this.inbox);
-        let (control, control_rx) = control_channel::<P::Out>();
+        let (control, control_rx) = control_channel::<P::Out>(this.wake.clone());
         let queue_capacity: usize = this
             .config
             .subscriptions
@@ -290,6 +290,7 @@ impl<P: ProducerConsumer> StageSpec for ProcessorSpec<P> {
                 this.inlet,
                 this.outlet,
                 control_rx,
+                this.wake,
                 context,
             )),
         };
@@ -307,12 +308,13 @@ pub(super) fn processor_spec<P: ProducerConsumer>(
     kind: StageKind,
 ) -> ProcessorSpec<P> {
     let metrics = Arc::new(StageMetrics::default());
-    let (inbox, receiver) = link::inbox();
+    let wake = Arc::new(Notify::new());
+    let (inbox, receiver) = link::inbox(wake.clone());
     ProcessorSpec {
         config: StageConfig::new(id),
         factory,
         kind,
-        wake: Arc::new(Notify::new()),
+        wake,
         inlet: Inlet::new(receiver, metrics.clone()),
         metrics,
         inbox,

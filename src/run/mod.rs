@@ -11,7 +11,7 @@ pub(crate) mod producer;
 use std::any::Any;
 use std::sync::Arc;
 
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{Notify, mpsc, watch};
 
 use crate::link::Subscriber;
 use crate::metrics::StageMetrics;
@@ -40,8 +40,28 @@ pub(crate) struct TaskContext {
 /// A stage's control channel, type-erased for the pipeline handle.
 pub(crate) type ErasedControl = Box<dyn Any + Send + Sync>;
 
-pub(crate) fn control_channel<T: Send + 'static>() -> (mpsc::Sender<Control<T>>, mpsc::Receiver<Control<T>>) {
-    mpsc::channel(CONTROL_CAPACITY)
+/// The sending end of a stage's control channel; each request also
+/// notifies the stage's wake-up, so a stage task can wait on that alone.
+pub(crate) struct ControlSender<T> {
+    channel: mpsc::Sender<Control<T>>,
+    stage_wake: Arc<Notify>,
+}
+
+impl<T: Send + 'static> ControlSender<T> {
+    /// Sends a request, waiting for room; fails once the stage has ended.
+    pub(crate) async fn send(&self, request: Control<T>) -> Result<(), ()> {
+        self.channel.send(request).await.map_err(|_| ())?;
+        self.stage_wake.notify_one();
+        Ok(())
+    }
+}
+
+/// A control channel of the stage that waits on `stage_wake`.
+pub(crate) fn control_channel<T: Send + 'static>(
+    stage_wake: Arc<Notify>,
+) -> (ControlSender<T>, mpsc::Receiver<Control<T>>) {
+    let (channel, receiver) = mpsc::channel(CONTROL_CAPACITY);
+    (ControlSender { channel, stage_wake }, receiver)
 }
 
 /// The text of a panic payload.

@@ -3,8 +3,10 @@
 use std::panic::AssertUnwindSafe;
 use std::time::Instant;
 
+use std::sync::Arc;
+
 use futures::FutureExt;
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, mpsc};
 
 use super::inlet::{AfterEnd, Inlet};
 use super::outlet::Outlet;
@@ -253,6 +255,7 @@ pub(crate) async fn run_processor<P: ProducerConsumer>(
     mut inlet: Inlet<P::In>,
     mut outlet: Option<Outlet<P::Out>>,
     mut control: mpsc::Receiver<Control<P::Out>>,
+    stage_wake: Arc<Notify>,
     context: TaskContext,
 ) -> Result<(), StageError> {
     let mut shutdown = context.shutdown.clone();
@@ -263,9 +266,14 @@ pub(crate) async fn run_processor<P: ProducerConsumer>(
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         ticker
     });
-    let wake = outlet.as_ref().map(|o| o.wake.clone());
+    let wake = stage_wake;
     let mut shutting_down = false;
     let mut inbox_open = true;
+    // One wake-up for everything but time: a message in the inbox, credits
+    // a subscriber asked for and a subscribe request each notify `wake`, and
+    // everything is checked before waiting, so a notification that comes in
+    // between is kept as a permit, not lost. Parking registers one waker
+    // instead of one per source.
     let failure = loop {
         if let Some(outlet) = &mut outlet {
             outlet.collect_asks();
@@ -275,10 +283,17 @@ pub(crate) async fn run_processor<P: ProducerConsumer>(
         if inlet.finished(shutting_down) {
             break None;
         }
-        // Fast path: a waiting batch is handled without setting up the
-        // select below. Stages with a timer always go through the select, so
-        // a steady stream of events cannot starve their ticks.
-        if inbox_open && ticker.is_none() {
+        // A due tick goes first, so a steady stream of events cannot starve it.
+        if let Some(ticker) = &mut ticker
+            && ticker.tick().now_or_never().is_some()
+        {
+            match supervised.tick().await {
+                Ok(events) => emit(&mut outlet, events),
+                Err(error) => break Some(error),
+            }
+            continue;
+        }
+        if inbox_open {
             match inlet.inbox.try_recv() {
                 Ok(message) => {
                     match handle_message(&mut supervised, &mut inlet, &mut outlet, message, &stage_id).await {
@@ -286,9 +301,15 @@ pub(crate) async fn run_processor<P: ProducerConsumer>(
                         Err(error) => break Some(error),
                     }
                 }
+                // Every producer is gone; a transient or temporary stage
+                // still waits for shutdown.
                 Err(mpsc::error::TryRecvError::Disconnected) => inbox_open = false,
                 Err(mpsc::error::TryRecvError::Empty) => {}
             }
+        }
+        if let Ok(Control::Subscribe(subscriber, reply)) = control.try_recv() {
+            let _ = reply.send(subscribe(&mut outlet, subscriber, &stage_id));
+            continue;
         }
         tokio::select! {
             biased;
@@ -298,21 +319,8 @@ pub(crate) async fn run_processor<P: ProducerConsumer>(
                     Err(error) => break Some(error),
                 }
             }
-            Some(Control::Subscribe(subscriber, reply)) = control.recv() => {
-                let _ = reply.send(subscribe(&mut outlet, subscriber, &stage_id));
-            }
             _ = shutdown_requested(&mut shutdown), if !shutting_down && inlet.waits_for_shutdown() => shutting_down = true,
-            message = inlet.inbox.recv(), if inbox_open => match message {
-                Some(message) => {
-                    if let Err(error) = handle_message(&mut supervised, &mut inlet, &mut outlet, message, &stage_id).await {
-                        break Some(error);
-                    }
-                }
-                // Every producer is gone; a transient or temporary stage
-                // still waits for shutdown.
-                None => inbox_open = false,
-            },
-            _ = async { wake.as_ref().expect("guarded").notified().await }, if wake.is_some() => {}
+            _ = wake.notified() => {}
         }
     };
     if let Some(error) = failure {
