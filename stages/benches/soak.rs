@@ -33,6 +33,8 @@ mod faults;
 #[path = "load/plot.rs"]
 #[allow(dead_code)]
 mod plot;
+#[path = "soak_parts/ranges.rs"]
+mod ranges;
 #[path = "load/report.rs"]
 #[allow(dead_code)]
 mod report;
@@ -61,6 +63,7 @@ use tokio::time::Instant;
 
 use faults::{Fault, faults_from};
 use plot::{COLOURS, Line, Panel, Stroke};
+use ranges::id_ranges;
 use report::{Series, report_dir};
 use rss::{rss_kb, status_kb};
 use secantus::{Secantus, free_port, repository};
@@ -337,12 +340,15 @@ async fn stop_and_merge(last: &mut BTreeMap<u32, u64>, emulator: EmulatorHandle)
     }
 }
 
-/// Ids per range query of the read-back. SecantusDB answers a range on `_id`
-/// with a scan of the collection that materialises the matches before the
-/// first batch, so one query for a million ids holds the server (and its
-/// replies to the driver's monitor) for minutes; ranges of this many expected
-/// ids keep each query to seconds of the server's time per 100 k stored.
+/// Expected ids per range of the read-back, at the least. SecantusDB answers
+/// a range on `_id` with a scan of the whole collection and holds the matches
+/// before the first batch: one query for every id kept the server (and its
+/// replies to the driver's monitor) busy for minutes and timed out. Ranges
+/// keep each query's hold short; as each costs a scan, a long run reads in at
+/// most `READ_RANGES` of them.
 const READ_CHUNK: usize = 200_000;
+/// Most ranges the read-back asks for.
+const READ_RANGES: usize = 4;
 
 /// A client for the read-back: the driver's monitor waits as long as a
 /// range query may keep the (single-threaded) server busy, instead of
@@ -379,21 +385,6 @@ async fn stored_range(
     Ok(documents.iter().filter_map(|d| d.get_str("_id").ok().map(str::to_string)).collect())
 }
 
-/// Cuts the string space at every `chunk`-th expected id: the ranges
-/// `[None, b1)`, `[b1, b2)` … `[bn, None)` together hold every string, so an
-/// unexpected id is read too, in whichever range it falls.
-fn id_ranges(expected: &BTreeSet<String>, chunk: usize) -> Vec<(Option<String>, Option<String>)> {
-    let cuts: Vec<&String> = expected.iter().skip(chunk).step_by(chunk.max(1)).collect();
-    let mut ranges = Vec::with_capacity(cuts.len() + 1);
-    let mut low: Option<String> = None;
-    for cut in cuts {
-        ranges.push((low.take(), Some(cut.clone())));
-        low = Some(cut.clone());
-    }
-    ranges.push((low, None));
-    ranges
-}
-
 /// Every stored tweet id, read range by range (each range tried up to five
 /// times; a loaded machine can make one query fail), and how many stored
 /// documents have an `_id` that is not a string (no range reads those).
@@ -406,7 +397,7 @@ async fn stored_ids(
     let deadline = Instant::now() + limit;
     let client = patient_client(server).await?;
     let mut ids = BTreeSet::new();
-    let ranges = id_ranges(expected, READ_CHUNK);
+    let ranges = id_ranges(expected, READ_CHUNK.max(expected.len().div_ceil(READ_RANGES)));
     for (index, (low, high)) in ranges.iter().enumerate() {
         let mut attempt = 0;
         loop {

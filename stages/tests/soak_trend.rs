@@ -1,8 +1,11 @@
-//! The fault soak's RSS trend (`benches/soak_parts/trend.rs`) and its choice
-//! of faults (`benches/soak_parts/faults.rs`), tested with the suite.
+//! The fault soak's RSS trend (`benches/soak_parts/trend.rs`), its choice
+//! of faults (`benches/soak_parts/faults.rs`) and the ranges of its read-back
+//! (`benches/soak_parts/ranges.rs`), tested with the suite.
 
 #[path = "../benches/soak_parts/faults.rs"]
 mod faults;
+#[path = "../benches/soak_parts/ranges.rs"]
+mod ranges;
 
 #[path = "../benches/soak_parts/trend.rs"]
 #[allow(dead_code)]
@@ -94,4 +97,25 @@ fn the_faults_are_all_three_unless_named_and_a_wrong_name_is_an_error_that_names
     let error = faults_from(Some("broker,disk")).unwrap_err();
     assert!(error.contains("'disk'") && error.contains("STAGEFLOW_SOAK_FAULTS"), "{error}");
     assert!(faults_from(Some(" , ")).is_err());
+}
+
+#[test]
+fn the_read_back_ranges_cover_every_string_and_cut_at_every_chunk_th_expected_id() {
+    use ranges::id_ranges;
+    let expected: std::collections::BTreeSet<String> = (10..20).map(|n| n.to_string()).collect();
+    let ranges = id_ranges(&expected, 4);
+    let cut = |s: &str| Some(s.to_string());
+    assert_eq!(ranges, vec![(None, cut("14")), (cut("14"), cut("18")), (cut("18"), None)]);
+    // Every string falls in exactly one range, expected or not.
+    for id in ["", "0", "10", "13", "14", "17z", "18", "19", "99", "\u{10ffff}"] {
+        let holding = ranges
+            .iter()
+            .filter(|(low, high)| {
+                low.as_deref().is_none_or(|low| id >= low) && high.as_deref().is_none_or(|high| id < high)
+            })
+            .count();
+        assert_eq!(holding, 1, "{id:?}");
+    }
+    assert_eq!(id_ranges(&expected, 100), vec![(None, None)]);
+    assert_eq!(id_ranges(&std::collections::BTreeSet::new(), 4), vec![(None, None)]);
 }
