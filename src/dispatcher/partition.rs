@@ -134,18 +134,30 @@ impl<T: Send + 'static> Dispatcher<T> for PartitionDispatcher<T> {
             .iter()
             .map(|slot| Vec::with_capacity(slot.map_or(0, |(_, credits)| credits.min(events.len()))))
             .collect();
+        // Credits an event may take now: none for a partition without a
+        // subscriber or with events already waiting (they go first). Once a
+        // partition's run out, its later events wait too, so the loop needs
+        // no other check.
+        let mut open: Vec<usize> = self
+            .partitions
+            .iter()
+            .zip(&self.waiting)
+            .map(|(slot, queue)| if queue.is_empty() { slot.map_or(0, |(_, credits)| credits) } else { 0 })
+            .collect();
         for event in events {
             let partition = partition_index((self.partition_of)(&event), count);
-            match &mut self.partitions[partition] {
-                Some((_, credits)) if *credits > 0 && self.waiting[partition].is_empty() => {
-                    *credits -= 1;
-                    batches[partition].push(event);
-                }
-                _ => self.queue(partition, event),
+            if open[partition] > 0 {
+                open[partition] -= 1;
+                batches[partition].push(event);
+            } else {
+                self.queue(partition, event);
             }
         }
-        for (slot, batch) in self.partitions.iter().zip(batches) {
-            if let (Some((id, _)), false) = (slot, batch.is_empty()) {
+        for (slot, batch) in self.partitions.iter_mut().zip(batches) {
+            if let Some((id, credits)) = slot
+                && !batch.is_empty()
+            {
+                *credits -= batch.len();
                 deliveries.push((*id, batch));
             }
         }
