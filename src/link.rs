@@ -49,6 +49,8 @@ pub(crate) enum Inbox<T> {
 /// never waits, which spares every batch a semaphore round trip. Each send
 /// also notifies the consumer's wake-up, the one thing its task waits on.
 pub(crate) struct InboxSender<T> {
+    // Unbounded on purpose: credits are the bound (at most `max_demand`
+    // events per subscription, and one end), tested in `subscription.rs`.
     channel: mpsc::UnboundedSender<Inbox<T>>,
     consumer_wake: Arc<Notify>,
 }
@@ -78,6 +80,7 @@ pub(crate) type InboxReceiver<T> = mpsc::UnboundedReceiver<Inbox<T>>;
 
 /// A new inbox of the consumer that waits on `consumer_wake`.
 pub(crate) fn inbox<T>(consumer_wake: Arc<Notify>) -> (InboxSender<T>, InboxReceiver<T>) {
+    // Bounded by credits, not capacity: see `InboxSender`.
     let (channel, receiver) = mpsc::unbounded_channel();
     (InboxSender { channel, consumer_wake }, receiver)
 }

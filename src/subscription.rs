@@ -148,3 +148,33 @@ impl<T> Stream for SubscriptionStream<T> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use crate::demand::DemandBounds;
+    use crate::link::Inbox;
+    use crate::ops::FromIter;
+    use crate::{Pipeline, SubscribeOptions};
+
+    #[tokio::test(start_paused = true)]
+    async fn an_inbox_nobody_reads_holds_at_most_max_demand_events() {
+        let mut pipeline = Pipeline::new();
+        pipeline.producer("numbers", || FromIter::new(0..1_000_000u64));
+        let running = pipeline.start().expect("a valid graph");
+        let bounds = DemandBounds::new(10, 5).expect("valid bounds");
+        let mut subscription =
+            running.subscribe::<u64>("numbers", SubscribeOptions::bounds(bounds)).await.expect("subscribed");
+        // The inbox is an unbounded channel: only the credits granted bound it.
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        let mut waiting = 0;
+        while let Ok(message) = subscription.inbox.try_recv() {
+            if let Inbox::Events { batch, .. } = message {
+                waiting += batch.len();
+            }
+        }
+        assert_eq!(waiting, 10, "exactly the credits granted, however fast the producer");
+        running.shutdown();
+    }
+}

@@ -1,9 +1,8 @@
 //! The task of a producer-consumer or consumer: receive, call back, dispatch.
 
 use std::panic::AssertUnwindSafe;
-use std::time::Instant;
-
 use std::sync::Arc;
+use std::time::Instant;
 
 use futures::FutureExt;
 use tokio::sync::{Notify, mpsc};
@@ -255,7 +254,7 @@ pub(crate) async fn run_processor<P: ProducerConsumer>(
     mut inlet: Inlet<P::In>,
     mut outlet: Option<Outlet<P::Out>>,
     mut control: mpsc::Receiver<Control<P::Out>>,
-    stage_wake: Arc<Notify>,
+    wake: Arc<Notify>,
     context: TaskContext,
 ) -> Result<(), StageError> {
     let mut shutdown = context.shutdown.clone();
@@ -266,9 +265,9 @@ pub(crate) async fn run_processor<P: ProducerConsumer>(
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         ticker
     });
-    let wake = stage_wake;
     let mut shutting_down = false;
     let mut inbox_open = true;
+    let mut tick_due = false;
     // One wake-up for everything but time: a message in the inbox, credits
     // a subscriber asked for and a subscribe request each notify `wake`, and
     // everything is checked before waiting, so a notification that comes in
@@ -284,9 +283,8 @@ pub(crate) async fn run_processor<P: ProducerConsumer>(
             break None;
         }
         // A due tick goes first, so a steady stream of events cannot starve it.
-        if let Some(ticker) = &mut ticker
-            && ticker.tick().now_or_never().is_some()
-        {
+        if tick_due || ticker.as_mut().is_some_and(|ticker| ticker.tick().now_or_never().is_some()) {
+            tick_due = false;
             match supervised.tick().await {
                 Ok(events) => emit(&mut outlet, events),
                 Err(error) => break Some(error),
@@ -313,12 +311,7 @@ pub(crate) async fn run_processor<P: ProducerConsumer>(
         }
         tokio::select! {
             biased;
-            _ = async { ticker.as_mut().expect("guarded").tick().await }, if ticker.is_some() => {
-                match supervised.tick().await {
-                    Ok(events) => emit(&mut outlet, events),
-                    Err(error) => break Some(error),
-                }
-            }
+            _ = async { ticker.as_mut().expect("guarded").tick().await }, if ticker.is_some() => tick_due = true,
             _ = shutdown_requested(&mut shutdown), if !shutting_down && inlet.waits_for_shutdown() => shutting_down = true,
             _ = wake.notified() => {}
         }
