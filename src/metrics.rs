@@ -94,6 +94,11 @@ impl TimingSampler {
         }
     }
 
+    /// Whether the last timed callback was slow.
+    pub(crate) fn is_slow(&self) -> bool {
+        self.slow
+    }
+
     /// Notes the events of a callback that was not timed.
     pub(crate) fn untimed(&mut self, events: usize) {
         self.untimed_events += events as u64;
