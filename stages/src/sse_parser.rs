@@ -88,7 +88,13 @@ impl SseParser {
                 bytes = &bytes[1..];
                 continue;
             }
-            match bytes.iter().position(|&byte| byte == b'\n' || byte == b'\r') {
+            match memchr::memchr2(b'\n', b'\r', bytes) {
+                // A whole line within the cap in this piece is read where it is, not copied first.
+                Some(end) if self.line.is_empty() && self.line_skipped == 0 && end <= self.max => {
+                    self.after_cr = bytes[end] == b'\r';
+                    self.field(&bytes[..end], out);
+                    bytes = &bytes[end + 1..];
+                }
                 Some(end) => {
                     self.keep(&bytes[..end]);
                     self.after_cr = bytes[end] == b'\r';
@@ -127,7 +133,11 @@ impl SseParser {
 
     /// Applies one complete line (within the cap).
     fn field(&mut self, line: &[u8], out: &mut Vec<SseItem>) {
-        let text = String::from_utf8_lossy(line);
+        // Checked as UTF-8 first: lossy conversion is only needed for a bad line and is slower.
+        let text = match std::str::from_utf8(line) {
+            Ok(text) => std::borrow::Cow::Borrowed(text),
+            Err(_) => String::from_utf8_lossy(line),
+        };
         let mut text: &str = &text;
         if std::mem::take(&mut self.first_line) {
             text = text.strip_prefix('\u{feff}').unwrap_or(text);

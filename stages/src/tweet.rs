@@ -203,7 +203,7 @@ pub fn partition_of_id(id: &str) -> usize {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use proptest::prelude::*;
 
@@ -360,7 +360,8 @@ mod tests {
             })
     }
 
-    fn tweet_strategy() -> impl Strategy<Value = Tweet> {
+    /// Any tweet, a retweet or not (for other modules' property tests too).
+    pub(crate) fn tweet_strategy() -> impl Strategy<Value = Tweet> {
         (leaf_tweet_strategy(), prop::option::of(leaf_tweet_strategy())).prop_map(|(mut tweet, original)| {
             tweet.retweeted_status = original.map(Box::new);
             tweet

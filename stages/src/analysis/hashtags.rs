@@ -75,8 +75,23 @@ pub fn hashtags_of(tweet: &Tweet) -> impl Iterator<Item = String> + '_ {
 /// Adds a tweet's hashtags to a window.
 pub fn count_hashtags(counts: &mut HashtagCounts, tweet: &Tweet) {
     counts.tweets += 1;
-    for tag in hashtags_of(tweet) {
-        *counts.counts.entry(tag).or_default() += 1;
+    for tag in &tweet.entities.hashtags {
+        let tag = tag.text.trim_start_matches('#');
+        // A tag already in lowercase ASCII (most are) is looked up as it is:
+        // no copy unless it is new. Any other is folded as `hashtags_of` does.
+        if !tag.is_empty() && tag.bytes().all(|byte| byte.is_ascii() && !byte.is_ascii_uppercase()) {
+            match counts.counts.get_mut(tag) {
+                Some(count) => *count += 1,
+                None => {
+                    counts.counts.insert(tag.to_string(), 1);
+                }
+            }
+            continue;
+        }
+        let tag = tag.to_lowercase();
+        if !tag.is_empty() {
+            *counts.counts.entry(tag).or_default() += 1;
+        }
     }
 }
 
@@ -236,6 +251,30 @@ mod tests {
     fn hashtags_are_case_folded_and_empty_ones_skipped() {
         let tags: Vec<String> = hashtags_of(&tagged(&["Rust", "#rust", "", "ÉTÉ", "#"])).collect();
         assert_eq!(tags, ["rust", "rust", "été"]);
+    }
+
+    proptest::proptest! {
+        /// The counting shortcut for lowercase ASCII tags counts what `hashtags_of` yields.
+        #[test]
+        fn counting_agrees_with_the_folded_hashtags(
+            tweets in proptest::collection::vec(
+                proptest::collection::vec("#?([a-zA-Z0-9_]|É|é|ß|İ|Σ|ǅ|😀){0,6}", 0..5),
+                0..8,
+            ),
+        ) {
+            let mut counts = HashtagCounts::default();
+            let mut expected: HashMap<String, u64> = HashMap::new();
+            for tags in &tweets {
+                let tags: Vec<&str> = tags.iter().map(String::as_str).collect();
+                let tweet = tagged(&tags);
+                count_hashtags(&mut counts, &tweet);
+                for tag in hashtags_of(&tweet) {
+                    *expected.entry(tag).or_default() += 1;
+                }
+            }
+            proptest::prop_assert_eq!(counts.tweets, tweets.len() as u64);
+            proptest::prop_assert_eq!(counts.counts, expected);
+        }
     }
 
     #[test]

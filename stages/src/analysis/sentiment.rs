@@ -69,7 +69,7 @@ fn classify(c: char) -> CharClass {
 fn class_of(c: char) -> CharClass {
     static ASCII: OnceLock<[CharClass; 128]> = OnceLock::new();
     thread_local! {
-        static SEEN: std::cell::RefCell<HashMap<char, CharClass>> = std::cell::RefCell::new(HashMap::new());
+        static SEEN: std::cell::RefCell<HashMap<char, CharClass, FastHash>> = std::cell::RefCell::new(HashMap::default());
     }
     if c.is_ascii() {
         let table = ASCII.get_or_init(|| std::array::from_fn(|byte| classify(byte as u8 as char)));
@@ -80,18 +80,29 @@ fn class_of(c: char) -> CharClass {
 
 /// Calls `each` with every word of `text`, case-folded, punctuation stripped (see the module docs).
 fn for_each_word(text: &str, mut each: impl FnMut(&str)) {
-    let folded = text.to_lowercase();
     let mut word = String::with_capacity(32);
-    for c in folded.chars() {
-        match class_of(c) {
-            CharClass::Punctuation => {}
-            CharClass::Word => word.push(c),
-            CharClass::Mark if !word.is_empty() => word.push(c),
-            CharClass::Mark | CharClass::Separator => {
-                if !word.is_empty() {
-                    each(&word);
-                    word.clear();
-                }
+    let mut take = |c: char| match class_of(c) {
+        CharClass::Punctuation => {}
+        CharClass::Word => word.push(c),
+        CharClass::Mark if !word.is_empty() => word.push(c),
+        CharClass::Mark | CharClass::Separator => {
+            if !word.is_empty() {
+                each(&word);
+                word.clear();
+            }
+        }
+    };
+    // `str::to_lowercase` folds each character on its own except `Σ`, whose
+    // lowercase depends on its neighbours: only a text with one is folded
+    // whole (an allocation); any other is folded as it is read.
+    if text.contains('Σ') {
+        text.to_lowercase().chars().for_each(&mut take);
+    } else {
+        for c in text.chars() {
+            if c.is_ascii() {
+                take(c.to_ascii_lowercase());
+            } else {
+                c.to_lowercase().for_each(&mut take);
             }
         }
     }
@@ -120,8 +131,12 @@ pub fn sentiment_score(text: &str, lexicon: &Lexicon) -> f64 {
 /// Word scores, keyed by lowercase word.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Lexicon {
-    scores: HashMap<String, f64>,
+    scores: HashMap<String, f64, FastHash>,
 }
+
+/// The hasher of the per-word lookups: words are not attacker-chosen keys
+/// worth SipHash's cost on every word of every tweet.
+type FastHash = foldhash::fast::FixedState;
 
 impl Lexicon {
     /// VADER's lexicon (about 7,500 entries, −4 … +4), as the `vader_sentiment` crate ships it.
@@ -148,7 +163,7 @@ impl Lexicon {
     /// without a tab splits at its last space). Blank lines and `#` comments
     /// are skipped. The error names the first bad line.
     pub fn parse(text: &str) -> Result<Lexicon, String> {
-        let mut scores = HashMap::new();
+        let mut scores = HashMap::default();
         for (index, line) in text.lines().enumerate() {
             let line = line.trim_end_matches('\r');
             if line.trim().is_empty() || line.starts_with('#') {

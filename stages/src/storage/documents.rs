@@ -11,10 +11,11 @@ use std::collections::hash_map::Entry;
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
+use serde::Serialize;
 use serde_json::{Map, Value};
 
 use crate::scored::ScoredTweet;
-use crate::tweet::{Tweet, User};
+use crate::tweet::{Entities, Tweet, User};
 
 /// One tweet ready to store: its key, its author's key, its engagement score and its document.
 #[derive(Debug, Clone, PartialEq)]
@@ -25,8 +26,10 @@ pub struct TweetDoc {
     pub user_id: String,
     /// The engagement score, added to the author's totals when the insert is new.
     pub engagement: f64,
-    /// The document (a JSON object).
+    /// The document (a JSON object); `null` when the sink takes [`TweetDoc::json`] instead.
     pub doc: Value,
+    /// The document as JSON text, for sinks that store text ([`split_json`]); else empty.
+    pub json: String,
 }
 
 /// One user ready to store: its key and its document.
@@ -34,8 +37,10 @@ pub struct TweetDoc {
 pub struct UserDoc {
     /// The user's `id_str` (the key).
     pub id: String,
-    /// The document (a JSON object).
+    /// The document (a JSON object); `null` when the sink takes [`UserDoc::json`] instead.
     pub doc: Value,
+    /// The document as JSON text, for sinks that store text ([`split_json`]); else empty.
+    pub json: String,
 }
 
 /// A batch split into the documents of the `tweets` and `users` collections.
@@ -74,22 +79,84 @@ pub fn user_document(user: &User) -> Value {
     serde_json::to_value(user).unwrap_or_else(|_| Value::Object(Map::new()))
 }
 
+/// [`tweet_document`] as JSON text, the same text, written straight from
+/// the tweet (no [`Value`] built and dropped on the way).
+pub fn tweet_document_json(scored: &ScoredTweet) -> String {
+    let tweet: &Tweet = &scored.tweet;
+    // The fields in the order `tweet_document` leaves them: the tweet's own
+    // (less `user` and `retweeted_status`), then the ones it adds.
+    #[derive(Serialize)]
+    struct TweetText<'a> {
+        id_str: &'a str,
+        text: &'a str,
+        created_at: &'a str,
+        favorite_count: u64,
+        retweet_count: u64,
+        lang: &'a Option<String>,
+        entities: &'a Entities,
+        user_id: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        retweeted_status_id: Option<&'a str>,
+        extracted: bool,
+        // serde_json writes a non-finite number as `null`, as `finite_number` does.
+        sentiment: f64,
+        engagement: f64,
+    }
+    let text = TweetText {
+        id_str: &tweet.id_str,
+        text: &tweet.text,
+        created_at: &tweet.created_at,
+        favorite_count: tweet.favorite_count,
+        retweet_count: tweet.retweet_count,
+        lang: &tweet.lang,
+        entities: &tweet.entities,
+        user_id: &tweet.user.id_str,
+        retweeted_status_id: tweet.retweeted_status.as_ref().map(|original| original.id_str.as_str()),
+        extracted: scored.extracted,
+        sentiment: scored.sentiment,
+        engagement: scored.engagement,
+    };
+    // Plain strings, numbers and vectors always serialise.
+    serde_json::to_string(&text).unwrap_or_default()
+}
+
+/// [`user_document`] as JSON text.
+pub fn user_document_json(user: &User) -> String {
+    serde_json::to_string(user).unwrap_or_else(|_| "{}".to_string())
+}
+
 /// A JSON number for `x`, or `null` when it is not finite (JSON has no NaN).
 fn finite_number(x: f64) -> Value {
     serde_json::Number::from_f64(x).map_or(Value::Null, Value::Number)
 }
 
+/// Which form of the documents a split builds.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Form {
+    /// Keys and scores only.
+    Keys,
+    /// `doc` values.
+    Values,
+    /// `json` text.
+    Json,
+}
+
 /// Splits a batch into tweet and user documents, each id once.
 pub fn split_batch(batch: &[ScoredTweet]) -> SplitBatch {
-    split_with(batch, true)
+    split_with(batch, Form::Values)
 }
 
 /// Like [`split_batch`] without building documents (`doc` is `null`): for sinks that only count.
 pub fn split_keys(batch: &[ScoredTweet]) -> SplitBatch {
-    split_with(batch, false)
+    split_with(batch, Form::Keys)
 }
 
-fn split_with(batch: &[ScoredTweet], documents: bool) -> SplitBatch {
+/// Like [`split_batch`] with the documents as JSON text (`json`; `doc` is `null`): for sinks storing text.
+pub fn split_json(batch: &[ScoredTweet]) -> SplitBatch {
+    split_with(batch, Form::Json)
+}
+
+fn split_with(batch: &[ScoredTweet], form: Form) -> SplitBatch {
     let mut split = SplitBatch::default();
     let mut tweet_ids = HashSet::new();
     let mut user_ids = HashSet::new();
@@ -100,12 +167,16 @@ fn split_with(batch: &[ScoredTweet], documents: bool) -> SplitBatch {
                 id: tweet.id_str.clone(),
                 user_id: tweet.user.id_str.clone(),
                 engagement: if scored.engagement.is_finite() { scored.engagement } else { 0.0 },
-                doc: if documents { tweet_document(scored) } else { Value::Null },
+                doc: if form == Form::Values { tweet_document(scored) } else { Value::Null },
+                json: if form == Form::Json { tweet_document_json(scored) } else { String::new() },
             });
         }
         if user_ids.insert(tweet.user.id_str.as_str()) {
-            let doc = if documents { user_document(&tweet.user) } else { Value::Null };
-            split.users.push(UserDoc { id: tweet.user.id_str.clone(), doc });
+            split.users.push(UserDoc {
+                id: tweet.user.id_str.clone(),
+                doc: if form == Form::Values { user_document(&tweet.user) } else { Value::Null },
+                json: if form == Form::Json { user_document_json(&tweet.user) } else { String::new() },
+            });
         }
     }
     split
@@ -281,6 +352,24 @@ mod tests {
         let doc = tweet_document(&scored(retweet, 0.0));
         assert_eq!(doc["retweeted_status_id"], "1");
         assert!(doc.get("retweeted_status").is_none());
+    }
+
+    proptest::proptest! {
+        /// The text written straight from the tweet is the text of its document value.
+        #[test]
+        fn json_documents_are_the_documents_as_text(
+            tweet in crate::tweet::tests::tweet_strategy(),
+            extracted in proptest::bool::ANY,
+            sentiment in proptest::prop_oneof![proptest::num::f64::ANY, proptest::strategy::Just(f64::NAN)],
+            engagement in proptest::num::f64::ANY,
+        ) {
+            let scored = ScoredTweet { tweet, extracted, sentiment, engagement, receipt: Default::default() };
+            proptest::prop_assert_eq!(tweet_document_json(&scored), tweet_document(&scored).to_string());
+            proptest::prop_assert_eq!(user_document_json(&scored.tweet.user), user_document(&scored.tweet.user).to_string());
+            let split = split_json(std::slice::from_ref(&scored));
+            proptest::prop_assert_eq!(&split.tweets[0].json, &tweet_document(&scored).to_string());
+            proptest::prop_assert_eq!(&split.users[0].json, &user_document(&scored.tweet.user).to_string());
+        }
     }
 
     #[test]

@@ -188,6 +188,9 @@ pub trait Sink: Send + 'static {
     const NEEDS_DOCUMENTS: bool = true;
     /// Whether the sink stores engagement (false: nothing is counted or flushed).
     const STORES_ENGAGEMENT: bool = true;
+    /// Whether it takes the documents as JSON text (`json`, [`documents::split_json`])
+    /// rather than as values (`doc`); only read when it needs documents.
+    const JSON_DOCUMENTS: bool = false;
 
     /// Stores the tweets and users of a batch, each key once; says which
     /// tweets were new, which were stored but not counted (flush `next` will
@@ -272,7 +275,11 @@ impl<S: Sink> SinkStage<S> {
         if batch.is_empty() {
             return;
         }
-        let split = if S::NEEDS_DOCUMENTS { split_batch(batch) } else { documents::split_keys(batch) };
+        let split = match (S::NEEDS_DOCUMENTS, S::JSON_DOCUMENTS) {
+            (false, _) => documents::split_keys(batch),
+            (true, false) => split_batch(batch),
+            (true, true) => documents::split_json(batch),
+        };
         let mut attempt = 0;
         let inserted = match self.insert_retrying(&split, &mut attempt).await {
             Ok(inserted) => inserted,

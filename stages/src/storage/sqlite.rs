@@ -24,7 +24,9 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use rusqlite::{Connection, ErrorCode, params};
+use std::collections::HashSet;
+
+use rusqlite::{Connection, ErrorCode, params, params_from_iter};
 
 use super::documents::SplitBatch;
 use super::{EngagementFlush, FlushId, Inserted, Sink, SinkError};
@@ -56,6 +58,25 @@ const UPSERT_ENGAGEMENT: &str = "
         '$.engagement_sum', json_extract(doc, '$.engagement_sum') + ?3,
         '$.ratio', (json_extract(doc, '$.engagement_sum') + ?3) / (json_extract(doc, '$.tweet_count') + ?2))
 ";
+
+/// Rows one `INSERT` takes at most: a batch of 200 tweets is two statements
+/// instead of 200 (each costs a bind, step and reset round of its own), and
+/// two parameters a row stay far under SQLite's limit of 32 766.
+const ROWS_PER_STATEMENT: usize = 100;
+
+/// `head`, `row` repeated `rows` times joined by commas, then `tail`: a multi-row statement.
+fn many_rows(head: &str, row: &str, rows: usize, tail: &str) -> String {
+    let mut sql = String::with_capacity(head.len() + rows * (row.len() + 1) + tail.len());
+    sql.push_str(head);
+    for index in 0..rows {
+        if index > 0 {
+            sql.push(',');
+        }
+        sql.push_str(row);
+    }
+    sql.push_str(tail);
+    sql
+}
 
 /// Opens (creating if needed) the database at `path` with its three tables.
 pub fn open(path: &Path) -> Result<Connection, SinkError> {
@@ -141,38 +162,52 @@ impl SqliteSink {
 }
 
 impl Sink for SqliteSink {
+    const JSON_DOCUMENTS: bool = true;
+
     async fn insert(&mut self, batch: &SplitBatch, _: &FlushId) -> Result<Inserted, SinkError> {
         let tweets: Vec<(String, String)> =
-            batch.tweets.iter().map(|tweet| (tweet.id.clone(), tweet.doc.to_string())).collect();
+            batch.tweets.iter().map(|tweet| (tweet.id.clone(), tweet.json.clone())).collect();
         let users: Vec<(String, String)> =
-            batch.users.iter().map(|user| (user.id.clone(), user.doc.to_string())).collect();
+            batch.users.iter().map(|user| (user.id.clone(), user.json.clone())).collect();
         self.run(move |connection| {
             let transaction = connection.transaction()?;
             let started = Instant::now();
             let (mut new_tweets, mut uncounted) = (Vec::new(), Vec::new());
-            {
-                let mut insert = transaction.prepare_cached(
-                    "INSERT INTO tweets (id, doc, engagement_counted) VALUES (?1, ?2, 0) ON CONFLICT DO NOTHING",
-                )?;
+            let mut offset = 0;
+            for rows in tweets.chunks(ROWS_PER_STATEMENT) {
+                let mut insert = transaction.prepare_cached(&many_rows(
+                    "INSERT INTO tweets (id, doc, engagement_counted) VALUES ",
+                    "(?, ?, 0)",
+                    rows.len(),
+                    " ON CONFLICT DO NOTHING RETURNING id",
+                ))?;
+                let inserted: HashSet<String> = insert
+                    .query_map(params_from_iter(rows.iter().flat_map(|(id, doc)| [id, doc])), |row| {
+                        row.get(0)
+                    })?
+                    .collect::<Result<_, _>>()?;
                 let mut counted =
                     transaction.prepare_cached("SELECT engagement_counted FROM tweets WHERE id = ?1")?;
-                for (index, (id, doc)) in tweets.iter().enumerate() {
-                    if insert.execute(params![id, doc])? > 0 {
-                        new_tweets.push(index);
+                for (index, (id, _)) in rows.iter().enumerate() {
+                    if inserted.contains(id) {
+                        new_tweets.push(offset + index);
                     } else if counted.query_row(params![id], |row| row.get::<_, i64>(0))? == 0 {
-                        uncounted.push(index);
+                        uncounted.push(offset + index);
                     }
                 }
+                offset += rows.len();
             }
             let tweets_time = started.elapsed();
             let started = Instant::now();
             let mut new_users = 0;
-            {
-                let mut insert = transaction
-                    .prepare_cached("INSERT INTO users (id, doc) VALUES (?1, ?2) ON CONFLICT DO NOTHING")?;
-                for (id, doc) in &users {
-                    new_users += insert.execute(params![id, doc])?;
-                }
+            for rows in users.chunks(ROWS_PER_STATEMENT) {
+                let mut insert = transaction.prepare_cached(&many_rows(
+                    "INSERT INTO users (id, doc) VALUES ",
+                    "(?, ?)",
+                    rows.len(),
+                    " ON CONFLICT DO NOTHING",
+                ))?;
+                new_users += insert.execute(params_from_iter(rows.iter().flat_map(|(id, doc)| [id, doc])))?;
             }
             transaction.commit()?;
             Ok(Inserted {
@@ -246,10 +281,15 @@ mod tests {
                     id: id.to_string(),
                     user_id: "u".into(),
                     engagement: 1.0,
-                    doc: json!({ "id_str": id }),
+                    doc: serde_json::Value::Null,
+                    json: json!({ "id_str": id }).to_string(),
                 })
                 .collect(),
-            users: vec![UserDoc { id: "u".into(), doc: json!({ "id_str": "u" }) }],
+            users: vec![UserDoc {
+                id: "u".into(),
+                doc: serde_json::Value::Null,
+                json: json!({ "id_str": "u" }).to_string(),
+            }],
         }
     }
 
@@ -274,6 +314,53 @@ mod tests {
         let count: i64 = connection.query_row("SELECT count(*) FROM tweets", [], |row| row.get(0)).unwrap();
         assert_eq!(count, 3);
         assert_eq!(doc(&connection, "tweets", "3")["id_str"], "3");
+    }
+
+    #[test]
+    fn many_rows_repeats_the_row_between_head_and_tail() {
+        assert_eq!(
+            many_rows("INSERT INTO t VALUES ", "(?, ?)", 3, ";"),
+            "INSERT INTO t VALUES (?, ?),(?, ?),(?, ?);"
+        );
+        assert_eq!(many_rows("V ", "(?)", 1, ""), "V (?)");
+    }
+
+    #[tokio::test]
+    async fn batches_over_one_statement_say_which_rows_were_new_and_which_uncounted() {
+        let directory = tempfile::tempdir().expect("a temporary directory");
+        let mut sink = SqliteSink::new(directory.path().join("stageflow.db"));
+        let ids: Vec<String> = (0..2 * ROWS_PER_STATEMENT + 50).map(|n| format!("t{n}")).collect();
+        let id_refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+        // Stored before: every 7th (uncounted); of those, every 21st is counted by a flush.
+        let before: Vec<&str> = id_refs.iter().copied().step_by(7).collect();
+        sink.insert(&batch(&before), &next()).await.expect("stored");
+        let counted: Vec<&str> = id_refs.iter().copied().step_by(21).collect();
+        sink.add_engagements(&flush(0, 1, 1.0, &counted)).await.expect("stored");
+        let inserted = sink.insert(&batch(&id_refs), &next()).await.expect("stored");
+        let expected_new: Vec<usize> = (0..ids.len()).filter(|n| n % 7 != 0).collect();
+        let expected_uncounted: Vec<usize> = (0..ids.len()).filter(|n| n % 7 == 0 && n % 21 != 0).collect();
+        assert_eq!(inserted.new_tweets, expected_new);
+        assert_eq!(inserted.uncounted, expected_uncounted);
+        assert_eq!(inserted.new_users, 0, "user u was stored by the first batch");
+        let connection = open(&directory.path().join("stageflow.db")).expect("opens");
+        let count: i64 = connection.query_row("SELECT count(*) FROM tweets", [], |row| row.get(0)).unwrap();
+        assert_eq!(count as usize, ids.len());
+        assert_eq!(doc(&connection, "tweets", "t249")["id_str"], "t249");
+    }
+
+    #[tokio::test]
+    async fn a_refused_row_fails_the_whole_multi_row_batch_as_permanent() {
+        let directory = tempfile::tempdir().expect("a temporary directory");
+        let path = directory.path().join("stageflow.db");
+        let mut sink = SqliteSink::new(&path);
+        let ids: Vec<String> =
+            (0..150).map(|n| if n == 120 { String::new() } else { format!("t{n}") }).collect();
+        let id_refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+        let error = sink.insert(&batch(&id_refs), &next()).await.expect_err("an empty id is refused");
+        assert!(!error.transient, "{}", error.message);
+        let count: i64 =
+            open(&path).unwrap().query_row("SELECT count(*) FROM tweets", [], |row| row.get(0)).unwrap();
+        assert_eq!(count, 0, "nothing of the batch is committed");
     }
 
     fn next() -> FlushId {
