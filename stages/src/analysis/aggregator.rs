@@ -84,7 +84,9 @@ struct Pending {
 pub struct JoinState {
     ttl: Duration,
     max_pending: usize,
-    pending: HashMap<u64, Pending>,
+    /// Keyed by flow sequence: process-made numbers, hashed with foldhash
+    /// rather than SipHash, twice for every tweet.
+    pending: HashMap<u64, Pending, foldhash::fast::FixedState>,
     by_age: BTreeSet<(Instant, u64)>,
     stats: Arc<JoinStats>,
 }
@@ -95,7 +97,7 @@ impl JoinState {
         JoinState {
             ttl,
             max_pending: max_pending.max(1),
-            pending: HashMap::new(),
+            pending: HashMap::default(),
             by_age: BTreeSet::new(),
             stats,
         }

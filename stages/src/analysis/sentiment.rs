@@ -65,15 +65,36 @@ fn classify(c: char) -> CharClass {
     }
 }
 
+/// The class of an ASCII character, as [`classify`] says (tested): punctuation is
+/// `[:punct:]`, words are letters and digits, and ASCII has no combining marks.
+const fn ascii_class(byte: u8) -> CharClass {
+    if byte.is_ascii_punctuation() {
+        CharClass::Punctuation
+    } else if byte.is_ascii_alphanumeric() {
+        CharClass::Word
+    } else {
+        CharClass::Separator
+    }
+}
+
+/// [`ascii_class`] of every ASCII character, made at compile time.
+const ASCII_CLASSES: [CharClass; 128] = {
+    let mut table = [CharClass::Separator; 128];
+    let mut byte = 0;
+    while byte < 128 {
+        table[byte] = ascii_class(byte as u8);
+        byte += 1;
+    }
+    table
+};
+
 /// The class of `c`: from a table for ASCII, else looked up once per thread and remembered.
 fn class_of(c: char) -> CharClass {
-    static ASCII: OnceLock<[CharClass; 128]> = OnceLock::new();
     thread_local! {
         static SEEN: std::cell::RefCell<HashMap<char, CharClass, FastHash>> = std::cell::RefCell::new(HashMap::default());
     }
     if c.is_ascii() {
-        let table = ASCII.get_or_init(|| std::array::from_fn(|byte| classify(byte as u8 as char)));
-        return table[c as usize];
+        return ASCII_CLASSES[c as usize];
     }
     SEEN.with(|seen| *seen.borrow_mut().entry(c).or_insert_with(|| classify(c)))
 }
@@ -417,6 +438,13 @@ mod tests {
                 words.iter().map(|word| lexicon.score(word)).sum::<f64>() / words.len() as f64
             };
             prop_assert!((sentiment_score(&text, &lexicon) - expected).abs() < 1e-9);
+        }
+    }
+
+    #[test]
+    fn the_ascii_table_is_what_the_patterns_say() {
+        for byte in 0..128u8 {
+            assert_eq!(ASCII_CLASSES[byte as usize], classify(byte as char), "{:?}", byte as char);
         }
     }
 

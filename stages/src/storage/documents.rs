@@ -9,6 +9,7 @@
 
 use std::collections::hash_map::Entry;
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Serialize;
@@ -28,8 +29,9 @@ pub struct TweetDoc {
     pub engagement: f64,
     /// The document (a JSON object); `null` when the sink takes [`TweetDoc::json`] instead.
     pub doc: Value,
-    /// The document as JSON text, for sinks that store text ([`split_json`]); else empty.
-    pub json: String,
+    /// The document as JSON text, for sinks that store text ([`split_json`]); shared, as
+    /// such a sink hands it to a blocking thread; `None` in the other forms.
+    pub json: Option<Arc<str>>,
 }
 
 /// One user ready to store: its key and its document.
@@ -39,8 +41,9 @@ pub struct UserDoc {
     pub id: String,
     /// The document (a JSON object); `null` when the sink takes [`UserDoc::json`] instead.
     pub doc: Value,
-    /// The document as JSON text, for sinks that store text ([`split_json`]); else empty.
-    pub json: String,
+    /// The document as JSON text, for sinks that store text ([`split_json`]); shared, as
+    /// such a sink hands it to a blocking thread; `None` in the other forms.
+    pub json: Option<Arc<str>>,
 }
 
 /// A batch split into the documents of the `tweets` and `users` collections.
@@ -158,8 +161,9 @@ pub fn split_json(batch: &[ScoredTweet]) -> SplitBatch {
 
 fn split_with(batch: &[ScoredTweet], form: Form) -> SplitBatch {
     let mut split = SplitBatch::default();
-    let mut tweet_ids = HashSet::new();
-    let mut user_ids = HashSet::new();
+    // Ids of one batch, hashed twice per tweet: foldhash rather than SipHash.
+    let mut tweet_ids = HashSet::with_hasher(foldhash::fast::FixedState::default());
+    let mut user_ids = HashSet::with_hasher(foldhash::fast::FixedState::default());
     for scored in batch {
         let tweet = &scored.tweet;
         if tweet_ids.insert(tweet.id_str.as_str()) {
@@ -168,14 +172,14 @@ fn split_with(batch: &[ScoredTweet], form: Form) -> SplitBatch {
                 user_id: tweet.user.id_str.clone(),
                 engagement: if scored.engagement.is_finite() { scored.engagement } else { 0.0 },
                 doc: if form == Form::Values { tweet_document(scored) } else { Value::Null },
-                json: if form == Form::Json { tweet_document_json(scored) } else { String::new() },
+                json: (form == Form::Json).then(|| tweet_document_json(scored).into()),
             });
         }
         if user_ids.insert(tweet.user.id_str.as_str()) {
             split.users.push(UserDoc {
                 id: tweet.user.id_str.clone(),
                 doc: if form == Form::Values { user_document(&tweet.user) } else { Value::Null },
-                json: if form == Form::Json { user_document_json(&tweet.user) } else { String::new() },
+                json: (form == Form::Json).then(|| user_document_json(&tweet.user).into()),
             });
         }
     }
@@ -367,8 +371,9 @@ mod tests {
             proptest::prop_assert_eq!(tweet_document_json(&scored), tweet_document(&scored).to_string());
             proptest::prop_assert_eq!(user_document_json(&scored.tweet.user), user_document(&scored.tweet.user).to_string());
             let split = split_json(std::slice::from_ref(&scored));
-            proptest::prop_assert_eq!(&split.tweets[0].json, &tweet_document(&scored).to_string());
-            proptest::prop_assert_eq!(&split.users[0].json, &user_document(&scored.tweet.user).to_string());
+            let (tweet_text, user_text) = (tweet_document(&scored).to_string(), user_document(&scored.tweet.user).to_string());
+            proptest::prop_assert_eq!(split.tweets[0].json.as_deref(), Some(tweet_text.as_str()));
+            proptest::prop_assert_eq!(split.users[0].json.as_deref(), Some(user_text.as_str()));
         }
     }
 

@@ -25,6 +25,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use std::collections::HashSet;
+use std::sync::Arc;
 
 use rusqlite::{Connection, ErrorCode, params, params_from_iter};
 
@@ -165,10 +166,15 @@ impl Sink for SqliteSink {
     const JSON_DOCUMENTS: bool = true;
 
     async fn insert(&mut self, batch: &SplitBatch, _: &FlushId) -> Result<Inserted, SinkError> {
-        let tweets: Vec<(String, String)> =
-            batch.tweets.iter().map(|tweet| (tweet.id.clone(), tweet.json.clone())).collect();
-        let users: Vec<(String, String)> =
-            batch.users.iter().map(|user| (user.id.clone(), user.json.clone())).collect();
+        // The stage splits with `split_json` for this sink (`JSON_DOCUMENTS`); a
+        // batch split otherwise has its documents as values, written out here.
+        let text = |json: &Option<Arc<str>>, doc: &serde_json::Value| {
+            json.clone().unwrap_or_else(|| Arc::from(doc.to_string()))
+        };
+        let tweets: Vec<(String, Arc<str>)> =
+            batch.tweets.iter().map(|tweet| (tweet.id.clone(), text(&tweet.json, &tweet.doc))).collect();
+        let users: Vec<(String, Arc<str>)> =
+            batch.users.iter().map(|user| (user.id.clone(), text(&user.json, &user.doc))).collect();
         self.run(move |connection| {
             let transaction = connection.transaction()?;
             let started = Instant::now();
@@ -182,9 +188,10 @@ impl Sink for SqliteSink {
                     " ON CONFLICT DO NOTHING RETURNING id",
                 ))?;
                 let inserted: HashSet<String> = insert
-                    .query_map(params_from_iter(rows.iter().flat_map(|(id, doc)| [id, doc])), |row| {
-                        row.get(0)
-                    })?
+                    .query_map(
+                        params_from_iter(rows.iter().flat_map(|(id, doc)| [id.as_str(), &**doc])),
+                        |row| row.get(0),
+                    )?
                     .collect::<Result<_, _>>()?;
                 let mut counted =
                     transaction.prepare_cached("SELECT engagement_counted FROM tweets WHERE id = ?1")?;
@@ -207,7 +214,8 @@ impl Sink for SqliteSink {
                     rows.len(),
                     " ON CONFLICT DO NOTHING",
                 ))?;
-                new_users += insert.execute(params_from_iter(rows.iter().flat_map(|(id, doc)| [id, doc])))?;
+                new_users += insert
+                    .execute(params_from_iter(rows.iter().flat_map(|(id, doc)| [id.as_str(), &**doc])))?;
             }
             transaction.commit()?;
             Ok(Inserted {
@@ -282,13 +290,13 @@ mod tests {
                     user_id: "u".into(),
                     engagement: 1.0,
                     doc: serde_json::Value::Null,
-                    json: json!({ "id_str": id }).to_string(),
+                    json: Some(json!({ "id_str": id }).to_string().into()),
                 })
                 .collect(),
             users: vec![UserDoc {
                 id: "u".into(),
                 doc: serde_json::Value::Null,
-                json: json!({ "id_str": "u" }).to_string(),
+                json: Some(json!({ "id_str": "u" }).to_string().into()),
             }],
         }
     }
@@ -346,6 +354,22 @@ mod tests {
         let count: i64 = connection.query_row("SELECT count(*) FROM tweets", [], |row| row.get(0)).unwrap();
         assert_eq!(count as usize, ids.len());
         assert_eq!(doc(&connection, "tweets", "t249")["id_str"], "t249");
+    }
+
+    #[tokio::test]
+    async fn a_batch_with_documents_as_values_is_stored_as_their_text() {
+        let directory = tempfile::tempdir().expect("a temporary directory");
+        let path = directory.path().join("stageflow.db");
+        let mut sink = SqliteSink::new(&path);
+        let mut values = batch(&["1"]);
+        values.tweets[0].json = None;
+        values.tweets[0].doc = json!({ "id_str": "1", "text": "as a value" });
+        values.users[0].json = None;
+        values.users[0].doc = json!({ "id_str": "u", "name": "U" });
+        sink.insert(&values, &next()).await.expect("stored");
+        let connection = open(&path).expect("opens");
+        assert_eq!(doc(&connection, "tweets", "1"), json!({ "id_str": "1", "text": "as a value" }));
+        assert_eq!(doc(&connection, "users", "u"), json!({ "id_str": "u", "name": "U" }));
     }
 
     #[tokio::test]
