@@ -129,11 +129,6 @@ impl<T: Send + 'static> Dispatcher<T> for PartitionDispatcher<T> {
         // Waiting events go first, so a partition's order holds.
         self.release(deliveries);
         let count = self.partitions.len();
-        let mut batches: Vec<Vec<T>> = self
-            .partitions
-            .iter()
-            .map(|slot| Vec::with_capacity(slot.map_or(0, |(_, credits)| credits.min(events.len()))))
-            .collect();
         // Credits an event may take now: none for a partition without a
         // subscriber or with events already waiting (they go first). Once a
         // partition's run out, its later events wait too, so the loop needs
@@ -144,6 +139,8 @@ impl<T: Send + 'static> Dispatcher<T> for PartitionDispatcher<T> {
             .zip(&self.waiting)
             .map(|(slot, queue)| if queue.is_empty() { slot.map_or(0, |(_, credits)| credits) } else { 0 })
             .collect();
+        let mut batches: Vec<Vec<T>> =
+            open.iter().map(|&credits| Vec::with_capacity(credits.min(events.len()))).collect();
         for event in events {
             let partition = partition_index((self.partition_of)(&event), count);
             if open[partition] > 0 {

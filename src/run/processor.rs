@@ -216,7 +216,7 @@ const MAX_DEFERRED_ASKS: u32 = 4;
 /// one turn make tokio push the first task to its run queue and unpark the
 /// other worker to steal it, which costs more than a fast stage's whole
 /// batch. What is in flight never exceeds `max_demand` either way.
-pub(crate) fn asks_at_once(slow: bool, inbox_empty: bool, deferred: u32) -> bool {
+fn asks_at_once(slow: bool, inbox_empty: bool, deferred: u32) -> bool {
     slow || inbox_empty || deferred >= MAX_DEFERRED_ASKS
 }
 
