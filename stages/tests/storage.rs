@@ -34,7 +34,7 @@ use stageflow::{DemandBounds, Emitter, Flow, Nothing, Pipeline, Producer, Subscr
 use stageflow_stages::receipt::Receipt;
 use stageflow_stages::scored::ScoredTweet;
 use stageflow_stages::storage::batcher::{Batch, Batcher};
-use stageflow_stages::storage::documents::{EngagementDelta, SplitBatch, split_batch};
+use stageflow_stages::storage::documents::{DocumentForm, EngagementDelta, SplitBatch, split_batch};
 use stageflow_stages::storage::mongo::{MongoConfig, MongoSink};
 use stageflow_stages::storage::sqlite::SqliteSink;
 use stageflow_stages::storage::{
@@ -200,7 +200,7 @@ impl TestSink {
 }
 
 impl Sink for TestSink {
-    const NEEDS_DOCUMENTS: bool = false;
+    const DOCUMENTS: DocumentForm = DocumentForm::Keys;
 
     async fn insert(&mut self, batch: &SplitBatch, _: &FlushId) -> Result<Inserted, SinkError> {
         self.gate.wait_for(|open| *open).await.expect("the gate sender lives as long as the test");

@@ -44,7 +44,7 @@ use stageflow_stages::analysis::{Lexicon, sentiment_score};
 use stageflow_stages::emulator::generator::{GeneratedEvent, TweetGenerator, Vocabulary};
 use stageflow_stages::emulator::{EmulatorConfig, EmulatorHandle, Rate, start_emulator};
 use stageflow_stages::storage::batcher::Batch;
-use stageflow_stages::storage::documents::SplitBatch;
+use stageflow_stages::storage::documents::{DocumentForm, SplitBatch};
 use stageflow_stages::storage::{
     EngagementFlush, FlushId, Inserted, Sink, SinkCounters, SinkError, SinkMetrics, SinkOptions, SinkStage,
     published_sinks,
@@ -617,7 +617,7 @@ struct SlowSink {
 }
 
 impl Sink for SlowSink {
-    const NEEDS_DOCUMENTS: bool = false;
+    const DOCUMENTS: DocumentForm = DocumentForm::Keys;
 
     async fn insert(&mut self, batch: &SplitBatch, _: &FlushId) -> Result<Inserted, SinkError> {
         self.gate.wait_for(|open| *open).await.expect("the test holds the gate");

@@ -19,7 +19,7 @@ use stageflow_stages::emulator::{EmulatorConfig, Rate};
 use stageflow_stages::scored::ScoredTweet;
 use stageflow_stages::sse::{SseEvent, SseReceiver, SseSourceConfig};
 use stageflow_stages::storage::batcher::Batch;
-use stageflow_stages::storage::documents::SplitBatch;
+use stageflow_stages::storage::documents::{DocumentForm, SplitBatch};
 use stageflow_stages::storage::null::NullSink;
 use stageflow_stages::storage::{
     EngagementFlush, FlushId, Inserted, Sink, SinkError, SinkMetrics, SinkOptions, SinkStage, build_sink,
@@ -68,7 +68,7 @@ impl ThrottledSink {
 }
 
 impl Sink for ThrottledSink {
-    const NEEDS_DOCUMENTS: bool = false;
+    const DOCUMENTS: DocumentForm = DocumentForm::Keys;
 
     async fn insert(&mut self, batch: &SplitBatch, id: &FlushId) -> Result<Inserted, SinkError> {
         tokio::time::sleep(Duration::from_secs_f64(batch.tweets.len() as f64 / self.tweets_per_s)).await;

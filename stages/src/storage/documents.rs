@@ -133,33 +133,24 @@ fn finite_number(x: f64) -> Value {
     serde_json::Number::from_f64(x).map_or(Value::Null, Value::Number)
 }
 
-/// Which form of the documents a split builds.
-#[derive(Debug, Clone, Copy, PartialEq)]
-enum Form {
-    /// Keys and scores only.
+/// Which form of the documents a split builds, as a sink takes them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DocumentForm {
+    /// Keys and scores only (`doc` is `null`, `json` is `None`): for sinks that only count.
     Keys,
     /// `doc` values.
     Values,
-    /// `json` text.
+    /// `json` text (`doc` is `null`): for sinks storing text.
     Json,
 }
 
 /// Splits a batch into tweet and user documents, each id once.
 pub fn split_batch(batch: &[ScoredTweet]) -> SplitBatch {
-    split_with(batch, Form::Values)
+    split(batch, DocumentForm::Values)
 }
 
-/// Like [`split_batch`] without building documents (`doc` is `null`): for sinks that only count.
-pub fn split_keys(batch: &[ScoredTweet]) -> SplitBatch {
-    split_with(batch, Form::Keys)
-}
-
-/// Like [`split_batch`] with the documents as JSON text (`json`; `doc` is `null`): for sinks storing text.
-pub fn split_json(batch: &[ScoredTweet]) -> SplitBatch {
-    split_with(batch, Form::Json)
-}
-
-fn split_with(batch: &[ScoredTweet], form: Form) -> SplitBatch {
+/// Splits a batch into tweet and user keys, each id once, with the documents in `form`.
+pub fn split(batch: &[ScoredTweet], form: DocumentForm) -> SplitBatch {
     let mut split = SplitBatch::default();
     // Ids of one batch, hashed twice per tweet: foldhash rather than SipHash.
     let mut tweet_ids = HashSet::with_hasher(foldhash::fast::FixedState::default());
@@ -171,15 +162,15 @@ fn split_with(batch: &[ScoredTweet], form: Form) -> SplitBatch {
                 id: tweet.id_str.clone(),
                 user_id: tweet.user.id_str.clone(),
                 engagement: if scored.engagement.is_finite() { scored.engagement } else { 0.0 },
-                doc: if form == Form::Values { tweet_document(scored) } else { Value::Null },
-                json: (form == Form::Json).then(|| tweet_document_json(scored).into()),
+                doc: if form == DocumentForm::Values { tweet_document(scored) } else { Value::Null },
+                json: (form == DocumentForm::Json).then(|| tweet_document_json(scored).into()),
             });
         }
         if user_ids.insert(tweet.user.id_str.as_str()) {
             split.users.push(UserDoc {
                 id: tweet.user.id_str.clone(),
-                doc: if form == Form::Values { user_document(&tweet.user) } else { Value::Null },
-                json: (form == Form::Json).then(|| user_document_json(&tweet.user).into()),
+                doc: if form == DocumentForm::Values { user_document(&tweet.user) } else { Value::Null },
+                json: (form == DocumentForm::Json).then(|| user_document_json(&tweet.user).into()),
             });
         }
     }
@@ -370,7 +361,7 @@ mod tests {
             let scored = ScoredTweet { tweet, extracted, sentiment, engagement, receipt: Default::default() };
             proptest::prop_assert_eq!(tweet_document_json(&scored), tweet_document(&scored).to_string());
             proptest::prop_assert_eq!(user_document_json(&scored.tweet.user), user_document(&scored.tweet.user).to_string());
-            let split = split_json(std::slice::from_ref(&scored));
+            let split = split(std::slice::from_ref(&scored), DocumentForm::Json);
             let (tweet_text, user_text) = (tweet_document(&scored).to_string(), user_document(&scored.tweet.user).to_string());
             proptest::prop_assert_eq!(split.tweets[0].json.as_deref(), Some(tweet_text.as_str()));
             proptest::prop_assert_eq!(split.users[0].json.as_deref(), Some(user_text.as_str()));

@@ -64,7 +64,7 @@ use stageflow::{Consumer, Events};
 use crate::receipt::Receipt;
 use crate::scored::ScoredTweet;
 use batcher::Batch;
-use documents::{EngagementBatch, EngagementDelta, SplitBatch, split_batch};
+use documents::{DocumentForm, EngagementBatch, EngagementDelta, SplitBatch};
 pub use metrics::{InsertTimes, PublishedSink, PublishedSinks, SinkCounters, SinkMetrics, published_sinks};
 use stageflow::config::{BuildContext, DispatcherChoices, StageDecl, configure, settings};
 use stageflow::{DemandBounds, Pipeline};
@@ -184,13 +184,10 @@ pub struct EngagementFlush {
 /// the store ([`Inserted::uncounted`]); `add_engagements` applies a flush
 /// once per [`FlushId`].
 pub trait Sink: Send + 'static {
-    /// Whether [`Sink::insert`] needs the documents (false: keys and scores are enough).
-    const NEEDS_DOCUMENTS: bool = true;
+    /// The form [`Sink::insert`] takes the documents in: values, JSON text, or none (keys and scores are enough).
+    const DOCUMENTS: DocumentForm = DocumentForm::Values;
     /// Whether the sink stores engagement (false: nothing is counted or flushed).
     const STORES_ENGAGEMENT: bool = true;
-    /// Whether it takes the documents as JSON text (`json`, [`documents::split_json`])
-    /// rather than as values (`doc`); only read when it needs documents.
-    const JSON_DOCUMENTS: bool = false;
 
     /// Stores the tweets and users of a batch, each key once; says which
     /// tweets were new, which were stored but not counted (flush `next` will
@@ -275,11 +272,7 @@ impl<S: Sink> SinkStage<S> {
         if batch.is_empty() {
             return;
         }
-        let split = match (S::NEEDS_DOCUMENTS, S::JSON_DOCUMENTS) {
-            (false, _) => documents::split_keys(batch),
-            (true, false) => split_batch(batch),
-            (true, true) => documents::split_json(batch),
-        };
+        let split = documents::split(batch, S::DOCUMENTS);
         let mut attempt = 0;
         let inserted = match self.insert_retrying(&split, &mut attempt).await {
             Ok(inserted) => inserted,

@@ -1,6 +1,6 @@
 //! The `null` sink: counts what it is given and stores nothing (for benchmarks).
 
-use super::documents::SplitBatch;
+use super::documents::{DocumentForm, SplitBatch};
 use super::{EngagementFlush, FlushId, Inserted, Sink, SinkError};
 use stageflow::config::{BuildContext, Kind, Signature, StageDecl, kind};
 use stageflow::{Nothing, Pipeline};
@@ -13,7 +13,7 @@ use super::{SinkOptions, build_sink};
 pub struct NullSink;
 
 impl Sink for NullSink {
-    const NEEDS_DOCUMENTS: bool = false;
+    const DOCUMENTS: DocumentForm = DocumentForm::Keys;
     const STORES_ENGAGEMENT: bool = false;
 
     async fn insert(&mut self, batch: &SplitBatch, _: &FlushId) -> Result<Inserted, SinkError> {

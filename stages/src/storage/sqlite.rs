@@ -29,7 +29,7 @@ use std::sync::Arc;
 
 use rusqlite::{Connection, ErrorCode, params, params_from_iter};
 
-use super::documents::SplitBatch;
+use super::documents::{DocumentForm, SplitBatch};
 use super::{EngagementFlush, FlushId, Inserted, Sink, SinkError};
 use stageflow::config::{BuildContext, Kind, Signature, StageDecl, kind};
 use stageflow::{Nothing, Pipeline};
@@ -163,10 +163,10 @@ impl SqliteSink {
 }
 
 impl Sink for SqliteSink {
-    const JSON_DOCUMENTS: bool = true;
+    const DOCUMENTS: DocumentForm = DocumentForm::Json;
 
     async fn insert(&mut self, batch: &SplitBatch, _: &FlushId) -> Result<Inserted, SinkError> {
-        // The stage splits with `split_json` for this sink (`JSON_DOCUMENTS`); a
+        // The stage splits with the documents as text for this sink (`DOCUMENTS`); a
         // batch split otherwise has its documents as values, written out here.
         let text = |json: &Option<Arc<str>>, doc: &serde_json::Value| {
             json.clone().unwrap_or_else(|| Arc::from(doc.to_string()))
