@@ -46,6 +46,9 @@ use std::time::Instant;
 
 use report::Report;
 
+// The load suite times the pipeline on the allocator the `stageflow` binary ships with.
+stageflow_stages::shipped_allocator!();
+
 /// Scales the suite's event counts (default 1).
 const SCALE_VAR: &str = "STAGEFLOW_LOAD_SCALE";
 /// Comma-separated sections to run (default all).

@@ -5,6 +5,7 @@
 //! [`stageflow::config::Kind`] for how to write one). [`registry`] lists them
 //! all; the events that flow between them are in [`events`].
 
+pub mod allocator;
 pub mod analysis;
 pub mod backoff;
 pub mod broker;

@@ -82,3 +82,28 @@ fn bad_flags_are_named() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("kill ratio must be between 0 and 1, got 2"), "{stderr}");
 }
+
+/// The names of a process's threads, from /proc.
+#[cfg(target_os = "linux")]
+fn thread_names(pid: u32) -> Vec<String> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).expect("the process is alive");
+    tasks
+        .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("comm")).ok())
+        .map(|name| name.trim().to_string())
+        .collect()
+}
+
+#[cfg(target_os = "linux")]
+#[test]
+fn the_binary_allocates_with_jemalloc_whose_background_thread_returns_memory() {
+    let emulator = EmulatorProcess::start(&["--rate", "10"]);
+    let started = std::time::Instant::now();
+    loop {
+        let names = thread_names(emulator.child.id());
+        if names.iter().any(|name| name == "jemalloc_bg_thd") {
+            return;
+        }
+        assert!(started.elapsed() < DEADLINE, "no jemalloc background thread among {names:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
