@@ -22,7 +22,10 @@
 //! A fast stage (callbacks under 20 µs) asks once its inbox is empty rather
 //! than after each chunk: the credits freed by the batches already waiting
 //! are asked for together, which halves the wake-ups of a busy chain without
-//! changing the bound. A slow one asks after each chunk, as above.
+//! changing the bound. Since it asks nothing between chunks, it also takes
+//! each batch whole in one callback, so the batch's events move into the
+//! callback without being copied into a chunk. A slow one works in chunks
+//! and asks after each, as above.
 //!
 //! A producer-consumer asks upstream only as much as its own subscribers
 //! asked it for and is not already covered, so a stalled consumer at the

@@ -1443,3 +1443,46 @@ fn followers_without_data_to_follow_run_until_shutdown_and_flush_then() {
         assert!(taken(&pulses).iter().all(|pulse| *pulse == 7));
     });
 }
+
+/// Records how many events each callback took, blocking `work` in each.
+struct CallbackSizes {
+    sizes: Arc<Mutex<Vec<usize>>>,
+    work: Duration,
+}
+
+impl Consumer for CallbackSizes {
+    type In = u64;
+
+    async fn handle_events(&mut self, events: &mut Events<u64>) {
+        std::thread::sleep(self.work);
+        let taken = events.take_batch().len();
+        self.sizes.lock().unwrap().push(taken);
+    }
+}
+
+/// The sizes of the callbacks of a consumer of 10 000 events at the default bounds (1000 / 500).
+fn callback_sizes(work: Duration) -> Vec<usize> {
+    let sizes = Arc::new(Mutex::new(Vec::new()));
+    let recorded = sizes.clone();
+    run(async move {
+        let mut pipeline = Pipeline::new();
+        pipeline.producer("numbers", || FromIter::new(0..10_000u64));
+        pipeline
+            .consumer("sizes", move || CallbackSizes { sizes: recorded.clone(), work })
+            .subscribe_to("numbers", SubscribeOptions::default());
+        pipeline.start().unwrap().wait_owned().await.expect("ends with its data");
+    });
+    let sizes = sizes.lock().unwrap().clone();
+    assert_eq!(sizes.iter().sum::<usize>(), 10_000, "{sizes:?}");
+    sizes
+}
+
+#[test]
+fn a_fast_consumer_takes_a_batch_whole_and_a_slow_one_in_chunks_of_max_minus_min_demand() {
+    let fast = callback_sizes(Duration::ZERO);
+    assert!(fast.iter().any(|&size| size > 500), "a whole batch of up to 1000 in one callback: {fast:?}");
+    assert!(fast.iter().all(|&size| size <= 1000), "never more than max_demand: {fast:?}");
+    // The first callback finds the stage slow; every one after it takes a chunk.
+    let slow = callback_sizes(Duration::from_micros(200));
+    assert!(slow[1..].iter().all(|&size| size <= 500), "chunks of 1000 - 500: {slow:?}");
+}

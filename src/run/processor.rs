@@ -220,6 +220,15 @@ fn asks_at_once(slow: bool, inbox_empty: bool, deferred: u32) -> bool {
     slow || inbox_empty || deferred >= MAX_DEFERRED_ASKS
 }
 
+/// How many events of a batch of `batch` one callback takes: a slow stage
+/// takes its subscription's `chunk` (`max_demand - min_demand`) and asks
+/// upstream after each; a fast one asks only once its inbox is empty
+/// ([`asks_at_once`]), so chunks would buy it nothing: it takes the whole
+/// batch, whose events then move into the callback without a copy.
+fn chunk_size(slow: bool, chunk: usize, batch: usize) -> usize {
+    if slow { chunk } else { batch.max(1) }
+}
+
 /// Answers a subscribe request to a stage that may be a consumer.
 pub(crate) fn subscribe<O: Send + 'static>(
     outlet: &mut Option<Outlet<O>>,
@@ -251,7 +260,7 @@ async fn handle_message<P: ProducerConsumer>(
     match message {
         Inbox::Events { link, batch } => {
             inlet.received(link, batch.len());
-            let chunk = inlet.chunk(link);
+            let chunk = chunk_size(supervised.timing.is_slow(), inlet.chunk(link), batch.len());
             let mut events = supervised.events(batch);
             while events.remaining_in_batch() > 0 {
                 let (done, emitted) = supervised.handle_chunk(&mut events, chunk).await?;
@@ -372,5 +381,13 @@ mod tests {
         assert!(asks_at_once(false, false, MAX_DEFERRED_ASKS));
         assert!(asks_at_once(false, true, 0));
         assert!(asks_at_once(true, false, 0));
+    }
+
+    #[test]
+    fn a_fast_stage_takes_a_batch_whole_a_slow_one_in_chunks() {
+        assert_eq!(chunk_size(false, 500, 1000), 1000);
+        assert_eq!(chunk_size(false, 500, 3), 3);
+        assert_eq!(chunk_size(true, 500, 1000), 500);
+        assert_eq!(chunk_size(true, 500, 3), 500, "the callback then takes the 3 there are");
     }
 }
