@@ -226,7 +226,7 @@ fn asks_at_once(slow: bool, inbox_empty: bool, deferred: u32) -> bool {
 /// ([`asks_at_once`]), so chunks would buy it nothing: it takes the whole
 /// batch, whose events then move into the callback without a copy.
 fn chunk_size(slow: bool, chunk: usize, batch: usize) -> usize {
-    if slow { chunk } else { batch.max(1) }
+    if slow { chunk } else { batch }
 }
 
 /// Answers a subscribe request to a stage that may be a consumer.
