@@ -1460,16 +1460,19 @@ impl Consumer for CallbackSizes {
     }
 }
 
-/// The sizes of the callbacks of a consumer of 10 000 events at the default bounds (1000 / 500).
-fn callback_sizes(work: Duration) -> Vec<usize> {
+/// The sizes of the callbacks of a consumer of 10 000 events at the default
+/// bounds (1000 / 500), alone or as a pool of `workers`.
+fn callback_sizes(work: Duration, workers: Option<usize>) -> Vec<usize> {
     let sizes = Arc::new(Mutex::new(Vec::new()));
     let recorded = sizes.clone();
     run(async move {
         let mut pipeline = Pipeline::new();
         pipeline.producer("numbers", || FromIter::new(0..10_000u64));
-        pipeline
-            .consumer("sizes", move || CallbackSizes { sizes: recorded.clone(), work })
-            .subscribe_to("numbers", SubscribeOptions::default());
+        let consumer = pipeline.consumer("sizes", move || CallbackSizes { sizes: recorded.clone(), work });
+        if let Some(workers) = workers {
+            consumer.workers(PoolConfig::fixed(workers));
+        }
+        consumer.subscribe_to("numbers", SubscribeOptions::default());
         pipeline.start().unwrap().wait_owned().await.expect("ends with its data");
     });
     let sizes = sizes.lock().unwrap().clone();
@@ -1479,10 +1482,27 @@ fn callback_sizes(work: Duration) -> Vec<usize> {
 
 #[test]
 fn a_fast_consumer_takes_a_batch_whole_and_a_slow_one_in_chunks_of_max_minus_min_demand() {
-    let fast = callback_sizes(Duration::ZERO);
+    let fast = callback_sizes(Duration::ZERO, None);
     assert!(fast.iter().any(|&size| size > 500), "a whole batch of up to 1000 in one callback: {fast:?}");
     assert!(fast.iter().all(|&size| size <= 1000), "never more than max_demand: {fast:?}");
     // The first callback finds the stage slow; every one after it takes a chunk.
-    let slow = callback_sizes(Duration::from_micros(200));
+    let slow = callback_sizes(Duration::from_micros(200), None);
     assert!(slow[1..].iter().all(|&size| size <= 500), "chunks of 1000 - 500: {slow:?}");
+}
+
+#[test]
+fn a_fast_pool_hands_its_workers_chunks_and_a_slow_one_single_events() {
+    let fast = callback_sizes(Duration::ZERO, Some(2));
+    assert!(
+        fast.iter().any(|&size| size > 100),
+        "shares of the backlog, not one event per wake-up: {fast:?}"
+    );
+    assert!(fast.iter().all(|&size| size <= 1000), "never more than the pool holds: {fast:?}");
+    // Slow from the start, so no sleeping worker holds what a free one could take.
+    let slow = callback_sizes(Duration::from_micros(50), Some(2));
+    assert!(
+        slow.iter().all(|&size| size == 1),
+        "{:?}",
+        slow.iter().filter(|&&size| size > 1).collect::<Vec<_>>()
+    );
 }

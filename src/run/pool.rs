@@ -17,13 +17,26 @@ use crate::pool::{PoolConfig, Routing, autoscale_target};
 use crate::stage::ProducerConsumer;
 
 enum Report<O> {
-    Processed { worker: usize, link: SubscriberId, out: Vec<O>, error: Option<StageError> },
-    Exited { out: Vec<O>, error: Option<StageError> },
+    /// A chunk of `events` events of `link` was handled; `slow` is the worker's
+    /// latest callback timing, which sizes the next chunks.
+    Processed {
+        worker: usize,
+        link: SubscriberId,
+        events: usize,
+        out: Vec<O>,
+        error: Option<StageError>,
+        slow: bool,
+    },
+    Exited {
+        out: Vec<O>,
+        error: Option<StageError>,
+    },
 }
 
 struct Worker<I> {
     id: usize,
-    queue: mpsc::Sender<(SubscriberId, I)>,
+    queue: mpsc::Sender<(SubscriberId, Vec<I>)>,
+    /// Chunks sent and not yet reported back.
     load: usize,
 }
 
@@ -31,18 +44,31 @@ async fn run_worker<P: ProducerConsumer>(
     factory: Factory<P>,
     failure: Option<FailurePolicy<P::In>>,
     worker: usize,
-    mut queue: mpsc::Receiver<(SubscriberId, P::In)>,
+    mut queue: mpsc::Receiver<(SubscriberId, Vec<P::In>)>,
     reports: mpsc::Sender<Report<P::Out>>,
     context: TaskContext,
 ) {
     let mut supervised = Supervised::new(factory, context, Vec::new(), failure);
-    while let Some((link, event)) = queue.recv().await {
-        let mut events = supervised.events(vec![event]);
-        let report = match supervised.handle_chunk(&mut events, 1).await {
-            Ok((_, out)) => Report::Processed { worker, link, out, error: None },
-            Err(error) => Report::Processed { worker, link, out: Vec::new(), error: Some(error) },
-        };
-        let failed = matches!(report, Report::Processed { error: Some(_), .. });
+    while let Some((link, chunk)) = queue.recv().await {
+        let count = chunk.len();
+        let mut events = supervised.events(chunk);
+        let (mut out, mut error) = (Vec::new(), None);
+        // A panic leaves the events after the one that panicked in the
+        // chunk, for the restarted stage.
+        while events.remaining_in_batch() > 0 {
+            let remaining = events.remaining_in_batch();
+            match supervised.handle_chunk(&mut events, remaining).await {
+                Ok((_, emitted)) if out.is_empty() => out = emitted,
+                Ok((_, emitted)) => out.extend(emitted),
+                Err(failed) => {
+                    error = Some(failed);
+                    break;
+                }
+            }
+        }
+        let failed = error.is_some();
+        let slow = supervised.timing.is_slow();
+        let report = Report::Processed { worker, link, events: count, out, error, slow };
         if reports.send(report).await.is_err() || failed {
             return;
         }
@@ -67,16 +93,27 @@ struct Pool<P: ProducerConsumer> {
     running: usize,
     next_id: usize,
     next_turn: usize,
+    /// Whether the workers' callbacks are slow (as last reported): a slow
+    /// stage's events go out one by one, so each waits for the first free
+    /// worker; a fast stage's in chunks, so a worker wakes once per chunk.
+    slow: bool,
     /// Events received and not yet handed to a worker, in arrival order;
     /// bounded by the upstream credits, like everything the pool holds.
     backlog: VecDeque<(SubscriberId, P::In)>,
     reports: mpsc::Sender<Report<P::Out>>,
 }
 
-/// Events a worker holds at most (one in progress, one waiting), so the
+/// Chunks a worker holds at most (one in progress, one waiting), so the
 /// backlog stays with the pool and a worker added by scaling up gets work
 /// at once.
 const WORKER_QUEUE: usize = 2;
+
+/// How many backlog events the next chunk for a worker takes: one for a slow
+/// stage; for a fast one, an even share of the backlog over the workers, so
+/// every worker gets some and none is woken per event.
+fn chunk_len(slow: bool, backlog: usize, workers: usize) -> usize {
+    if slow { 1 } else { backlog.div_ceil(workers.max(1)).max(1) }
+}
 
 impl<P: ProducerConsumer> Pool<P> {
     fn spawn_worker(&mut self) {
@@ -132,15 +169,21 @@ impl<P: ProducerConsumer> Pool<P> {
         }
     }
 
-    /// Hands backlog events to workers with room, in order.
+    /// Hands backlog events to workers with room, in order, in chunks of one subscription's events.
     async fn dispatch(&mut self) {
-        while !self.backlog.is_empty() {
+        while let Some(&(link, _)) = self.backlog.front() {
             let Some(index) = self.choose() else { return };
-            let Some((link, event)) = self.backlog.pop_front() else { return };
+            let wanted = chunk_len(self.slow, self.backlog.len(), self.workers.len());
+            let mut chunk = Vec::with_capacity(wanted);
+            while chunk.len() < wanted
+                && let Some((_, event)) = self.backlog.pop_front_if(|(from, _)| *from == link)
+            {
+                chunk.push(event);
+            }
             let worker = &mut self.workers[index];
             worker.load += 1;
-            // Never waits: a worker's queue has room for WORKER_QUEUE events and `load` counts them.
-            let _ = worker.queue.send((link, event)).await;
+            // Never waits: a worker's queue has room for WORKER_QUEUE chunks and `load` counts them.
+            let _ = worker.queue.send((link, chunk)).await;
         }
     }
 
@@ -174,6 +217,9 @@ pub(crate) async fn run_pool<P: ProducerConsumer>(
         running: 0,
         next_id: 0,
         next_turn: 0,
+        // Until a worker reports its timing: a slow stage handed a chunk
+        // would keep it from the workers autoscaling adds.
+        slow: true,
         backlog: VecDeque::new(),
         reports,
     };
@@ -198,11 +244,12 @@ pub(crate) async fn run_pool<P: ProducerConsumer>(
         tokio::select! {
             biased;
             Some(report) = report_rx.recv() => match report {
-                Report::Processed { worker, link, out, error } => {
-                    in_pool -= 1;
+                Report::Processed { worker, link, events, out, error, slow } => {
+                    in_pool -= events;
+                    pool.slow = slow;
                     pool.finished_one(worker);
                     pool.dispatch().await;
-                    inlet.processed(link, 1);
+                    inlet.processed(link, events);
                     emit(&mut outlet, out);
                     if let Some(error) = error {
                         break Some(error);
@@ -288,4 +335,18 @@ pub(crate) async fn run_pool<P: ProducerConsumer>(
         outlet.finish(EndReason::Normal);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::chunk_len;
+
+    #[test]
+    fn a_slow_stage_gets_events_one_by_one_and_a_fast_one_an_even_share() {
+        assert_eq!(chunk_len(true, 3000, 1), 1, "one sleeping worker must not hold the backlog");
+        assert_eq!(chunk_len(false, 1000, 4), 250);
+        assert_eq!(chunk_len(false, 1001, 4), 251, "the last share is the smaller");
+        assert_eq!(chunk_len(false, 3, 4), 1, "never an empty chunk");
+        assert_eq!(chunk_len(false, 500, 1), 500);
+    }
 }

@@ -25,7 +25,7 @@ pub(crate) struct Supervised<P: ProducerConsumer> {
     context: TaskContext,
     manual: Vec<DemandHandle>,
     failure: Option<FailurePolicy<P::In>>,
-    timing: TimingSampler,
+    pub(crate) timing: TimingSampler,
 }
 
 impl<P: ProducerConsumer> Supervised<P> {
