@@ -15,6 +15,13 @@
 //!   (all threads, user + system) per event, which other load on a shared
 //!   machine moves far less than wall time; `linear` / `cpu_ratio_vs_baseline`
 //!   is the baseline's CPU per event over the engine's.
+//! - `linear_same_bound` / `events_per_s` and `ratio_vs_baseline`: the
+//!   engine's chain again, in the same interleaved rounds, with
+//!   `max_demand` 16 000 / `min_demand` 8 000: the events each of the
+//!   baseline's channels holds (16 batches of 1000), so both sides may have
+//!   as much in flight per link. It shows how much of the gap at GenStage's
+//!   default of 1000 is the bound (a hand-off between the stages' tasks per
+//!   1000 events at most) and how much the engine.
 //! - `broadcast` / `events_per_s`: one producer → two consumers through a
 //!   `BroadcastDispatcher` (both see every event).
 //! - `partition` / `events_per_s`: one producer → two consumers through a
@@ -61,6 +68,8 @@ const ONLY_VAR: &str = "STAGEFLOW_BENCH_ONLY";
 const CHILD_VAR: &str = "STAGEFLOW_BENCH_CHILD";
 /// Default event count of the throughput benchmarks.
 const DEFAULT_EVENTS: u64 = 100_000_000;
+/// GenStage's default `max_demand`, which the engine benchmarks keep.
+const DEFAULT_MAX_DEMAND: usize = 1000;
 /// Events per batch in the hand-written channel baseline.
 const BASELINE_BATCH: usize = 1000;
 /// Capacity, in batches, of each bounded channel of the baseline.
@@ -225,16 +234,18 @@ async fn run_pipeline(pipeline: Pipeline) -> Duration {
     started.elapsed()
 }
 
-/// Producer → doubler → summing consumer, through the engine.
-async fn linear(events: u64) -> Duration {
+/// Producer → doubler → summing consumer, through the engine, each link
+/// with `max_demand` (and half of it as `min_demand`).
+async fn linear(events: u64, max_demand: usize) -> Duration {
+    let demand = SubscribeOptions::default().with_demand(max_demand, max_demand / 2);
     let totals = Arc::new(Totals::default());
     let mut pipeline = Pipeline::new();
     pipeline.producer("numbers", move || CountingProducer::new(events));
-    pipeline.producer_consumer("double", || Doubler).subscribe_to("numbers", SubscribeOptions::default());
+    pipeline.producer_consumer("double", || Doubler).subscribe_to("numbers", demand.clone());
     let shared = totals.clone();
     pipeline
         .consumer("sum", move || SummingConsumer { totals: shared.clone() })
-        .subscribe_to("double", SubscribeOptions::default());
+        .subscribe_to("double", demand);
     let elapsed = run_pipeline(pipeline).await;
     assert_eq!(totals.count(), events, "linear: events lost or duplicated");
     assert_eq!(totals.sum(), 2 * sum_below(events), "linear: wrong sum");
@@ -476,14 +487,19 @@ fn main() {
         // machine hits both sides instead of one.
         let (mut engine, mut baseline, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
         let (mut engine_cpu, mut baseline_cpu, mut cpu_ratios) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut same_bound_rates, mut same_bound_ratios) = (Vec::new(), Vec::new());
         for _ in 0..rounds() {
             let (elapsed, cpu) = cpu_ns(&mut || runtime.block_on(linear_baseline(events)));
             baseline.push(rate(events, elapsed));
             baseline_cpu.push(cpu);
-            let (elapsed, cpu) = cpu_ns(&mut || runtime.block_on(linear(events)));
+            let (elapsed, cpu) = cpu_ns(&mut || runtime.block_on(linear(events, DEFAULT_MAX_DEMAND)));
             engine.push(rate(events, elapsed));
             engine_cpu.push(cpu);
             ratios.push(engine[engine.len() - 1] / baseline[baseline.len() - 1]);
+            let same_bound = BASELINE_BATCH * BASELINE_CHANNEL_BATCHES;
+            let elapsed = runtime.block_on(linear(events, same_bound));
+            same_bound_rates.push(rate(events, elapsed));
+            same_bound_ratios.push(rate(events, elapsed) / baseline[baseline.len() - 1]);
             cpu_ratios.push(baseline_cpu[baseline_cpu.len() - 1] / cpu);
         }
         report("linear", "events_per_s", median(&mut engine));
@@ -494,6 +510,10 @@ fn main() {
         report("linear", "cpu_ns_per_event", median(&mut engine_cpu));
         report("linear_baseline", "cpu_ns_per_event", median(&mut baseline_cpu));
         report("linear", "cpu_ratio_vs_baseline", median(&mut cpu_ratios));
+        report("linear_same_bound", "events_per_s", median(&mut same_bound_rates));
+        report("linear_same_bound", "ratio_vs_baseline", median(&mut same_bound_ratios));
+        report("linear_same_bound", "ratio_lowest_round", same_bound_ratios[0]);
+        report("linear_same_bound", "ratio_highest_round", same_bound_ratios[same_bound_ratios.len() - 1]);
     }
     if wanted("broadcast") {
         let (elapsed, cpu) = cpu_ns(&mut || runtime.block_on(broadcast(events)));
