@@ -1264,6 +1264,34 @@ async fn read_to_end(subscription: stageflow::Subscription<u64>) -> Vec<u64> {
 }
 
 #[test]
+fn a_partition_producer_makes_only_what_its_buffer_can_hold_for_partitions_without_credits() {
+    // The odd partition's consumer takes 10 ms per event, so the even one's
+    // asks keep the producer making events, half of them odd, which wait for
+    // their partition's credits. With 1000 credits per partition and a
+    // buffer of 100, making all the even partition asked for would overfill
+    // the buffer, and its policy would drop events nobody lost on purpose.
+    let (evens, odds) = (Received::default(), Received::default());
+    let summary = run(async {
+        let mut pipeline = Pipeline::new();
+        pipeline
+            .producer("numbers", || FromIter::new(0..4000u64))
+            .dispatcher(PartitionDispatcher::new(2, Arc::new(|x: &u64| *x as usize)))
+            .buffer(100, BufferKeep::First);
+        pipeline
+            .consumer("evens", recorder(&evens))
+            .subscribe_to("numbers", SubscribeOptions::default().with_partition(0));
+        let received = odds.clone();
+        pipeline
+            .consumer("odds", move || Worker { received: received.clone() })
+            .subscribe_to("numbers", SubscribeOptions::default().with_partition(1));
+        pipeline.start().unwrap().stop_after_end().await
+    });
+    assert_eq!(stage(&summary.stages, "numbers").dropped, 0);
+    assert_eq!(taken(&evens), (0..2000).map(|x| 2 * x).collect::<Vec<_>>());
+    assert_eq!(taken(&odds), (0..2000).map(|x| 2 * x + 1).collect::<Vec<_>>());
+}
+
+#[test]
 fn a_late_subscriber_of_a_draining_partition_producer_gets_its_partition() {
     on_both_runtimes(|| async {
         let evens = Received::default();

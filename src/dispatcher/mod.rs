@@ -75,6 +75,13 @@ pub trait Dispatcher<T>: Send + 'static {
     /// returns the events that could not be placed, in their original order.
     fn dispatch(&mut self, events: Vec<T>, deliveries: &mut Deliveries<T>) -> Vec<T>;
 
+    /// Whether `dispatch` may keep events itself (see `held`) instead of
+    /// placing them all within `allowance`: then any event made may wait, and
+    /// the producer makes no more than its buffer has room for.
+    fn may_hold(&self) -> bool {
+        false
+    }
+
     /// Events the dispatcher keeps itself until their subscriber has credits
     /// (the partition dispatcher's per-partition queues), instead of returning
     /// them as leftovers; the producer counts them with its buffer.

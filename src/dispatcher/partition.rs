@@ -17,11 +17,12 @@ pub type PartitionFn<T> = Arc<dyn Fn(&T) -> usize + Send + Sync>;
 /// credits (or no subscriber yet) waits in that partition's queue, behind
 /// the partition's earlier events, so per-partition order holds; it goes out
 /// as soon as its partition asks, without being looked at again (its
-/// partition is computed once). The queues count as the producer's buffer:
-/// they are trimmed to its size by its drop policy, and the producer asks its
-/// source only for `allowance - buffered` events, so a stalled partition
-/// stalls production once the queues hold the other partitions' credits'
-/// worth: memory stays bounded (gen_stage issue 282).
+/// partition is computed once). The queues count as the producer's buffer,
+/// so memory stays bounded (gen_stage issue 282): the producer asks its
+/// source for no more than the credits and the buffer's room allow (any
+/// event made may have to wait), so a stalled partition stalls production
+/// once the queues fill the buffer, and no event made on demand is dropped;
+/// what a source emits beyond that is trimmed by the buffer's policy.
 pub struct PartitionDispatcher<T> {
     partitions: Vec<Option<(SubscriberId, usize)>>,
     /// Per partition, the events waiting for its credits, each with its arrival number.
@@ -159,6 +160,10 @@ impl<T: Send + 'static> Dispatcher<T> for PartitionDispatcher<T> {
             }
         }
         Vec::new()
+    }
+
+    fn may_hold(&self) -> bool {
+        true
     }
 
     fn held(&self) -> usize {

@@ -65,9 +65,19 @@ impl<T: Send + 'static> Outlet<T> {
         self.dispatcher.allowance()
     }
 
-    /// Events the source should make now: credits not already covered by the buffer.
+    /// Events the source should make now: credits not already covered by the
+    /// buffer, and, when the dispatcher may hold events for subscribers
+    /// without credits (a partition's), no more than the buffer has room
+    /// for, so its policy never drops an event made on demand. A buffer of
+    /// size 0 keeps nothing by choice: there the credits alone count.
     pub(crate) fn production_demand(&self) -> usize {
-        self.allowance().saturating_sub(self.buffered())
+        let wanted = self.allowance().saturating_sub(self.buffered());
+        let capacity = self.buffer.capacity();
+        if self.dispatcher.may_hold() && capacity > 0 {
+            wanted.min(capacity.saturating_sub(self.buffered()))
+        } else {
+            wanted
+        }
     }
 
     /// Takes the credits subscribers granted since the last call, and ends
