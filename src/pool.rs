@@ -8,7 +8,8 @@ pub enum Routing {
     /// Each worker in turn.
     #[default]
     RoundRobin,
-    /// The worker with the fewest events queued or in progress.
+    /// The worker with the fewest hand-offs queued or in progress (single
+    /// events for a slow stage, shares of the backlog for a fast one).
     LeastLoaded,
 }
 
