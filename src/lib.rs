@@ -185,9 +185,11 @@
 //!   covered yet (joins of several producers excepted, see above), so a
 //!   stalled consumer stops the chain back to the source.
 //! - **Bounded partition buffers.** Events for a partition without credits
-//!   (or without a subscriber yet) wait in the producer's one bounded
-//!   buffer, and production slows once it holds them, instead of a queue
-//!   per partition growing without bound (gen_stage issue 282).
+//!   (or without a subscriber yet) wait in per-partition queues that count
+//!   as the producer's one bounded buffer, instead of growing without bound
+//!   (gen_stage issue 282); the producer asks its source for no more than
+//!   the buffer has room for, so production stops once they fill it and
+//!   the buffer's drop policy never takes an event made on demand.
 //! - **A crash loses the event in hand.** A panicking callback loses only
 //!   the event it was handling; GenStage's stage process dies with its
 //!   mailbox and state.
