@@ -6,7 +6,7 @@
 //! measure the pipeline's speed use it too, so they time what ships
 //! (docs/performance.md, the soak and the load suite).
 
-/// The allocator type, for [`shipped_allocator!`].
+/// The allocator type, for [`shipped_allocator!`](crate::shipped_allocator).
 #[cfg(not(target_env = "msvc"))]
 pub use tikv_jemallocator::Jemalloc;
 

@@ -29,7 +29,7 @@ pub struct TweetDoc {
     pub engagement: f64,
     /// The document (a JSON object); `null` when the sink takes [`TweetDoc::json`] instead.
     pub doc: Value,
-    /// The document as JSON text, for sinks that store text ([`split_json`]); shared, as
+    /// The document as JSON text, for sinks that store text ([`DocumentForm::Json`]); shared, as
     /// such a sink hands it to a blocking thread; `None` in the other forms.
     pub json: Option<Arc<str>>,
 }
@@ -41,7 +41,7 @@ pub struct UserDoc {
     pub id: String,
     /// The document (a JSON object); `null` when the sink takes [`UserDoc::json`] instead.
     pub doc: Value,
-    /// The document as JSON text, for sinks that store text ([`split_json`]); shared, as
+    /// The document as JSON text, for sinks that store text ([`DocumentForm::Json`]); shared, as
     /// such a sink hands it to a blocking thread; `None` in the other forms.
     pub json: Option<Arc<str>>,
 }
