@@ -73,6 +73,10 @@ const SEED: u64 = 42;
 const KILL_RATIO: f64 = 0.002;
 const SUBSCRIBERS: usize = 20;
 const TOPIC: &str = "soak";
+/// How long a restarted SecantusDB may take to answer: it reads its data back
+/// first, and in a long soak that took 15–55 s after 90 minutes (a 140-minute
+/// run died at 6 540 s on a limit of 60 s).
+const MONGO_RESTART_LIMIT: Duration = Duration::from_secs(600);
 
 fn emulator_config() -> EmulatorConfig {
     EmulatorConfig {
@@ -564,7 +568,9 @@ async fn soak() -> bool {
     // Anonymous memory (heap, stacks) beside the RSS: the RSS also holds the
     // binary's code pages, which come and go with memory pressure.
     let mut anon: BTreeMap<&'static str, Vec<(f64, f64)>> = BTreeMap::new();
-    let mut faults: Vec<(f64, String)> = Vec::new();
+    // When each fault came, what it was, and how long the fault took until
+    // the process answered again.
+    let mut faults: Vec<(f64, String, f64)> = Vec::new();
     // The machine's 1-minute load average: the soak shares its cores with whatever else runs.
     let mut loads: Vec<(f64, f64)> = Vec::new();
     let mut last_sent: BTreeMap<u32, u64> = BTreeMap::new();
@@ -587,11 +593,12 @@ async fn soak() -> bool {
         }
         if Instant::now() >= next_fault {
             next_fault += fault_period;
+            let fault_started = Instant::now();
             let what = match kinds[fault_index % kinds.len()] {
                 Fault::Mongo => {
                     mongo.kill();
                     tokio::time::sleep(Duration::from_secs(2)).await;
-                    mongo.launch().await;
+                    mongo.launch_within(MONGO_RESTART_LIMIT).await;
                     "SecantusDB SIGKILLed and restarted"
                 }
                 Fault::Broker => {
@@ -609,8 +616,9 @@ async fn soak() -> bool {
                 }
             };
             fault_index += 1;
-            println!("soak: {:>6.0} s  {what}", started.elapsed().as_secs_f64());
-            faults.push((started.elapsed().as_secs_f64(), what.to_string()));
+            let took = fault_started.elapsed().as_secs_f64();
+            println!("soak: {:>6.0} s  {what} ({took:.0} s)", started.elapsed().as_secs_f64());
+            faults.push((started.elapsed().as_secs_f64(), what.to_string(), took));
         }
     }
 
@@ -676,7 +684,7 @@ async fn soak() -> bool {
     // restart are left out too, and the fit runs across its lives.
     let warm_up = seconds as f64 / 3.0;
     let restarts: Vec<f64> =
-        faults.iter().filter(|(_, what)| what.starts_with("broker")).map(|(t, _)| *t).collect();
+        faults.iter().filter(|(_, what, _)| what.starts_with("broker")).map(|(t, _, _)| *t).collect();
     let steady = |name: &str, t: f64| {
         t >= warm_up && (name != "broker" || !restarts.iter().any(|&at| t >= at && t < at + 30.0))
     };
@@ -721,7 +729,10 @@ async fn soak() -> bool {
         "seconds": seconds,
         "fault_period_s": fault_period.as_secs(),
         "fault_kinds": kinds.iter().map(|kind| format!("{kind:?}")).collect::<Vec<_>>(),
-        "faults": faults.iter().map(|(t, what)| json!({ "at_s": t, "fault": what })).collect::<Vec<_>>(),
+        "faults": faults
+            .iter()
+            .map(|(t, what, took)| json!({ "at_s": t, "fault": what, "took_s": took }))
+            .collect::<Vec<_>>(),
         "store": { "emulator_last_sequence": last_sent, "expected_tweets": expected.len(), "stored": stored.len(), "missing": missing, "unexpected": unexpected, "pipeline_drained": drained, "read_error": store_error, "read_seconds": read_seconds, "ok": store_ok },
         "broker": { "acknowledged_events": published, "undelivered_to_acking_subscribers": undelivered, "reconnects_of_subscriber_2": reconnects, "ok": broker_ok },
         "telnet": { "sessions_completed": sessions_ok, "sessions_failed": sessions_failed },
@@ -748,7 +759,7 @@ async fn soak() -> bool {
     let top = rss.values().flatten().map(|&(_, mb)| mb).fold(1.0, f64::max) * 1.1;
     let mut series: Vec<Series> =
         rss.iter().map(|(name, points)| Series::new(format!("{name} RSS"), points.clone())).collect();
-    for (t, what) in &faults {
+    for (t, what, _) in &faults {
         series.push(Series::new(format!("fault: {what}"), vec![(*t, 0.0), (*t, top)]));
     }
     let lines: Vec<Line<'_>> = series

@@ -82,6 +82,12 @@ impl Secantus {
 
     /// Starts the server process (again) on its port and path; returns once it answers a ping.
     pub async fn launch(&mut self) {
+        self.launch_within(Duration::from_secs(60)).await;
+    }
+
+    /// [`Secantus::launch`], waiting up to `limit` for the first answer: a
+    /// restart reads the data back first, which takes longer as it grows.
+    pub async fn launch_within(&mut self, limit: Duration) {
         let log = File::options().create(true).append(true).open(&self.log).expect("a log file");
         let child = Command::new(&self.binary)
             .args(["--host", "127.0.0.1", "--port", &self.port.to_string(), "--storage-path", &self.storage])
@@ -92,7 +98,7 @@ impl Secantus {
             .spawn()
             .unwrap_or_else(|error| panic!("cannot start {}: {error}", self.binary.display()));
         self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(60);
+        let deadline = Instant::now() + limit;
         loop {
             if let Some(status) = self.child.as_mut().and_then(|child| child.try_wait().ok().flatten()) {
                 panic!(
@@ -103,7 +109,11 @@ impl Secantus {
             if self.ping().await {
                 return;
             }
-            assert!(Instant::now() < deadline, "SecantusDB did not answer on port {} within 60 s", self.port);
+            assert!(
+                Instant::now() < deadline,
+                "SecantusDB did not answer on port {} within {limit:?}",
+                self.port
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
