@@ -497,9 +497,9 @@ fn main() {
             engine_cpu.push(cpu);
             ratios.push(engine[engine.len() - 1] / baseline[baseline.len() - 1]);
             let same_bound = BASELINE_BATCH * BASELINE_CHANNEL_BATCHES;
-            let elapsed = runtime.block_on(linear(events, same_bound));
-            same_bound_rates.push(rate(events, elapsed));
-            same_bound_ratios.push(rate(events, elapsed) / baseline[baseline.len() - 1]);
+            let same_bound_rate = rate(events, runtime.block_on(linear(events, same_bound)));
+            same_bound_rates.push(same_bound_rate);
+            same_bound_ratios.push(same_bound_rate / baseline[baseline.len() - 1]);
             cpu_ratios.push(baseline_cpu[baseline_cpu.len() - 1] / cpu);
         }
         report("linear", "events_per_s", median(&mut engine));

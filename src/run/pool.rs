@@ -67,7 +67,7 @@ async fn run_worker<P: ProducerConsumer>(
             }
         }
         let failed = error.is_some();
-        let slow = supervised.timing.is_slow();
+        let slow = supervised.is_slow();
         let report = Report::Processed { worker, link, events: count, out, error, slow };
         if reports.send(report).await.is_err() || failed {
             return;

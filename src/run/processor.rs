@@ -25,7 +25,7 @@ pub(crate) struct Supervised<P: ProducerConsumer> {
     context: TaskContext,
     manual: Vec<DemandHandle>,
     failure: Option<FailurePolicy<P::In>>,
-    pub(crate) timing: TimingSampler,
+    timing: TimingSampler,
 }
 
 impl<P: ProducerConsumer> Supervised<P> {
@@ -48,6 +48,11 @@ impl<P: ProducerConsumer> Supervised<P> {
             failure,
             timing: TimingSampler::default(),
         }
+    }
+
+    /// Whether the stage's last timed callback was slow (20 µs or more).
+    pub(crate) fn is_slow(&self) -> bool {
+        self.timing.is_slow()
     }
 
     /// A cursor over `batch` that keeps copies of the events being handled when the stage has a failure policy.
@@ -260,14 +265,14 @@ async fn handle_message<P: ProducerConsumer>(
     match message {
         Inbox::Events { link, batch } => {
             inlet.received(link, batch.len());
-            let chunk = chunk_size(supervised.timing.is_slow(), inlet.chunk(link), batch.len());
+            let chunk = chunk_size(supervised.is_slow(), inlet.chunk(link), batch.len());
             let mut events = supervised.events(batch);
             while events.remaining_in_batch() > 0 {
                 let (done, emitted) = supervised.handle_chunk(&mut events, chunk).await?;
                 emit(outlet, emitted);
                 inlet.processed(link, done);
                 // A slow stage asks after each chunk; a fast one when its inbox is empty (see `asks_at_once`).
-                if supervised.timing.is_slow() {
+                if supervised.is_slow() {
                     let in_hand = events.remaining_in_batch();
                     inlet.top_up(upstream_budget(outlet.as_ref(), inlet, in_hand));
                 }
@@ -312,7 +317,7 @@ pub(crate) async fn run_processor<P: ProducerConsumer>(
             outlet.collect_asks();
             outlet.pump();
         }
-        if asks_at_once(supervised.timing.is_slow(), inlet.inbox.is_empty(), deferred_asks) {
+        if asks_at_once(supervised.is_slow(), inlet.inbox.is_empty(), deferred_asks) {
             inlet.top_up(upstream_budget(outlet.as_ref(), &inlet, 0));
             deferred_asks = 0;
         } else {
