@@ -187,4 +187,31 @@ fn the_kinds_reference_page_is_made_from_the_registry() {
     for kind in registry().kinds() {
         assert!(page.contains(&format!("\n## `{}`\n", kind.name())), "{} has no section", kind.name());
     }
+    for (number, line) in page.lines().enumerate() {
+        assert_eq!(
+            html_looking_tag(line),
+            None,
+            "line {} of {}: a markdown viewer (and rustdoc, for the doc comment it comes from) takes this for an \
+             HTML tag and hides it; put the placeholder in backticks in the kind's doc comment",
+            number + 1,
+            path.display()
+        );
+    }
+}
+
+/// The first `<word` outside a code span of a markdown line, which renderers treat as HTML.
+fn html_looking_tag(line: &str) -> Option<&str> {
+    line.split('`').step_by(2).find_map(|prose| {
+        prose.match_indices('<').find_map(|(at, _)| {
+            let rest = &prose[at..];
+            rest[1..].starts_with(|c: char| c.is_ascii_alphabetic() || c == '/').then_some(rest)
+        })
+    })
+}
+
+#[test]
+fn a_placeholder_outside_backticks_looks_like_an_html_tag() {
+    assert_eq!(html_looking_tag("a word<TAB>score file"), Some("<TAB>score file"));
+    assert_eq!(html_looking_tag("ids are `<prefix>-<n>` (a < b, x <= 3)"), None);
+    assert_eq!(html_looking_tag("`code` then </b>"), Some("</b>"));
 }

@@ -349,7 +349,7 @@ pub const DEFAULT_SCORING_WORKERS: (usize, usize) = (1, 4);
 /// scores each tweet: mean lexicon score of its words (VADER's lexicon unless told otherwise); skips kill messages
 #[kind("sentiment", TweetFlow -> TweetScore)]
 pub struct SentimentKind {
-    /// a word<TAB>score file to use instead of VADER's (default: VADER, from the vader_sentiment crate)
+    /// a `word<TAB>score` file to use instead of VADER's (default: VADER, from the vader_sentiment crate)
     lexicon_file: Option<PathBuf>,
     /// fetch the lexicon from here, e.g. "http://localhost:4000/emotion_values" (retried until it answers)
     lexicon_url: Option<String>,

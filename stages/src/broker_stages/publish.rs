@@ -529,11 +529,11 @@ pub struct BrokerPublishKind {
     /// the topic to publish to (created by the first pub)
     topic: String,
     /// "auto" (default): a line that is an event {"id","priority","msg"} goes as is,
-    /// others become {"id": <id_prefix>-<n>, "priority", "msg": <the line's JSON, or the line as a string>};
+    /// others become `{"id": "<id_prefix>-<n>", "priority", "msg": <the line's JSON, or the line as a string>}`;
     /// "always": wrap every line; "never": skip (and log) lines that are not events
     #[default("auto")]
     wrap: String,
-    /// ids of wrapped lines are <id_prefix>-<n> (default <stage id>-<start time in hex ms>)
+    /// ids of wrapped lines are `<id_prefix>-<n>` (default `<stage id>-<start time in hex ms>`)
     id_prefix: Option<String>,
 }
 

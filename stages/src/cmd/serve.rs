@@ -17,7 +17,7 @@ pub struct ServeArgs {
     /// Base URL of the SSE tweet streams (`${EMULATOR_URL}` in the file is this without `/tweets`). Example: --sse-url http://127.0.0.1:4000/tweets
     #[arg(long, default_value = "http://127.0.0.1:4000/tweets")]
     pub sse_url: String,
-    /// Number of SSE streams (replaces the file's `sse` stages by stream1… reading <sse-url>/1…); default: as the file says. Example: --streams 4
+    /// Number of SSE streams (replaces the file's `sse` stages by stream1… reading `<sse-url>/1`…); default: as the file says. Example: --streams 4
     #[arg(long)]
     pub streams: Option<usize>,
     /// The pipeline file, or the name of a built-in one (see `stageflow pipelines`). Example: --pipeline my-tweets.toml
