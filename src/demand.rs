@@ -41,7 +41,12 @@ pub enum DemandBoundsError {
     /// `max_demand` was 0: the consumer could never receive anything.
     ZeroMax,
     /// `min_demand` was not below `max_demand`.
-    MinNotBelowMax { min_demand: usize, max_demand: usize },
+    MinNotBelowMax {
+        /// The `min_demand` given.
+        min_demand: usize,
+        /// The `max_demand` given.
+        max_demand: usize,
+    },
 }
 
 impl std::fmt::Display for DemandBoundsError {

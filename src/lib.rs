@@ -206,6 +206,8 @@
 //! subscribe time (`bad_opts`); a producer that has ended still delivers
 //! its buffered events to a subscriber that joins while it drains.
 
+#![warn(missing_docs)]
+
 mod buffer;
 pub mod config;
 mod demand;

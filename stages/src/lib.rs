@@ -5,6 +5,8 @@
 //! [`stageflow::config::Kind`] for how to write one). [`registry`] lists them
 //! all; the events that flow between them are in [`events`].
 
+#![warn(missing_docs)]
+
 pub mod allocator;
 pub mod analysis;
 pub mod backoff;

@@ -27,23 +27,51 @@ pub struct EventInput {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Command {
     /// `pub <topic> <json>`: publish an event, creating the topic if needed.
-    Publish { topic: String, event: EventInput },
+    Publish {
+        /// The topic to publish to.
+        topic: String,
+        /// The event, as the line gave it.
+        event: EventInput,
+    },
     /// `sub <topic>`: subscribe to an existing topic.
-    Subscribe { topic: String },
+    Subscribe {
+        /// The topic.
+        topic: String,
+    },
     /// `unsub <topic>`: end a subscription.
-    Unsubscribe { topic: String },
+    Unsubscribe {
+        /// The topic.
+        topic: String,
+    },
     /// `ack <topic> <id>`: acknowledge one delivered event.
-    Ack { topic: String, id: String },
+    Ack {
+        /// The topic the event came from.
+        topic: String,
+        /// The event's id.
+        id: String,
+    },
     /// `name <subscriber-name>`: take a durable identity.
-    Name { name: String },
+    Name {
+        /// The subscriber name.
+        name: String,
+    },
     /// `window <n>`: how many deliveries may await an ack at once.
-    Window { size: usize },
+    Window {
+        /// Deliveries that may await an ack at once.
+        size: usize,
+    },
     /// `topics`: list the topics.
     Topics,
     /// `stats [topic]`: per-topic counters as JSON.
-    Stats { topic: Option<String> },
+    Stats {
+        /// Only this topic's counters; all topics' when absent.
+        topic: Option<String>,
+    },
     /// `auth <token>`: present the shared secret.
-    Auth { token: String },
+    Auth {
+        /// The token presented.
+        token: String,
+    },
     /// `help`: one line listing the commands.
     Help,
     /// `quit`: close the connection.

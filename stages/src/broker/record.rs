@@ -47,14 +47,32 @@ pub enum Record {
     /// An accepted event.
     Publish(StoredEvent),
     /// A durable subscriber acknowledged event `seq`.
-    Ack { subscriber: String, seq: u64 },
+    Ack {
+        /// The subscriber's durable name.
+        subscriber: String,
+        /// The acknowledged event's sequence number.
+        seq: u64,
+    },
     /// A durable subscriber subscribed; it gets events after `start`.
-    Subscribe { subscriber: String, start: u64 },
+    Subscribe {
+        /// The subscriber's durable name.
+        subscriber: String,
+        /// It gets the events after this sequence number.
+        start: u64,
+    },
     /// A durable subscriber unsubscribed.
-    Unsubscribe { subscriber: String },
+    Unsubscribe {
+        /// The subscriber's durable name.
+        subscriber: String,
+    },
     /// Written first in every segment: the durable subscribers and the last
     /// sequence number so far, which supersede the metadata of older segments.
-    Checkpoint { last_seq: u64, subscribers: Vec<CheckpointEntry> },
+    Checkpoint {
+        /// The last sequence number given out so far.
+        last_seq: u64,
+        /// Every durable subscriber, with its acknowledgement state.
+        subscribers: Vec<CheckpointEntry>,
+    },
 }
 
 const PUBLISH: u8 = 1;
