@@ -44,6 +44,9 @@
 #[allow(dead_code)]
 #[path = "load/report.rs"]
 mod report;
+#[allow(dead_code)]
+#[path = "load/rss.rs"]
+mod rss;
 
 // The integration tests' nats-server harness (it finds the repository and
 // free ports through `super::secantus`): one way to start a server.
@@ -54,6 +57,7 @@ mod nats;
 #[path = "../tests/support/secantus.rs"]
 mod secantus;
 
+use rss::cpu_seconds;
 use std::collections::{HashMap, VecDeque};
 use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
@@ -248,18 +252,6 @@ fn difference(before: Option<f64>, after: Option<f64>) -> f64 {
 
 fn first_number(text: &str) -> f64 {
     text.split_whitespace().next().and_then(|n| n.parse().ok()).unwrap_or(f64::NAN)
-}
-
-/// CPU seconds (user and system) a process has used: itself, or with
-/// `children` the children it has waited for (`/proc/<pid>/stat`, in
-/// clock ticks of 1/100 s, the Linux x86-64 `USER_HZ`).
-fn cpu_seconds(pid: &str, children: bool) -> Option<f64> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The fields after the command name: state is the first, utime the twelfth.
-    let fields: Vec<&str> = text.rsplit_once(')')?.1.split_whitespace().collect();
-    let first = if children { 13 } else { 11 };
-    let ticks: u64 = fields.get(first)?.parse::<u64>().ok()? + fields.get(first + 1)?.parse::<u64>().ok()?;
-    Some(ticks as f64 / 100.0)
 }
 
 /// The pid of the nats-server listening on `port`.

@@ -10,7 +10,7 @@
 //! 2. `throughput.svg`: tweets/s end to end, the emulator's events replayed
 //!    from memory, logger sleep 0, into the null sink and the embedded SQLite
 //!    sink, beside the same stages on hand-written bounded tokio channels
-//!    (5 rounds, medians; see `load/throughput.rs`).
+//!    and the SQLite sink's work alone (5 rounds, medians; see `load/throughput.rs`).
 //! 3. `scaling.svg`: events/s of the linear (2, 4, 8 stages), broadcast and
 //!    partition (1, 2, 4, 8 consumers) topologies beside batched tokio channels.
 //! 4. `broker.svg`: in-process broker publish → deliver → ack rate and
@@ -34,8 +34,12 @@ mod memory;
 mod plot;
 #[path = "load/report.rs"]
 mod report;
+#[path = "load/rss.rs"]
+mod rss;
 #[path = "load/scaling.rs"]
 mod scaling;
+#[path = "load/scored.rs"]
+mod scored;
 #[path = "load/throughput.rs"]
 mod throughput;
 #[path = "load/tweets.rs"]

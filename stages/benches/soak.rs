@@ -39,6 +39,7 @@ mod ranges;
 #[allow(dead_code)]
 mod report;
 #[path = "load/rss.rs"]
+#[allow(dead_code)]
 mod rss;
 #[path = "../tests/support/secantus.rs"]
 #[allow(dead_code)]

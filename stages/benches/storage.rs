@@ -36,6 +36,8 @@
 #[allow(dead_code)]
 #[path = "load/report.rs"]
 mod report;
+#[path = "load/scored.rs"]
+mod scored;
 #[allow(dead_code)]
 #[path = "../tests/support/secantus.rs"]
 mod secantus;
@@ -47,14 +49,13 @@ use mongodb::error::{ErrorKind, WriteFailure};
 use mongodb::options::WriteConcern;
 use stageflow::ops::FromIter;
 use stageflow::{DemandBounds, Pipeline, SubscribeOptions};
-use stageflow_stages::emulator::generator::{TweetGenerator, Vocabulary};
-use stageflow_stages::scored::ScoredTweet;
 use stageflow_stages::storage::batcher::Batch;
 use stageflow_stages::storage::documents::{EngagementBatch, SplitBatch, split_batch};
 use stageflow_stages::storage::mongo::{MongoConfig, MongoSink, engagement_upsert, keyed};
 use stageflow_stages::storage::{FlushId, SinkMetrics, SinkOptions, SinkStage};
 
 use report::Report;
+use scored::scored_batches;
 use secantus::Secantus;
 
 /// Tweets per run.
@@ -70,20 +71,6 @@ const RUN_CAP: Duration = Duration::from_secs(600);
 
 fn env_number(name: &str, default: usize) -> usize {
     std::env::var(name).ok().and_then(|text| text.trim().parse().ok()).unwrap_or(default)
-}
-
-/// `count` scored tweets of the emulator's stream 1, in batches of [`BATCH_SIZE`].
-fn batches(count: usize) -> Vec<Batch> {
-    let generator = TweetGenerator::new(42, 0.0, 0.0, Vocabulary::shipped());
-    let tweets: Vec<ScoredTweet> = (1..=count as u64)
-        .map(|sequence| {
-            let tweet = generator.tweet(1, sequence);
-            let engagement = (tweet.favorite_count + tweet.retweet_count) as f64
-                / tweet.user.followers_count.max(1) as f64;
-            ScoredTweet { tweet, extracted: false, sentiment: 0.1, engagement, receipt: Default::default() }
-        })
-        .collect();
-    tweets.chunks(BATCH_SIZE).map(|chunk| Batch::new(chunk.to_vec())).collect()
 }
 
 /// Producer → `SinkStage<MongoSink>` one batch at a time, until every batch is stored.
@@ -190,7 +177,7 @@ fn main() {
     let count = env_number(TWEETS_VAR, 10_000).max(1);
     let rounds = env_number(ROUNDS_VAR, 5).max(1);
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("a tokio runtime");
-    let batches = batches(count);
+    let batches = scored_batches(&[1], count as u64, BATCH_SIZE);
     let split: Vec<SplitBatch> = batches.iter().map(|batch| split_batch(batch.tweets())).collect();
     let users: usize = split.iter().map(|batch| batch.users.len()).sum();
     let mut report = Report::default();

@@ -20,6 +20,7 @@ use stageflow_stages::storage::SinkMetrics;
 use super::Settings;
 use super::plot::{self, COLOURS, Line, Panel, Stroke};
 use super::report::{Report, Series};
+use super::rss::rss_kb;
 use super::tweets::{
     SinkChoice, ThrottledSink, UNBOUNDED, channel_baseline, emulator_config, tweet_pipeline,
 };
@@ -200,15 +201,6 @@ async fn measure(scenario: &Scenario, limit: u64) -> Result<Measured, String> {
     completed &= result["completed"].as_bool().unwrap_or(false);
     let stored = result["stored"].as_u64().unwrap_or(0);
     Ok(Measured { rss_mb, seconds, stored, completed })
-}
-
-/// The resident set size of process `pid` in kB, `None` once it is gone.
-fn rss_kb(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
-        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
 }
 
 /// In the child process: runs scenario `name` to its end (or the cap) and prints its result line.
