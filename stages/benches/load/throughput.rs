@@ -46,7 +46,7 @@ use super::tweets::{SinkChoice, channel_baseline, emulator_config, tweet_pipelin
 const EVENTS_PER_STREAM: f64 = 100_000.0;
 /// A run still going after this long is stopped and noted.
 const RUN_CAP: Duration = Duration::from_secs(90);
-/// Rounds of the three variants.
+/// Rounds of the variants.
 const ROUNDS_VAR: &str = "STAGEFLOW_LOAD_ROUNDS";
 /// Comma-separated variants to run (e.g. `e2e_null_sink` alone, to profile it); default all.
 const VARIANTS_VAR: &str = "STAGEFLOW_LOAD_E2E_ONLY";
