@@ -80,7 +80,13 @@ pub fn open(path: &Path) -> Result<Connection, SinkError> {
     connection.busy_timeout(Duration::from_secs(5)).map_err(|error| classify(path, error))?;
     connection.execute_batch(SCHEMA).map_err(|error| classify(path, error))?;
     add_counted_column(&connection).map_err(|error| classify(path, error))?;
-    engagements_as_columns(&mut connection).map_err(|error| classify(path, error))?;
+    engagements_as_columns(&mut connection).map_err(|error| {
+        let error = classify(path, error);
+        SinkError {
+            message: format!("{} (setting up users_engagements; nothing was changed)", error.message),
+            ..error
+        }
+    })?;
     Ok(connection)
 }
 
@@ -460,6 +466,29 @@ mod tests {
             })
             .unwrap();
         assert_eq!(tables, 1, "the old table is gone");
+    }
+
+    #[test]
+    fn an_older_engagement_document_that_is_not_json_fails_the_open_and_keeps_the_old_table() {
+        let directory = tempfile::tempdir().expect("a temporary directory");
+        let path = directory.path().join("stageflow.db");
+        let old = Connection::open(&path).unwrap();
+        old.execute_batch(
+            "CREATE TABLE users_engagements (id TEXT PRIMARY KEY, doc TEXT NOT NULL);
+             INSERT INTO users_engagements VALUES ('u', 'not json');",
+        )
+        .unwrap();
+        drop(old);
+        let error = open(&path).expect_err("the totals cannot be read");
+        assert!(!error.transient, "{}", error.message);
+        for part in ["stageflow.db", "JSON", "users_engagements"] {
+            assert!(error.message.contains(part), "{part} not in: {}", error.message);
+        }
+        let kept: String = Connection::open(&path)
+            .unwrap()
+            .query_row("SELECT doc FROM users_engagements WHERE id = 'u'", [], |row| row.get(0))
+            .expect("the old table and its row are still there");
+        assert_eq!(kept, "not json");
     }
 
     #[test]
