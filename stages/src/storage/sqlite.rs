@@ -93,7 +93,7 @@ pub fn open(path: &Path) -> Result<Connection, SinkError> {
 /// Creates `users_engagements`, or moves the totals of an older version's
 /// table (the document as its only column) into the columns.
 fn engagements_as_columns(connection: &mut Connection) -> Result<(), rusqlite::Error> {
-    if engagement_columns(connection)?.is_some_and(|columns| columns) {
+    if engagement_columns(connection)? == Some(true) {
         return Ok(());
     }
     // Checked again under the write lock: another process may have moved them meanwhile.
